@@ -1,0 +1,1 @@
+pub use operator_framework_macros::*;
