@@ -1,1 +1,11 @@
+//! The backup operator: `BackupPolicy` and `Restore` on `operator-framework`.
+//!
+//! Layout: `api` holds the custom resources; the pure modules (`schedule`,
+//! `naming`, `retention`, `targets`, `desired`, `results`) compute desired state
+//! without I/O; `handlers` are the thin framework handlers doing the I/O.
 
+pub mod api;
+pub mod manifests;
+pub mod naming;
+pub mod retention;
+pub mod schedule;

@@ -1,0 +1,18 @@
+//! The custom resources of `backup.backup.example.com/v1alpha1`.
+
+pub mod policy;
+pub mod restore;
+
+pub use policy::*;
+pub use restore::*;
+
+/// API group of every kind here.
+pub const GROUP: &str = "backup.backup.example.com";
+/// Label on every object the operator creates for a policy.
+pub const POLICY_LABEL: &str = "backup.backup.example.com/policy";
+/// Label naming the PVC a CronJob or Job backs up.
+pub const PVC_LABEL: &str = "backup.backup.example.com/pvc";
+/// Label on restore Jobs and PVCs.
+pub const RESTORE_LABEL: &str = "backup.backup.example.com/restore";
+/// Annotation that starts an on-demand backup once per new value.
+pub const RUN_NOW_ANNOTATION: &str = "backup.backup.example.com/run-now";

@@ -1,0 +1,350 @@
+//! `BackupPolicy`: which PVCs to back up, when, where to, and how long to keep it.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// Desired state of a backup policy.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "backup.backup.example.com",
+    version = "v1alpha1",
+    kind = "BackupPolicy",
+    plural = "backuppolicies",
+    shortname = "bp",
+    namespaced,
+    status = "BackupPolicyStatus",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Last Backup", type_ = "date", json_path = ".status.lastBackupTime"),
+    printcolumn(name = "Next Run", type_ = "date", json_path = ".status.nextRunTime"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.spec.method == 'Snapshot' || has(self.spec.destination)").message("spec.destination is required unless spec.method is Snapshot"),
+    validation = Rule::new("self.spec.method == 'Copy' || has(self.spec.snapshot)").message("spec.snapshot (volumeSnapshotClassName) is required for methods Snapshot and SnapshotThenCopy")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupPolicySpec {
+    /// Which PVCs of the policy's namespace to back up.
+    pub targets: Targets,
+    /// Crontab schedule as a Kubernetes CronJob reads it: 5 fields or `@hourly`,
+    /// `@daily`, `@midnight`, `@weekly`, `@monthly`, `@yearly`/`@annually`.
+    #[schemars(length(min = 1))]
+    pub schedule: String,
+    /// IANA time zone the schedule is read in (default: UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    /// Suspend all scheduled backups of this policy.
+    #[serde(default)]
+    pub suspend: bool,
+    /// How the data is captured.
+    #[serde(default)]
+    pub method: BackupMethod,
+    /// How many backups to keep.
+    #[serde(default)]
+    pub retention: Retention,
+    /// Where backups are stored (required for `Copy` and `SnapshotThenCopy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<Destination>,
+    /// VolumeSnapshot settings (for `Snapshot` and `SnapshotThenCopy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotSettings>,
+    /// Defaults for `Restore` objects that name this policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreDefaults>,
+    /// Settings of the backup Jobs.
+    #[serde(default)]
+    pub job: JobSettings,
+}
+
+/// PVC selection: names and/or a label selector (at least one).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new("size(self.names) > 0 || has(self.selector)").message("targets needs names or a selector"))]
+#[serde(rename_all = "camelCase")]
+pub struct Targets {
+    /// PVC names in the policy's namespace.
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// PVCs whose labels match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+}
+
+/// How a backup captures data.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum BackupMethod {
+    /// A mover Job reads the PVC and stores it in a restic repository.
+    #[default]
+    Copy,
+    /// A CSI VolumeSnapshot per PVC per run; no Job runs.
+    Snapshot,
+    /// Snapshot, back up a temporary PVC made from it, then drop both.
+    SnapshotThenCopy,
+}
+
+/// Retention: per PVC, keep the newest `maxBackups` and nothing older than `maxDays`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Retention {
+    /// Newest backups kept per PVC.
+    #[serde(default = "default_max_backups")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_backups: u32,
+    /// Backups older than this many days are removed (unset: no age limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_days: Option<u32>,
+}
+
+fn default_max_backups() -> u32 {
+    7
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self { max_backups: default_max_backups(), max_days: None }
+    }
+}
+
+/// A backup repository location: exactly one of `s3` or `nfs`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.s3) != has(self.nfs)").message("destination needs exactly one of s3 or nfs"))]
+#[serde(rename_all = "camelCase")]
+pub struct Destination {
+    /// An S3-compatible bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Destination>,
+    /// An NFS export, mounted into the backup Job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nfs: Option<NfsDestination>,
+    /// Secret key holding the repository encryption password.
+    pub repository_password_secret_ref: SecretKeyRef,
+}
+
+/// S3 destination.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Destination {
+    /// Endpoint URL, e.g. `https://s3.eu-west-1.amazonaws.com` or `http://minio:9000`.
+    #[schemars(length(min = 1))]
+    pub endpoint: String,
+    /// Bucket name.
+    #[schemars(length(min = 1))]
+    pub bucket: String,
+    /// Key prefix inside the bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Region (default `us-east-1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Path-style addressing (MinIO, moto, Ceph). Default true.
+    #[serde(default = "default_true")]
+    pub path_style: bool,
+    /// Secret with the access keys.
+    pub credentials_secret_ref: S3CredentialsRef,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Names the Secret and keys that hold S3 credentials.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct S3CredentialsRef {
+    /// Secret name in the policy's namespace.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// Key of the access key id.
+    #[serde(default = "default_access_key_key")]
+    pub access_key_id_key: String,
+    /// Key of the secret access key.
+    #[serde(default = "default_secret_key_key")]
+    pub secret_access_key_key: String,
+}
+
+fn default_access_key_key() -> String {
+    "AWS_ACCESS_KEY_ID".into()
+}
+fn default_secret_key_key() -> String {
+    "AWS_SECRET_ACCESS_KEY".into()
+}
+
+/// One key of one Secret in the policy's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Secret name.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// Key inside the Secret.
+    #[serde(default = "default_password_key")]
+    pub key: String,
+}
+
+fn default_password_key() -> String {
+    "password".into()
+}
+
+/// NFS destination.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NfsDestination {
+    /// NFS server host name or address.
+    #[schemars(length(min = 1))]
+    pub server: String,
+    /// Exported path.
+    #[schemars(length(min = 1))]
+    pub path: String,
+}
+
+/// VolumeSnapshot settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotSettings {
+    /// VolumeSnapshotClass to use.
+    #[schemars(length(min = 1))]
+    pub volume_snapshot_class_name: String,
+    /// Seconds a snapshot may take to become ready before it is reported failed.
+    #[serde(default = "default_ready_timeout")]
+    pub ready_timeout_seconds: u32,
+    /// Keep the intermediate snapshot of `SnapshotThenCopy`.
+    #[serde(default)]
+    pub keep_snapshot: bool,
+}
+
+fn default_ready_timeout() -> u32 {
+    600
+}
+
+/// Defaults applied to `Restore` objects naming this policy.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreDefaults {
+    /// Storage class of PVCs created by restores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// Size of PVCs created by restores (default: the source PVC's request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+}
+
+/// Settings of the Jobs that run the mover.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JobSettings {
+    /// Mover image (default: the operator's `--mover-image`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mover_image: Option<String>,
+    /// Resources of the mover container (default: 100m/128Mi requests, 1Gi limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Pod retries of one backup Job.
+    #[serde(default = "default_backoff_limit")]
+    #[schemars(range(min = 0, max = 10))]
+    pub backoff_limit: i32,
+    /// A backup Job running longer than this is stopped.
+    #[serde(default = "default_active_deadline")]
+    #[schemars(range(min = 60))]
+    pub active_deadline_seconds: i64,
+    /// Seconds after a missed schedule time within which a run still starts.
+    #[serde(default = "default_starting_deadline")]
+    #[schemars(range(min = 10))]
+    pub starting_deadline_seconds: i64,
+    /// Finished successful Jobs kept per PVC.
+    #[serde(default = "default_history")]
+    #[schemars(range(min = 1, max = 20))]
+    pub successful_jobs_history_limit: i32,
+    /// Finished failed Jobs kept per PVC.
+    #[serde(default = "default_history")]
+    #[schemars(range(min = 1, max = 20))]
+    pub failed_jobs_history_limit: i32,
+}
+
+fn default_backoff_limit() -> i32 {
+    1
+}
+fn default_active_deadline() -> i64 {
+    3600
+}
+fn default_starting_deadline() -> i64 {
+    300
+}
+fn default_history() -> i32 {
+    3
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        Self {
+            mover_image: None,
+            resources: None,
+            backoff_limit: default_backoff_limit(),
+            active_deadline_seconds: default_active_deadline(),
+            starting_deadline_seconds: default_starting_deadline(),
+            successful_jobs_history_limit: default_history(),
+            failed_jobs_history_limit: default_history(),
+        }
+    }
+}
+
+/// Observed state of a backup policy.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupPolicyStatus {
+    /// Active, Error or Suspended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// Completion time of the newest successful backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup_time: Option<Time>,
+    /// When the schedule fires next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_run_time: Option<Time>,
+    /// Backups stored in the destination, newest first per PVC.
+    #[serde(default)]
+    pub stored_backups: Vec<StoredBackup>,
+    /// Standard conditions (`Ready`, `BackupFailed`, ...).
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The generation the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The last `run-now` annotation value that was acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run_now: Option<String>,
+    /// PVCs currently selected by the policy.
+    #[serde(default)]
+    pub target_pvcs: Vec<String>,
+}
+
+/// Summary phase of a policy.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Backups are scheduled.
+    Active,
+    /// The policy cannot be acted on; see conditions.
+    Error,
+    /// `spec.suspend` is set.
+    Suspended,
+}
+
+/// One backup that exists in the destination.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredBackup {
+    /// Stable name (`<pvc>-<short snapshot id>`), usable in `Restore.spec.backupName`.
+    pub name: String,
+    /// When the backup was taken (RFC 3339).
+    pub timestamp: String,
+    /// The PVC it holds.
+    pub pvc_name: String,
+    /// Size in bytes (data processed, or the snapshot's restoreSize).
+    pub size: i64,
+    /// Repository or VolumeSnapshot holding it (never with credentials).
+    pub location: String,
+    /// Completed, Ready or Pending.
+    pub status: String,
+    /// restic snapshot id, or VolumeSnapshot name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<String>,
+}
