@@ -5,7 +5,9 @@
 //! without I/O; `handlers` are the thin framework handlers doing the I/O.
 
 pub mod api;
+pub mod desired;
 pub mod manifests;
 pub mod naming;
 pub mod retention;
 pub mod schedule;
+pub mod targets;
