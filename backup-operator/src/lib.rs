@@ -8,6 +8,8 @@ pub mod api;
 pub mod desired;
 pub mod manifests;
 pub mod naming;
+pub mod results;
 pub mod retention;
 pub mod schedule;
+pub mod status;
 pub mod targets;

@@ -1,0 +1,336 @@
+//! restic-compatible repository locks (`locks/<id>`), which rustic_core does not do.
+//!
+//! A lock file is the encrypted JSON `{"time","exclusive","hostname","username",
+//! "pid","uid","gid"}`, named by the SHA-256 of its ciphertext, exactly as
+//! restic writes it, so restic honours the mover's locks and vice versa.
+//! Backups take a shared lock, forget/prune an exclusive one. Locks older than
+//! 30 minutes are stale (restic's rule) and ignored; held locks are refreshed
+//! every 5 minutes.
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use aes256ctr_poly1305aes::Aes256CtrPoly1305Aes;
+use aes256ctr_poly1305aes::aead::{AeadInPlace, KeyInit};
+use jiff::Timestamp;
+use rustic_core::repofile::MasterKey;
+use rustic_core::{FileType, Id, WriteBackend};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{MResult, MoverError, RusticCtx};
+use crate::result::ErrorKind;
+
+const STALE_AFTER: Duration = Duration::from_secs(30 * 60);
+const REFRESH_EVERY: Duration = Duration::from_secs(5 * 60);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LockFile {
+    pub time: String,
+    pub exclusive: bool,
+    #[serde(default)]
+    pub hostname: String,
+    #[serde(default)]
+    pub username: String,
+    #[serde(default)]
+    pub pid: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub uid: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gid: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+/// The raw 64-byte key (encryption key, poly1305 k, poly1305 r).
+#[derive(Clone)]
+pub struct Crypto {
+    key: [u8; 64],
+}
+
+impl Crypto {
+    pub fn from_master(m: &MasterKey) -> MResult<Self> {
+        if m.encrypt.len() != 32 || m.mac.k.len() != 16 || m.mac.r.len() != 16 {
+            return Err(MoverError::new(
+                ErrorKind::Other,
+                "unexpected master key layout in repository key",
+            ));
+        }
+        let mut key = [0u8; 64];
+        key[..32].copy_from_slice(&m.encrypt);
+        key[32..48].copy_from_slice(&m.mac.k);
+        key[48..].copy_from_slice(&m.mac.r);
+        Ok(Self { key })
+    }
+
+    fn cipher(&self) -> Aes256CtrPoly1305Aes {
+        Aes256CtrPoly1305Aes::new(aes256ctr_poly1305aes::Key::from_slice(&self.key))
+    }
+
+    pub fn encrypt(&self, data: &[u8]) -> MResult<Vec<u8>> {
+        let mut nonce = [0u8; 16];
+        random_bytes(&mut nonce)?;
+        let mut out = Vec::with_capacity(data.len() + 32);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(data);
+        let tag = self
+            .cipher()
+            .encrypt_in_place_detached((&nonce).into(), &[], &mut out[16..])
+            .map_err(|_| MoverError::new(ErrorKind::Other, "encrypting lock file failed"))?;
+        out.extend_from_slice(&tag);
+        Ok(out)
+    }
+
+    pub fn decrypt(&self, data: &[u8]) -> Option<Vec<u8>> {
+        if data.len() < 32 {
+            return None;
+        }
+        let (nonce, rest) = data.split_at(16);
+        let (ct, tag) = rest.split_at(rest.len() - 16);
+        let mut buf = ct.to_vec();
+        self.cipher()
+            .decrypt_in_place_detached(nonce.into(), &[], &mut buf, tag.into())
+            .ok()?;
+        Some(buf)
+    }
+}
+
+fn random_bytes(buf: &mut [u8]) -> MResult<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .ctx("reading /dev/urandom")
+}
+
+/// Random u64 for jitter.
+pub fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    if random_bytes(&mut b).is_err() {
+        return u64::from(std::process::id());
+    }
+    u64::from_le_bytes(b)
+}
+
+pub fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "backup-mover".to_string())
+}
+
+fn parse_lock(crypto: &Crypto, data: &[u8]) -> Option<LockFile> {
+    let plain = crypto.decrypt(data)?;
+    let json = match plain.first() {
+        Some(b'{') => plain,
+        // restic repository v2: version byte 2 + zstd frame
+        Some(2) => zstd::decode_all(&plain[1..]).ok()?,
+        _ => return None,
+    };
+    serde_json::from_slice(&json).ok()
+}
+
+fn is_stale(l: &LockFile, now: Timestamp) -> bool {
+    match l.time.parse::<Timestamp>() {
+        Ok(t) => {
+            let age = now.duration_since(t);
+            age.as_secs() > i64::try_from(STALE_AFTER.as_secs()).unwrap_or(i64::MAX)
+        }
+        Err(_) => true,
+    }
+}
+
+/// Lists the other, non-stale locks that conflict with a lock of kind `exclusive`.
+fn conflicting(
+    be: &Arc<dyn WriteBackend>,
+    crypto: &Crypto,
+    exclusive: bool,
+    own: Option<&Id>,
+) -> MResult<Vec<LockFile>> {
+    let ids = be.list(FileType::Lock).ctx("listing repository locks")?;
+    let now = Timestamp::now();
+    let mut out = Vec::new();
+    for id in ids {
+        if Some(&id) == own {
+            continue;
+        }
+        // A lock removed between listing and reading is simply gone.
+        let Ok(data) = be.read_full(FileType::Lock, &id) else {
+            continue;
+        };
+        let Some(lock) = parse_lock(crypto, &data) else {
+            log::warn!("ignoring unreadable lock file {id}");
+            continue;
+        };
+        if is_stale(&lock, now) {
+            continue;
+        }
+        if exclusive || lock.exclusive {
+            out.push(lock);
+        }
+    }
+    Ok(out)
+}
+
+fn write_lock(be: &Arc<dyn WriteBackend>, crypto: &Crypto, exclusive: bool) -> MResult<Id> {
+    let lock = LockFile {
+        time: Timestamp::now().to_string(),
+        exclusive,
+        hostname: hostname(),
+        username: std::env::var("USER").unwrap_or_default(),
+        pid: i64::from(std::process::id()),
+        // SAFETY: getuid/getgid cannot fail.
+        uid: unsafe { libc::getuid() },
+        gid: unsafe { libc::getgid() },
+    };
+    let json = serde_json::to_vec(&lock)
+        .map_err(|e| MoverError::new(ErrorKind::Other, format!("encoding lock: {e}")))?;
+    let data = crypto.encrypt(&json)?;
+    let hash: [u8; 32] = Sha256::digest(&data).into();
+    let id = Id::new(hash);
+    be.write_bytes(FileType::Lock, &id, false, data.into())
+        .ctx("writing lock file")?;
+    Ok(id)
+}
+
+/// A held lock; removed on drop.
+pub struct LockGuard {
+    be: Arc<dyn WriteBackend>,
+    id: Arc<Mutex<Id>>,
+    stop: Option<mpsc::Sender<()>>,
+    refresher: Option<JoinHandle<()>>,
+}
+
+impl LockGuard {
+    pub fn release(mut self) {
+        self.release_inner();
+    }
+
+    fn release_inner(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            drop(stop);
+        }
+        if let Some(h) = self.refresher.take() {
+            let _ = h.join();
+        }
+        let id = match self.id.lock() {
+            Ok(g) => *g,
+            Err(p) => *p.into_inner(),
+        };
+        if let Err(e) = self.be.remove(FileType::Lock, &id, false) {
+            log::warn!("removing lock {id}: {}", e.display_log());
+        }
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if self.stop.is_some() {
+            self.release_inner();
+        }
+    }
+}
+
+fn describe(locks: &[LockFile]) -> String {
+    locks
+        .iter()
+        .take(3)
+        .map(|l| {
+            format!(
+                "{} lock by {} pid {} since {}",
+                if l.exclusive { "exclusive" } else { "shared" },
+                l.hostname,
+                l.pid,
+                l.time
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Takes a lock, retrying with jittered exponential backoff for up to `wait`.
+pub fn acquire(
+    be: Arc<dyn WriteBackend>,
+    crypto: Crypto,
+    exclusive: bool,
+    wait: Duration,
+) -> MResult<LockGuard> {
+    let deadline = Instant::now() + wait;
+    let mut delay = Duration::from_millis(500);
+    loop {
+        let mut others = conflicting(&be, &crypto, exclusive, None)?;
+        if others.is_empty() {
+            let id = write_lock(&be, &crypto, exclusive)?;
+            // Give a concurrent writer time to become visible, then re-check.
+            std::thread::sleep(Duration::from_millis(200));
+            others = conflicting(&be, &crypto, exclusive, Some(&id))?;
+            if others.is_empty() {
+                return Ok(start_guard(be, crypto, exclusive, id));
+            }
+            let _ = be.remove(FileType::Lock, &id, false);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(MoverError::new(
+                ErrorKind::RepositoryLocked,
+                format!(
+                    "repository is locked ({}); gave up after {}s",
+                    describe(&others),
+                    wait.as_secs()
+                ),
+            ));
+        }
+        let jitter = Duration::from_millis(random_u64() % (delay.as_millis() as u64 + 1));
+        let sleep = (delay + jitter).min(deadline - now);
+        log::info!("repository locked, retrying in {sleep:?}");
+        std::thread::sleep(sleep);
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+fn start_guard(be: Arc<dyn WriteBackend>, crypto: Crypto, exclusive: bool, id: Id) -> LockGuard {
+    let id = Arc::new(Mutex::new(id));
+    let (tx, rx) = mpsc::channel::<()>();
+    let be2 = be.clone();
+    let id2 = id.clone();
+    let refresher = std::thread::Builder::new()
+        .name("lock-refresh".into())
+        .spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(REFRESH_EVERY) {
+                match write_lock(&be2, &crypto, exclusive) {
+                    Ok(new_id) => {
+                        let old = match id2.lock() {
+                            Ok(mut g) => std::mem::replace(&mut *g, new_id),
+                            Err(_) => break,
+                        };
+                        let _ = be2.remove(FileType::Lock, &old, false);
+                    }
+                    Err(e) => log::warn!("refreshing lock: {e}"),
+                }
+            }
+        })
+        .ok();
+    LockGuard {
+        be,
+        id,
+        stop: Some(tx),
+        refresher,
+    }
+}
+
+/// Holds a lock for `seconds` (hidden `lock` subcommand, for tests and ops).
+pub fn hold(be: Arc<dyn WriteBackend>, crypto: Crypto, exclusive: bool, seconds: u64) -> MResult<()> {
+    let guard = acquire(be, crypto, exclusive, Duration::from_secs(5))?;
+    println!("locked");
+    std::thread::sleep(Duration::from_secs(seconds));
+    guard.release();
+    Ok(())
+}

@@ -1,0 +1,294 @@
+//! Repository location parsing, backend construction and race-free open-or-init.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustic_backend::local::LocalBackend;
+use rustic_core::{
+    ConfigOptions, Credentials, KeyOptions, OpenStatus, ReadBackend, Repository,
+    RepositoryBackends, RepositoryOptions, WriteBackend,
+};
+
+use crate::error::{MResult, MoverError, RusticCtx};
+use crate::lock::{Crypto, random_u64};
+use crate::result::ErrorKind;
+use crate::s3::{S3Backend, S3Settings};
+
+/// Where the repository lives.
+#[derive(Debug, Clone)]
+pub enum RepoSpec {
+    Local(PathBuf),
+    S3(S3Settings),
+}
+
+/// `s3:<http(s)://endpoint>/<bucket>[/<prefix>]` or an absolute local path.
+pub fn parse_repo(repo: &str) -> MResult<RepoSpec> {
+    if let Some(rest) = repo.strip_prefix("s3:") {
+        let (scheme, after) = rest.split_once("://").ok_or_else(|| {
+            MoverError::new(
+                ErrorKind::Other,
+                format!("repository {repo:?}: expected s3:<http(s)://endpoint>/<bucket>[/<prefix>]"),
+            )
+        })?;
+        if scheme != "http" && scheme != "https" {
+            return Err(MoverError::new(
+                ErrorKind::Other,
+                format!("repository {repo:?}: endpoint scheme must be http or https"),
+            ));
+        }
+        let mut parts = after.splitn(3, '/');
+        let host = parts.next().unwrap_or_default();
+        let bucket = parts.next().unwrap_or_default();
+        let prefix = parts.next().unwrap_or_default().trim_matches('/');
+        if host.is_empty() || bucket.is_empty() {
+            return Err(MoverError::new(
+                ErrorKind::Other,
+                format!("repository {repo:?}: endpoint host and bucket are required"),
+            ));
+        }
+        if host.contains('@') {
+            return Err(MoverError::new(
+                ErrorKind::Other,
+                "repository URL must not contain credentials; use AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY",
+            ));
+        }
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let path_style = match env("MOVER_S3_PATH_STYLE").as_deref() {
+            None | Some("true") | Some("1") | Some("yes") => true,
+            Some("false") | Some("0") | Some("no") => false,
+            Some(other) => {
+                return Err(MoverError::new(
+                    ErrorKind::Other,
+                    format!("MOVER_S3_PATH_STYLE must be true or false, got {other:?}"),
+                ));
+            }
+        };
+        let retries = env("MOVER_S3_RETRIES")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3);
+        Ok(RepoSpec::S3(S3Settings {
+            endpoint: format!("{scheme}://{host}"),
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+            region: env("AWS_DEFAULT_REGION")
+                .or_else(|| env("AWS_REGION"))
+                .unwrap_or_else(|| "us-east-1".to_string()),
+            path_style,
+            access_key: env("AWS_ACCESS_KEY_ID"),
+            secret_key: env("AWS_SECRET_ACCESS_KEY"),
+            retries,
+        }))
+    } else if repo.starts_with('/') {
+        Ok(RepoSpec::Local(PathBuf::from(repo)))
+    } else {
+        Err(MoverError::new(
+            ErrorKind::Other,
+            format!("repository {repo:?}: expected an absolute path or s3:<url>"),
+        ))
+    }
+}
+
+/// Printable location, never with credentials.
+pub fn location(spec: &RepoSpec) -> String {
+    match spec {
+        RepoSpec::Local(p) => p.display().to_string(),
+        RepoSpec::S3(s) => {
+            let prefix = s.prefix.trim_matches('/');
+            if prefix.is_empty() {
+                format!("s3:{}/{}", s.endpoint, s.bucket)
+            } else {
+                format!("s3:{}/{}/{}", s.endpoint, s.bucket, prefix)
+            }
+        }
+    }
+}
+
+/// A connected backend plus raw helpers for the init protocol.
+pub struct Backend {
+    pub spec: RepoSpec,
+    pub be: Arc<dyn WriteBackend>,
+    s3: Option<S3Backend>,
+}
+
+impl Backend {
+    pub fn connect(spec: RepoSpec) -> MResult<Self> {
+        match &spec {
+            RepoSpec::Local(path) => {
+                let path_str = path.to_str().ok_or_else(|| {
+                    MoverError::new(ErrorKind::Other, "repository path is not valid UTF-8")
+                })?;
+                let be = LocalBackend::new(path_str, std::iter::empty())
+                    .ctx(&format!("opening local repository {path_str}"))?;
+                Ok(Self {
+                    spec: spec.clone(),
+                    be: Arc::new(be),
+                    s3: None,
+                })
+            }
+            RepoSpec::S3(s) => {
+                let be = S3Backend::new(s)?;
+                be.preflight()?;
+                Ok(Self {
+                    spec: spec.clone(),
+                    be: Arc::new(be.clone()),
+                    s3: Some(be),
+                })
+            }
+        }
+    }
+
+    pub fn location(&self) -> String {
+        location(&self.spec)
+    }
+
+    fn config_exists(&self) -> MResult<bool> {
+        let cfg = self
+            .be
+            .list_with_size(rustic_core::FileType::Config)
+            .ctx("checking for repository config")?;
+        Ok(!cfg.is_empty())
+    }
+
+    fn put_claim(&self, name: &str) -> MResult<()> {
+        match (&self.spec, &self.s3) {
+            (_, Some(s3)) => s3.put_raw(&format!("mover-init/{name}"), name.as_bytes().to_vec()),
+            (RepoSpec::Local(p), None) => {
+                let dir = p.join("mover-init");
+                std::fs::create_dir_all(&dir)
+                    .ctx(&format!("creating {}", dir.display()))?;
+                std::fs::write(dir.join(name), name.as_bytes())
+                    .ctx(&format!("writing init claim in {}", dir.display()))
+            }
+            (RepoSpec::S3(_), None) => Err(MoverError::new(ErrorKind::Other, "S3 backend missing")),
+        }
+    }
+
+    fn list_claims(&self) -> MResult<Vec<String>> {
+        let mut v = match (&self.spec, &self.s3) {
+            (_, Some(s3)) => s3.list_raw("mover-init")?,
+            (RepoSpec::Local(p), None) => {
+                let dir = p.join("mover-init");
+                let mut out = Vec::new();
+                for e in std::fs::read_dir(&dir).ctx(&format!("listing {}", dir.display()))? {
+                    let e = e.ctx(&format!("listing {}", dir.display()))?;
+                    if let Some(n) = e.file_name().to_str() {
+                        out.push(n.to_string());
+                    }
+                }
+                out
+            }
+            (RepoSpec::S3(_), None) => Vec::new(),
+        };
+        v.sort();
+        Ok(v)
+    }
+}
+
+/// Options for opening.
+pub struct OpenOpts {
+    pub password: String,
+    pub cache_dir: Option<PathBuf>,
+}
+
+pub fn open_opts_from_env() -> MResult<OpenOpts> {
+    let password = std::env::var("RESTIC_PASSWORD").ok().filter(|p| !p.is_empty());
+    let password = match password {
+        Some(p) => p,
+        None => match std::env::var("RESTIC_PASSWORD_FILE").ok().filter(|p| !p.is_empty()) {
+            Some(file) => std::fs::read_to_string(&file)
+                .ctx(&format!("reading RESTIC_PASSWORD_FILE {file}"))?
+                .trim_end_matches(['\n', '\r'])
+                .to_string(),
+            None => {
+                return Err(MoverError::new(
+                    ErrorKind::WrongPassword,
+                    "RESTIC_PASSWORD is not set",
+                ));
+            }
+        },
+    };
+    let cache_dir = std::env::var("MOVER_CACHE_DIR")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from);
+    Ok(OpenOpts {
+        password,
+        cache_dir,
+    })
+}
+
+fn repository(be: &Backend, o: &OpenOpts) -> MResult<Repository<()>> {
+    let mut ro = RepositoryOptions::default();
+    match &o.cache_dir {
+        Some(dir) => ro = ro.cache_dir(dir.clone()),
+        None => ro = ro.no_cache(true),
+    }
+    let backends = RepositoryBackends::new(be.be.clone(), None);
+    Repository::new(&ro, &backends).ctx("setting up repository")
+}
+
+fn open(be: &Backend, o: &OpenOpts) -> MResult<Repository<OpenStatus>> {
+    repository(be, o)?
+        .open(&Credentials::password(&o.password))
+        .ctx(&format!("opening repository {}", be.location()))
+}
+
+/// Opens the repository, or (if `create`) initialises it first.
+///
+/// Init is race-free: each would-be initialiser writes a claim
+/// `mover-init/<millis>-<random>`, waits, and only the lexicographically
+/// smallest (earliest) claim initialises; everyone else waits for `config`.
+pub fn open_or_init(be: &Backend, o: &OpenOpts, create: bool) -> MResult<Repository<OpenStatus>> {
+    if be.config_exists()? {
+        return open(be, o);
+    }
+    if !create {
+        return Err(MoverError::new(
+            ErrorKind::NotFound,
+            format!("no repository at {}", be.location()),
+        ));
+    }
+    let millis = jiff::Timestamp::now().as_millisecond();
+    let claim = format!("{millis:015}-{:016x}", random_u64());
+    be.put_claim(&claim)?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let claims = be.list_claims()?;
+    let winner = claims.first().cloned().unwrap_or_else(|| claim.clone());
+    if winner == claim && !be.config_exists()? {
+        log::info!("initialising repository at {}", be.location());
+        let repo = repository(be, o)?
+            .init(
+                &Credentials::password(&o.password),
+                &KeyOptions::default(),
+                &ConfigOptions::default(),
+            )
+            .ctx(&format!("initialising repository {}", be.location()))?;
+        return Ok(repo);
+    }
+    // Someone else initialises: wait for the config to appear.
+    for _ in 0..120 {
+        if be.config_exists()? {
+            // Keys are written before the config, so open can find ours.
+            return open(be, o);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Err(MoverError::new(
+        ErrorKind::Other,
+        format!(
+            "repository at {} is being initialised by another process that did not finish within 60s",
+            be.location()
+        ),
+    ))
+}
+
+/// The raw key for restic-compatible lock files.
+pub fn crypto(repo: &Repository<OpenStatus>) -> MResult<Crypto> {
+    Crypto::from_master(&repo.key())
+}
+
+/// Forward ReadBackend for convenience.
+pub fn list_ids(be: &Backend, tpe: rustic_core::FileType) -> MResult<Vec<rustic_core::Id>> {
+    be.be.list(tpe).ctx("listing repository files")
+}

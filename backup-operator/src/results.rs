@@ -1,0 +1,190 @@
+//! What finished Jobs say: the mover's JSON result (read from the pod's
+//! termination message) and the Job's own outcome.
+
+use crate::api::StoredBackup;
+use k8s_openapi::api::batch::v1::Job;
+use serde::{Deserialize, Serialize};
+
+/// The mover's report, as written to `/dev/termination-log`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MoverResult {
+    /// Whether the operation succeeded.
+    pub ok: bool,
+    /// `backup`, `restore`, `forget`, ...
+    #[serde(default)]
+    pub operation: String,
+    /// Snapshot written or restored.
+    #[serde(default)]
+    pub snapshot_id: Option<String>,
+    /// Snapshot time (RFC 3339).
+    #[serde(default)]
+    pub time: Option<String>,
+    /// PVC the snapshot belongs to.
+    #[serde(default)]
+    pub pvc: Option<String>,
+    /// Bytes read from the source.
+    #[serde(default)]
+    pub bytes_processed: Option<u64>,
+    /// Bytes newly stored.
+    #[serde(default)]
+    pub bytes_added: Option<u64>,
+    /// Bytes written by a restore.
+    #[serde(default)]
+    pub bytes_restored: Option<u64>,
+    /// Files processed.
+    #[serde(default)]
+    pub files: Option<u64>,
+    /// Wall time.
+    #[serde(default)]
+    pub duration_seconds: Option<f64>,
+    /// Repository, without credentials.
+    #[serde(default)]
+    pub location: Option<String>,
+    /// Snapshots of this PVC left after retention, newest first.
+    #[serde(default)]
+    pub snapshots: Vec<SnapshotSummary>,
+    /// Set when `ok` is false.
+    #[serde(default)]
+    pub error: Option<MoverError>,
+}
+
+/// One snapshot in the repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotSummary {
+    /// Snapshot id (short or full).
+    pub id: String,
+    /// When it was taken (RFC 3339).
+    pub time: String,
+    /// Bytes it holds.
+    #[serde(default)]
+    pub size: u64,
+}
+
+/// A classified mover failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MoverError {
+    /// WrongPassword, BucketMissing, EndpointUnreachable, PermissionDenied, SourceEmpty, RepositoryLocked, NotFound, Other.
+    pub kind: String,
+    /// Human-readable detail (never contains secrets).
+    pub message: String,
+}
+
+/// Reads a termination message; `None` if it is not a mover result (e.g. a crash log).
+pub fn parse_result(message: &str) -> Option<MoverResult> {
+    let trimmed = message.trim();
+    let start = trimmed.find('{')?;
+    serde_json::from_str(&trimmed[start..]).ok()
+}
+
+/// The stored backups of `pvc` a successful result reports.
+pub fn stored_backups(result: &MoverResult, pvc: &str) -> Vec<StoredBackup> {
+    let location = result.location.clone().unwrap_or_default();
+    result
+        .snapshots
+        .iter()
+        .map(|s| {
+            let short: String = s.id.chars().take(8).collect();
+            StoredBackup {
+                name: format!("{pvc}-{short}"),
+                timestamp: s.time.clone(),
+                pvc_name: pvc.to_string(),
+                size: i64::try_from(s.size).unwrap_or(i64::MAX),
+                location: location.clone(),
+                status: "Completed".into(),
+                snapshot_id: Some(s.id.clone()),
+            }
+        })
+        .collect()
+}
+
+/// Where a Job stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobOutcome {
+    /// Not finished yet.
+    Running,
+    /// Finished successfully.
+    Succeeded,
+    /// Finished unsuccessfully; `reason` is the most specific cause known.
+    Failed {
+        /// Machine-readable cause (mover error kind or Job condition reason).
+        reason: String,
+        /// What to tell the user.
+        message: String,
+    },
+}
+
+/// Classifies a Job, using the mover's result when there is one.
+pub fn job_outcome(job: &Job, result: Option<&MoverResult>) -> JobOutcome {
+    let conditions = job.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+    let is = |t: &str| conditions.iter().any(|c| c.type_ == t && c.status == "True");
+    if is("Complete") || is("SuccessCriteriaMet") {
+        return JobOutcome::Succeeded;
+    }
+    if is("Failed") || is("FailureTarget") {
+        if let Some(err) = result.and_then(|r| r.error.clone()) {
+            return JobOutcome::Failed { reason: err.kind, message: err.message };
+        }
+        let cond = conditions.iter().find(|c| (c.type_ == "Failed" || c.type_ == "FailureTarget") && c.status == "True");
+        return JobOutcome::Failed {
+            reason: cond.and_then(|c| c.reason.clone()).unwrap_or_else(|| "JobFailed".into()),
+            message: cond.and_then(|c| c.message.clone()).unwrap_or_else(|| "the backup Job failed".into()),
+        };
+    }
+    JobOutcome::Running
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
+
+    fn job(cond: &str, reason: Option<&str>) -> Job {
+        Job {
+            status: Some(JobStatus {
+                conditions: Some(vec![JobCondition {
+                    type_: cond.into(),
+                    status: "True".into(),
+                    reason: reason.map(Into::into),
+                    message: Some("Job has reached the specified backoff limit".into()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn parses_a_success_and_maps_snapshots() {
+        let msg = r#"{"ok":true,"operation":"backup","snapshotId":"abcdef0123456789","time":"2026-01-01T00:00:00Z","pvc":"data","bytesProcessed":10,"bytesAdded":10,"location":"s3:http://x/b/ns/data","snapshots":[{"id":"abcdef0123456789","time":"2026-01-01T00:00:00Z","size":10}],"error":null}"#;
+        let r = parse_result(msg).expect("parsed");
+        let sb = stored_backups(&r, "data");
+        assert_eq!(sb.len(), 1);
+        assert_eq!(sb[0].name, "data-abcdef01");
+        assert_eq!(sb[0].size, 10);
+        assert_eq!(sb[0].location, "s3:http://x/b/ns/data");
+        assert_eq!(job_outcome(&job("Complete", None), Some(&r)), JobOutcome::Succeeded);
+    }
+
+    #[test]
+    fn failure_prefers_the_mover_error_kind() {
+        let r = parse_result(r#"{"ok":false,"error":{"kind":"WrongPassword","message":"wrong repository password"}}"#).expect("parsed");
+        assert_eq!(
+            job_outcome(&job("Failed", Some("BackoffLimitExceeded")), Some(&r)),
+            JobOutcome::Failed { reason: "WrongPassword".into(), message: "wrong repository password".into() }
+        );
+        match job_outcome(&job("Failed", Some("DeadlineExceeded")), None) {
+            JobOutcome::Failed { reason, .. } => assert_eq!(reason, "DeadlineExceeded"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn logs_are_not_results() {
+        assert!(parse_result("panic: something").is_none());
+        assert_eq!(job_outcome(&Job::default(), None), JobOutcome::Running);
+    }
+}
