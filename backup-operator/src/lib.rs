@@ -9,7 +9,12 @@ pub mod desired;
 pub mod manifests;
 pub mod naming;
 pub mod results;
+pub mod restore_plan;
 pub mod retention;
 pub mod schedule;
 pub mod status;
 pub mod targets;
+// pub mod handlers; (enabled once the framework API lands)
+
+/// Mover image used when neither the operator flag nor the policy names one.
+pub const DEFAULT_MOVER_IMAGE: &str = "localhost/backup-operator:dev";

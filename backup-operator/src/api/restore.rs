@@ -31,6 +31,9 @@ pub struct RestoreSpec {
     /// A snapshot id (restic) or VolumeSnapshot name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_id: Option<String>,
+    /// PVC the `snapshotId` belongs to (default: looked up in the policy's `storedBackups`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_pvc: Option<String>,
     /// The newest backup of this PVC (optionally taken before `before`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latest_of: Option<String>,

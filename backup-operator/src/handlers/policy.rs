@@ -1,0 +1,156 @@
+//! BackupPolicy handlers: one level-triggered reconcile plus small reactions.
+
+use super::{observe, policy_index, settings};
+use crate::api::{BackupMethod, BackupPolicy, BackupPolicyStatus, RUN_NOW_ANNOTATION};
+use crate::schedule::Schedule;
+use crate::status::{self, Observation, condition};
+use crate::{desired, targets};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use kube::api::PostParams;
+use kube::{Api, ResourceExt};
+use operator_framework::{Context, EventType, HandlerError, HandlerResult, conditions, on_event, on_field};
+
+/// Brings CronJobs and status in line with the spec and the finished Jobs.
+///
+/// Runs on every change of the policy, of its CronJobs and Jobs, of PVCs in
+/// its namespace, and on the periodic resync. Writes nothing when nothing
+/// changed.
+#[on_event(id = "reconcile", backoff_base = "2s", backoff_max = "5m", timeout = "120s")]
+pub async fn reconcile(ctx: Context<BackupPolicy>) -> HandlerResult {
+    let policy = ctx.object.clone();
+    let name = policy.name_any();
+    let ns = policy.namespace().unwrap_or_default();
+    let client = ctx.client();
+    policy_index().insert(&ns, &name);
+    if policy.metadata.deletion_timestamp.is_some() {
+        return Ok(());
+    }
+
+    let schedule = Schedule::parse(&policy.spec.schedule, policy.spec.time_zone.as_deref());
+    let pvcs = observe::pvcs(&client, &ns).await?;
+    let resolution = targets::resolve(&policy.spec.targets, &pvcs);
+    let missing_secrets = observe::missing_secrets(&client, &policy, &ns).await?;
+
+    // CronJobs change only when the schedule and selector are valid, so a typo
+    // never rewrites or removes working CronJobs.
+    let mut apply_errors = Vec::new();
+    if let (Ok(_), Ok(res)) = (&schedule, &resolution) {
+        let copies = policy.spec.method != BackupMethod::Snapshot;
+        let mut wanted: Vec<CronJob> = Vec::new();
+        if copies {
+            for pvc in &res.selected {
+                match desired::cronjob(&policy, pvc, &settings().mover_image) {
+                    Ok(cj) => wanted.push(cj),
+                    Err(e) => apply_errors.push((pvc.clone(), e.to_string())),
+                }
+            }
+        }
+        if let Err(e) = ctx.apply_children(wanted).await {
+            apply_errors.push(("*".into(), format!("{e:#}")));
+        }
+    }
+
+    let started_run_now = run_now(&ctx, &policy).await?;
+
+    let jobs = observe::backup_jobs(&client, &ns, &name).await?;
+    let obs = Observation {
+        now: jiff::Timestamp::now(),
+        schedule,
+        targets: resolution,
+        missing_secrets,
+        apply_errors,
+        jobs,
+    };
+    let prev = policy.status.clone().unwrap_or_default();
+    let computed = status::compute(&policy, &prev, &obs);
+    let mut new_status = computed.status;
+    if started_run_now.is_some() {
+        new_status.last_run_now = started_run_now;
+    }
+    let generation = policy.metadata.generation;
+    for c in &computed.conditions {
+        let old = conditions::find(&prev.conditions, c.type_).cloned();
+        let status_str = if c.status { "True" } else { "False" };
+        conditions::upsert(&mut new_status.conditions, c.type_, status_str, &c.reason, &c.message, generation);
+        let changed = old.as_ref().is_none_or(|o| o.status != status_str || o.message != c.message);
+        let bad = (c.type_ == condition::READY && !c.status)
+            || (c.type_ == condition::BACKUP_FAILED && c.status)
+            || (c.type_ == condition::TARGETS_RESOLVED && !c.status);
+        if changed && bad {
+            tracing::warn!(reason = %c.reason, message = %c.message, "policy problem");
+            ctx.event(EventType::Warning, &c.reason, &c.message).await?;
+        }
+    }
+    if let Some(sb) = new_status.stored_backups.first() {
+        let first_seen = !prev.stored_backups.iter().any(|p| p.name == sb.name);
+        if first_seen {
+            let note = format!("stored backup {} of PVC {} ({} bytes) at {}", sb.name, sb.pvc_name, sb.size, sb.location);
+            ctx.event(EventType::Normal, "BackupStored", &note).await?;
+        }
+    }
+    if new_status != prev {
+        write_status(&ctx, &new_status).await?;
+    }
+
+    if !obs.missing_secrets.is_empty() {
+        // Secrets are not watched: look again with backoff until they exist.
+        return Err(HandlerError::temporary(
+            format!("waiting for Secret(s) {}", obs.missing_secrets.join(", ")),
+            None,
+        ));
+    }
+    Ok(())
+}
+
+async fn write_status(ctx: &Context<BackupPolicy>, status: &BackupPolicyStatus) -> HandlerResult {
+    let mut value = serde_json::to_value(status).map_err(|e| HandlerError::permanent(format!("encoding status: {e}")))?;
+    // A merge patch keeps fields it does not mention: clear the unset ones.
+    if let Some(map) = value.as_object_mut() {
+        for key in ["phase", "lastBackupTime", "nextRunTime", "observedGeneration", "lastRunNow"] {
+            map.entry(key).or_insert(serde_json::Value::Null);
+        }
+    }
+    ctx.patch_status(value).await?;
+    Ok(())
+}
+
+/// Starts one Job per selected PVC for a new value of the run-now annotation;
+/// returns the value acted on, to be recorded in `status.lastRunNow`.
+async fn run_now(ctx: &Context<BackupPolicy>, policy: &BackupPolicy) -> Result<Option<String>, HandlerError> {
+    let Some(value) = policy.annotations().get(RUN_NOW_ANNOTATION).cloned() else { return Ok(None) };
+    let prev = policy.status.as_ref().and_then(|s| s.last_run_now.clone());
+    if prev.as_deref() == Some(value.as_str()) || policy.spec.method == BackupMethod::Snapshot {
+        return Ok(None);
+    }
+    let ns = policy.namespace().unwrap_or_default();
+    let client = ctx.client();
+    let pvcs = observe::pvcs(&client, &ns).await?;
+    let Ok(res) = targets::resolve(&policy.spec.targets, &pvcs) else { return Ok(None) };
+    let api = Api::<Job>::namespaced(client, &ns);
+    for pvc in &res.selected {
+        let mut job = match desired::manual_job(policy, pvc, &settings().mover_image, &value) {
+            Ok(j) => j,
+            Err(e) => return Err(HandlerError::permanent(e.to_string())),
+        };
+        ctx.adopt(&mut job);
+        match api.create(&PostParams::default(), &job).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {} // already started for this value
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let note = format!("started on-demand backup of {} PVC(s) for run-now={value}", res.selected.len());
+    ctx.event(EventType::Normal, "BackupStarted", &note).await?;
+    Ok(Some(value))
+}
+
+/// Tells the user when the schedule changes (the reconcile does the work).
+#[on_field(id = "schedule-changed", path = "spec.schedule")]
+pub async fn schedule_changed(ctx: Context<BackupPolicy>) -> HandlerResult {
+    let old = ctx.old_value().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+    let new = ctx.new_value().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+    if !old.is_empty() && old != new {
+        ctx.event(EventType::Normal, "ScheduleChanged", &format!("schedule changed from {old:?} to {new:?}")).await?;
+    }
+    Ok(())
+}
