@@ -183,7 +183,9 @@ mod tests {
             Some(ErrorKind::BucketMissing)
         );
         assert_eq!(
-            classify_text("Unexpected (temporary) at stat => send http request: error sending request for url: tcp connect error: Connection refused (os error 111)"),
+            classify_text(
+                "Unexpected (temporary) at stat => send http request: error sending request for url: tcp connect error: Connection refused (os error 111)"
+            ),
             Some(ErrorKind::EndpointUnreachable)
         );
         assert_eq!(classify_text("something else"), None);

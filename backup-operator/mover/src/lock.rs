@@ -13,14 +13,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use aes256ctr_poly1305aes::Aes256CtrPoly1305Aes;
-use aes256ctr_poly1305aes::aead::{AeadInPlace, KeyInit};
+use aes256ctr_poly1305aes::aead::AeadInPlace;
 use jiff::Timestamp;
 use rustic_core::repofile::MasterKey;
-use rustic_core::{FileType, Id, WriteBackend};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{MResult, MoverError, RusticCtx};
+use crate::repo::Raw;
 use crate::result::ErrorKind;
 
 const STALE_AFTER: Duration = Duration::from_secs(30 * 60);
@@ -150,20 +150,20 @@ fn is_stale(l: &LockFile, now: Timestamp) -> bool {
 
 /// Lists the other, non-stale locks that conflict with a lock of kind `exclusive`.
 fn conflicting(
-    be: &Arc<dyn WriteBackend>,
+    be: &Raw,
     crypto: &Crypto,
     exclusive: bool,
-    own: Option<&Id>,
+    own: Option<&str>,
 ) -> MResult<Vec<LockFile>> {
-    let ids = be.list(FileType::Lock).ctx("listing repository locks")?;
+    let ids = be.list("locks")?;
     let now = Timestamp::now();
     let mut out = Vec::new();
     for id in ids {
-        if Some(&id) == own {
+        if Some(id.as_str()) == own {
             continue;
         }
         // A lock removed between listing and reading is simply gone.
-        let Ok(data) = be.read_full(FileType::Lock, &id) else {
+        let Ok(Some(data)) = be.get(&format!("locks/{id}")) else {
             continue;
         };
         let Some(lock) = parse_lock(crypto, &data) else {
@@ -180,7 +180,7 @@ fn conflicting(
     Ok(out)
 }
 
-fn write_lock(be: &Arc<dyn WriteBackend>, crypto: &Crypto, exclusive: bool) -> MResult<Id> {
+fn write_lock(be: &Raw, crypto: &Crypto, exclusive: bool) -> MResult<String> {
     let lock = LockFile {
         time: Timestamp::now().to_string(),
         exclusive,
@@ -195,16 +195,15 @@ fn write_lock(be: &Arc<dyn WriteBackend>, crypto: &Crypto, exclusive: bool) -> M
         .map_err(|e| MoverError::new(ErrorKind::Other, format!("encoding lock: {e}")))?;
     let data = crypto.encrypt(&json)?;
     let hash: [u8; 32] = Sha256::digest(&data).into();
-    let id = Id::new(hash);
-    be.write_bytes(FileType::Lock, &id, false, data.into())
-        .ctx("writing lock file")?;
+    let id: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    be.put(&format!("locks/{id}"), &data)?;
     Ok(id)
 }
 
 /// A held lock; removed on drop.
 pub struct LockGuard {
-    be: Arc<dyn WriteBackend>,
-    id: Arc<Mutex<Id>>,
+    be: Raw,
+    id: Arc<Mutex<String>>,
     stop: Option<mpsc::Sender<()>>,
     refresher: Option<JoinHandle<()>>,
 }
@@ -222,11 +221,11 @@ impl LockGuard {
             let _ = h.join();
         }
         let id = match self.id.lock() {
-            Ok(g) => *g,
-            Err(p) => *p.into_inner(),
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
         };
-        if let Err(e) = self.be.remove(FileType::Lock, &id, false) {
-            log::warn!("removing lock {id}: {}", e.display_log());
+        if let Err(e) = self.be.delete(&format!("locks/{id}")) {
+            log::warn!("removing lock {id}: {e}");
         }
     }
 }
@@ -257,12 +256,7 @@ fn describe(locks: &[LockFile]) -> String {
 }
 
 /// Takes a lock, retrying with jittered exponential backoff for up to `wait`.
-pub fn acquire(
-    be: Arc<dyn WriteBackend>,
-    crypto: Crypto,
-    exclusive: bool,
-    wait: Duration,
-) -> MResult<LockGuard> {
+pub fn acquire(be: Raw, crypto: Crypto, exclusive: bool, wait: Duration) -> MResult<LockGuard> {
     let deadline = Instant::now() + wait;
     let mut delay = Duration::from_millis(500);
     loop {
@@ -275,7 +269,7 @@ pub fn acquire(
             if others.is_empty() {
                 return Ok(start_guard(be, crypto, exclusive, id));
             }
-            let _ = be.remove(FileType::Lock, &id, false);
+            let _ = be.delete(&format!("locks/{id}"));
         }
         let now = Instant::now();
         if now >= deadline {
@@ -296,7 +290,7 @@ pub fn acquire(
     }
 }
 
-fn start_guard(be: Arc<dyn WriteBackend>, crypto: Crypto, exclusive: bool, id: Id) -> LockGuard {
+fn start_guard(be: Raw, crypto: Crypto, exclusive: bool, id: String) -> LockGuard {
     let id = Arc::new(Mutex::new(id));
     let (tx, rx) = mpsc::channel::<()>();
     let be2 = be.clone();
@@ -311,7 +305,7 @@ fn start_guard(be: Arc<dyn WriteBackend>, crypto: Crypto, exclusive: bool, id: I
                             Ok(mut g) => std::mem::replace(&mut *g, new_id),
                             Err(_) => break,
                         };
-                        let _ = be2.remove(FileType::Lock, &old, false);
+                        let _ = be2.delete(&format!("locks/{old}"));
                     }
                     Err(e) => log::warn!("refreshing lock: {e}"),
                 }
@@ -327,7 +321,7 @@ fn start_guard(be: Arc<dyn WriteBackend>, crypto: Crypto, exclusive: bool, id: I
 }
 
 /// Holds a lock for `seconds` (hidden `lock` subcommand, for tests and ops).
-pub fn hold(be: Arc<dyn WriteBackend>, crypto: Crypto, exclusive: bool, seconds: u64) -> MResult<()> {
+pub fn hold(be: Raw, crypto: Crypto, exclusive: bool, seconds: u64) -> MResult<()> {
     let guard = acquire(be, crypto, exclusive, Duration::from_secs(5))?;
     println!("locked");
     std::thread::sleep(Duration::from_secs(seconds));

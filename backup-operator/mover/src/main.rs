@@ -1,1 +1,332 @@
-fn main() {}
+//! backup-mover: moves PVC data into and out of restic-format repositories.
+//!
+//! See `README.md` in this crate for the CLI contract, tags and result JSON.
+
+mod error;
+mod lock;
+mod meta;
+mod ops;
+mod repo;
+mod restore;
+mod result;
+mod s3;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::{MResult, MoverError};
+use crate::result::{ErrorInfo, ErrorKind, MAX_RESULT_BYTES, MoverResult};
+
+#[derive(Parser)]
+#[command(
+    name = "backup-mover",
+    version,
+    about = "PVC data mover (restic repository format)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct Common {
+    /// s3:<http(s)://endpoint>/<bucket>[/<prefix>] or an absolute local path
+    #[arg(long)]
+    repository: String,
+    /// Write the compact JSON result here (e.g. /dev/termination-log)
+    #[arg(long)]
+    result_file: Option<PathBuf>,
+    /// How long to retry while the repository is locked by someone else
+    #[arg(long, default_value_t = 300)]
+    lock_wait_seconds: u64,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Back up a directory (the PVC mount) as one snapshot, then apply retention
+    Backup {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value = "/data")]
+        source: PathBuf,
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        policy: String,
+        #[arg(long)]
+        pvc: String,
+        #[arg(long)]
+        keep_last: Option<u32>,
+        #[arg(long)]
+        keep_within_days: Option<u32>,
+        /// Do not fail with SourceEmpty on an empty directory
+        #[arg(long)]
+        allow_empty: bool,
+    },
+    /// Restore a snapshot into a directory
+    Restore {
+        #[command(flatten)]
+        common: Common,
+        /// Snapshot id (or unique prefix) or "latest"
+        #[arg(long, default_value = "latest")]
+        snapshot: String,
+        /// With "latest": only snapshots of this PVC
+        #[arg(long)]
+        pvc: Option<String>,
+        /// With "latest": newest snapshot at or before this RFC 3339 time
+        #[arg(long)]
+        before: Option<String>,
+        #[arg(long, default_value = "/restore")]
+        target: PathBuf,
+        /// Parallel readers/writers (bounds memory: about 2 x 8 MiB each)
+        #[arg(long, default_value_t = 4)]
+        restore_threads: usize,
+        /// Remove files in the target that are not in the snapshot
+        #[arg(long)]
+        delete: bool,
+        /// Do not restore owners (uid/gid)
+        #[arg(long)]
+        no_ownership: bool,
+    },
+    /// List snapshots, newest first
+    Snapshots {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        pvc: Option<String>,
+        /// Print the result JSON (untruncated) instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply retention for one PVC (and prune with instant delete)
+    Forget {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        pvc: String,
+        #[arg(long)]
+        keep_last: Option<u32>,
+        #[arg(long)]
+        keep_within_days: Option<u32>,
+        #[arg(long)]
+        prune: bool,
+    },
+    /// Hold a restic-compatible lock for some seconds (tests, maintenance)
+    #[command(hide = true)]
+    Lock {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        exclusive: bool,
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
+}
+
+fn connect(common: &Common) -> MResult<(repo::Backend, repo::OpenOpts)> {
+    let opts = repo::open_opts_from_env()?;
+    let spec = repo::parse_repo(&common.repository)?;
+    let be = repo::Backend::connect(spec)?;
+    Ok((be, opts))
+}
+
+fn location_of(common: &Common) -> Option<String> {
+    repo::parse_repo(&common.repository)
+        .ok()
+        .map(|s| repo::location(&s))
+}
+
+fn run(cmd: Cmd, r: &mut MoverResult) -> MResult<()> {
+    match cmd {
+        Cmd::Backup {
+            common,
+            source,
+            namespace,
+            policy,
+            pvc,
+            keep_last,
+            keep_within_days,
+            allow_empty,
+        } => {
+            r.pvc = Some(pvc.clone());
+            let (be, o) = connect(&common)?;
+            let args = ops::BackupArgs {
+                source,
+                namespace,
+                policy,
+                pvc,
+                retention: ops::Retention {
+                    keep_last,
+                    keep_within_days,
+                },
+                allow_empty,
+                lock_wait: Duration::from_secs(common.lock_wait_seconds),
+            };
+            ops::backup(&be, &o, &args, r)
+        }
+        Cmd::Restore {
+            common,
+            snapshot,
+            pvc,
+            before,
+            target,
+            restore_threads,
+            delete,
+            no_ownership,
+        } => {
+            let before = before
+                .map(|b| {
+                    b.parse::<jiff::Timestamp>().map_err(|e| {
+                        MoverError::new(ErrorKind::Other, format!("--before {b:?}: {e}"))
+                    })
+                })
+                .transpose()?;
+            let (be, o) = connect(&common)?;
+            let args = ops::RestoreArgs {
+                snapshot,
+                pvc,
+                before,
+                target,
+                threads: restore_threads,
+                delete,
+                no_ownership,
+            };
+            ops::restore(&be, &o, &args, r)
+        }
+        Cmd::Snapshots { common, pvc, json } => {
+            let (be, o) = connect(&common)?;
+            let snaps = ops::snapshots(&be, &o, pvc.as_deref(), r)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&r.snapshots).unwrap_or_default()
+                );
+            } else {
+                println!(
+                    "{:<10} {:<27} {:<20} {:>14}  tags",
+                    "ID", "TIME", "HOST", "SIZE"
+                );
+                for s in &snaps {
+                    println!(
+                        "{:<10} {:<27} {:<20} {:>14}  {}",
+                        s.id.to_string(),
+                        s.time.timestamp().to_string(),
+                        s.hostname,
+                        s.summary.as_ref().map_or(0, |x| x.total_bytes_processed),
+                        s.tags.iter().cloned().collect::<Vec<_>>().join(",")
+                    );
+                }
+            }
+            Ok(())
+        }
+        Cmd::Forget {
+            common,
+            pvc,
+            keep_last,
+            keep_within_days,
+            prune,
+        } => {
+            let (be, o) = connect(&common)?;
+            let ret = ops::Retention {
+                keep_last,
+                keep_within_days,
+            };
+            ops::forget(
+                &be,
+                &o,
+                &pvc,
+                &ret,
+                prune,
+                Duration::from_secs(common.lock_wait_seconds),
+                r,
+            )
+        }
+        Cmd::Lock {
+            common,
+            exclusive,
+            seconds,
+        } => {
+            let (be, o) = connect(&common)?;
+            let repo = repo::open_or_init(&be, &o, true)?;
+            let crypto = repo::crypto(&repo)?;
+            lock::hold(be.raw.clone(), crypto, exclusive, seconds)?;
+            r.ok = true;
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    let (op, common) = match &cli.cmd {
+        Cmd::Backup { common, .. } => ("backup", common.clone()),
+        Cmd::Restore { common, .. } => ("restore", common.clone()),
+        Cmd::Snapshots { common, .. } => ("snapshots", common.clone()),
+        Cmd::Forget { common, .. } => ("forget", common.clone()),
+        Cmd::Lock { common, .. } => ("lock", common.clone()),
+    };
+    let mut r = MoverResult::new(op);
+    r.location = location_of(&common);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli.cmd, &mut r)))
+        .unwrap_or_else(|p| {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panic".to_string());
+            Err(MoverError::new(
+                ErrorKind::Other,
+                format!("internal error: {msg}"),
+            ))
+        });
+    if let Err(e) = outcome {
+        r.ok = false;
+        r.error = Some(ErrorInfo {
+            kind: e.kind,
+            message: e.message,
+        });
+    }
+    let json = r.to_json_limited(MAX_RESULT_BYTES);
+    if let Some(path) = &common.result_file
+        && let Err(e) = std::fs::write(path, &json)
+    {
+        eprintln!("backup-mover: writing result to {}: {e}", path.display());
+    }
+    eprintln!("{json}");
+    if r.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Minimal stderr logger for the `log` facade (RUST_LOG=debug|info|warn, default warn).
+fn init_logging() {
+    struct L(log::LevelFilter);
+    impl log::Log for L {
+        fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+            m.level() <= self.0
+        }
+        fn log(&self, rec: &log::Record<'_>) {
+            if self.enabled(rec.metadata()) {
+                eprintln!("[{}] {}: {}", rec.level(), rec.target(), rec.args());
+            }
+        }
+        fn flush(&self) {}
+    }
+    let level = match std::env::var("RUST_LOG").as_deref() {
+        Ok("trace") => log::LevelFilter::Trace,
+        Ok("debug") => log::LevelFilter::Debug,
+        Ok("info") => log::LevelFilter::Info,
+        Ok("error") => log::LevelFilter::Error,
+        Ok("off") => log::LevelFilter::Off,
+        _ => log::LevelFilter::Warn,
+    };
+    if log::set_boxed_logger(Box::new(L(level))).is_ok() {
+        log::set_max_level(level);
+    }
+}

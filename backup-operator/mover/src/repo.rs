@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use rustic_backend::local::LocalBackend;
 use rustic_core::{
-    ConfigOptions, Credentials, KeyOptions, OpenStatus, ReadBackend, Repository,
-    RepositoryBackends, RepositoryOptions, WriteBackend,
+    ConfigOptions, Credentials, KeyOptions, OpenStatus, Repository, RepositoryBackends,
+    RepositoryOptions, WriteBackend,
 };
 
 use crate::error::{MResult, MoverError, RusticCtx};
@@ -28,7 +28,9 @@ pub fn parse_repo(repo: &str) -> MResult<RepoSpec> {
         let (scheme, after) = rest.split_once("://").ok_or_else(|| {
             MoverError::new(
                 ErrorKind::Other,
-                format!("repository {repo:?}: expected s3:<http(s)://endpoint>/<bucket>[/<prefix>]"),
+                format!(
+                    "repository {repo:?}: expected s3:<http(s)://endpoint>/<bucket>[/<prefix>]"
+                ),
             )
         })?;
         if scheme != "http" && scheme != "https" {
@@ -104,11 +106,86 @@ pub fn location(spec: &RepoSpec) -> String {
     }
 }
 
-/// A connected backend plus raw helpers for the init protocol.
+/// Raw object access below the repository root (for files rustic_core does
+/// not know: `locks/` and the init claims in `mover-init/`).
+#[derive(Clone)]
+pub enum Raw {
+    Local(PathBuf),
+    S3(S3Backend),
+}
+
+impl Raw {
+    pub fn put(&self, name: &str, data: &[u8]) -> MResult<()> {
+        match self {
+            Raw::S3(s3) => s3.put_raw(name, data.to_vec()),
+            Raw::Local(root) => {
+                let path = root.join(name);
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).ctx(&format!("creating {}", dir.display()))?;
+                }
+                // Write to a temp name and rename so readers never see partial files.
+                let tmp = root.join(format!("{name}.tmp-{:016x}", random_u64()));
+                std::fs::write(&tmp, data).ctx(&format!("writing {}", tmp.display()))?;
+                std::fs::rename(&tmp, &path).ctx(&format!("renaming to {}", path.display()))
+            }
+        }
+    }
+
+    pub fn get(&self, name: &str) -> MResult<Option<Vec<u8>>> {
+        match self {
+            Raw::S3(s3) => s3.get_raw(name),
+            Raw::Local(root) => match std::fs::read(root.join(name)) {
+                Ok(d) => Ok(Some(d)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e).ctx(&format!("reading {name}")),
+            },
+        }
+    }
+
+    pub fn delete(&self, name: &str) -> MResult<()> {
+        match self {
+            Raw::S3(s3) => s3.delete_raw(name),
+            Raw::Local(root) => match std::fs::remove_file(root.join(name)) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e).ctx(&format!("deleting {name}")),
+            },
+        }
+    }
+
+    /// File names (not paths) directly in `dir`, sorted; temp files skipped.
+    pub fn list(&self, dir: &str) -> MResult<Vec<String>> {
+        let mut v = match self {
+            Raw::S3(s3) => s3.list_raw(dir)?,
+            Raw::Local(root) => {
+                let d = root.join(dir);
+                let rd = match std::fs::read_dir(&d) {
+                    Ok(rd) => rd,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                    Err(e) => return Err(e).ctx(&format!("listing {}", d.display())),
+                };
+                let mut out = Vec::new();
+                for e in rd {
+                    let e = e.ctx(&format!("listing {}", d.display()))?;
+                    if let Some(n) = e.file_name().to_str()
+                        && !n.contains(".tmp-")
+                    {
+                        out.push(n.to_string());
+                    }
+                }
+                out
+            }
+        };
+        v.sort();
+        Ok(v)
+    }
+}
+
+/// A connected backend plus raw access.
 pub struct Backend {
     pub spec: RepoSpec,
     pub be: Arc<dyn WriteBackend>,
-    s3: Option<S3Backend>,
+    pub raw: Raw,
 }
 
 impl Backend {
@@ -123,7 +200,7 @@ impl Backend {
                 Ok(Self {
                     spec: spec.clone(),
                     be: Arc::new(be),
-                    s3: None,
+                    raw: Raw::Local(path.clone()),
                 })
             }
             RepoSpec::S3(s) => {
@@ -132,7 +209,7 @@ impl Backend {
                 Ok(Self {
                     spec: spec.clone(),
                     be: Arc::new(be.clone()),
-                    s3: Some(be),
+                    raw: Raw::S3(be),
                 })
             }
         }
@@ -149,40 +226,6 @@ impl Backend {
             .ctx("checking for repository config")?;
         Ok(!cfg.is_empty())
     }
-
-    fn put_claim(&self, name: &str) -> MResult<()> {
-        match (&self.spec, &self.s3) {
-            (_, Some(s3)) => s3.put_raw(&format!("mover-init/{name}"), name.as_bytes().to_vec()),
-            (RepoSpec::Local(p), None) => {
-                let dir = p.join("mover-init");
-                std::fs::create_dir_all(&dir)
-                    .ctx(&format!("creating {}", dir.display()))?;
-                std::fs::write(dir.join(name), name.as_bytes())
-                    .ctx(&format!("writing init claim in {}", dir.display()))
-            }
-            (RepoSpec::S3(_), None) => Err(MoverError::new(ErrorKind::Other, "S3 backend missing")),
-        }
-    }
-
-    fn list_claims(&self) -> MResult<Vec<String>> {
-        let mut v = match (&self.spec, &self.s3) {
-            (_, Some(s3)) => s3.list_raw("mover-init")?,
-            (RepoSpec::Local(p), None) => {
-                let dir = p.join("mover-init");
-                let mut out = Vec::new();
-                for e in std::fs::read_dir(&dir).ctx(&format!("listing {}", dir.display()))? {
-                    let e = e.ctx(&format!("listing {}", dir.display()))?;
-                    if let Some(n) = e.file_name().to_str() {
-                        out.push(n.to_string());
-                    }
-                }
-                out
-            }
-            (RepoSpec::S3(_), None) => Vec::new(),
-        };
-        v.sort();
-        Ok(v)
-    }
 }
 
 /// Options for opening.
@@ -192,10 +235,15 @@ pub struct OpenOpts {
 }
 
 pub fn open_opts_from_env() -> MResult<OpenOpts> {
-    let password = std::env::var("RESTIC_PASSWORD").ok().filter(|p| !p.is_empty());
+    let password = std::env::var("RESTIC_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty());
     let password = match password {
         Some(p) => p,
-        None => match std::env::var("RESTIC_PASSWORD_FILE").ok().filter(|p| !p.is_empty()) {
+        None => match std::env::var("RESTIC_PASSWORD_FILE")
+            .ok()
+            .filter(|p| !p.is_empty())
+        {
             Some(file) => std::fs::read_to_string(&file)
                 .ctx(&format!("reading RESTIC_PASSWORD_FILE {file}"))?
                 .trim_end_matches(['\n', '\r'])
@@ -251,9 +299,17 @@ pub fn open_or_init(be: &Backend, o: &OpenOpts, create: bool) -> MResult<Reposit
     }
     let millis = jiff::Timestamp::now().as_millisecond();
     let claim = format!("{millis:015}-{:016x}", random_u64());
-    be.put_claim(&claim)?;
+    be.raw
+        .put(&format!("mover-init/{claim}"), claim.as_bytes())?;
     std::thread::sleep(Duration::from_millis(1500));
-    let claims = be.list_claims()?;
+    // Claims older than 10 minutes belong to initialisers that died.
+    let cutoff = format!("{:015}", millis - 600_000);
+    let claims: Vec<String> = be
+        .raw
+        .list("mover-init")?
+        .into_iter()
+        .filter(|c| c.as_str() >= cutoff.as_str())
+        .collect();
     let winner = claims.first().cloned().unwrap_or_else(|| claim.clone());
     if winner == claim && !be.config_exists()? {
         log::info!("initialising repository at {}", be.location());
@@ -286,9 +342,4 @@ pub fn open_or_init(be: &Backend, o: &OpenOpts, create: bool) -> MResult<Reposit
 /// The raw key for restic-compatible lock files.
 pub fn crypto(repo: &Repository<OpenStatus>) -> MResult<Crypto> {
     Crypto::from_master(&repo.key())
-}
-
-/// Forward ReadBackend for convenience.
-pub fn list_ids(be: &Backend, tpe: rustic_core::FileType) -> MResult<Vec<rustic_core::Id>> {
-    be.be.list(tpe).ctx("listing repository files")
 }

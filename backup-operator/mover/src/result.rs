@@ -69,6 +69,9 @@ pub struct MoverResult {
     pub bytes_processed: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_added: Option<u64>,
+    /// Bytes added to the repository after compression (what storage grew by).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_stored: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_restored: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -186,7 +189,10 @@ mod tests {
         assert!(s.len() <= MAX_RESULT_BYTES);
         let back: MoverResult = serde_json::from_str(&s).unwrap_or_default();
         assert_eq!(back.snapshot_count, Some(500));
-        assert!(back.snapshots.is_some_and(|v| !v.is_empty() && v[0].id == "00000000"));
+        assert!(
+            back.snapshots
+                .is_some_and(|v| !v.is_empty() && v[0].id == "00000000")
+        );
     }
 
     #[test]

@@ -79,7 +79,7 @@ impl S3Backend {
         }
         match (&s.access_key, &s.secret_key) {
             (Some(a), Some(k)) => b = b.access_key_id(a).secret_access_key(k),
-            _ => b = b.allow_anonymous(),
+            _ => b = b.skip_signature(),
         }
         let op = opendal::Operator::new(b)
             .ctx("configuring the S3 client")?
@@ -125,10 +125,8 @@ impl S3Backend {
         match self.op.list_options("keys/", opts) {
             Ok(_) => Ok(()),
             Err(e) => {
-                let mut err = MoverError::classify(
-                    &format!("accessing S3 repository {}", self.location),
-                    &e,
-                );
+                let mut err =
+                    MoverError::classify(&format!("accessing S3 repository {}", self.location), &e);
                 // A bare 404 on listing means the bucket is missing.
                 if err.kind == ErrorKind::NotFound {
                     err.kind = ErrorKind::BucketMissing;
@@ -154,6 +152,18 @@ impl S3Backend {
             .write(name, data)
             .map(|_| ())
             .ctx(&format!("writing {name}"))
+    }
+
+    pub fn get_raw(&self, name: &str) -> MResult<Option<Vec<u8>>> {
+        match self.op.read(name) {
+            Ok(b) => Ok(Some(b.to_vec())),
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).ctx(&format!("reading {name}")),
+        }
+    }
+
+    pub fn delete_raw(&self, name: &str) -> MResult<()> {
+        self.op.delete(name).ctx(&format!("deleting {name}"))
     }
 
     pub fn list_raw(&self, dir: &str) -> MResult<Vec<String>> {

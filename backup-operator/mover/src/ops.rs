@@ -1,0 +1,357 @@
+//! The subcommands.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use rustic_core::repofile::SnapshotFile;
+use rustic_core::{
+    BackupOptions, LocalDestination, OpenStatus, PathList, PruneOptions, Repository,
+    RestoreOptions, SnapshotOptions, StringList,
+};
+
+use crate::error::{MResult, MoverError, RusticCtx};
+use crate::lock;
+use crate::meta;
+use crate::repo::{self, Backend};
+use crate::restore;
+use crate::result::{ErrorKind, MoverResult, SnapshotInfo};
+
+/// Path under which every snapshot stores the PVC contents (restic's
+/// `paths`), independent of where the PVC was mounted.
+pub const SNAPSHOT_PATH: &str = "/data";
+
+pub struct Retention {
+    pub keep_last: Option<u32>,
+    pub keep_within_days: Option<u32>,
+}
+
+impl Retention {
+    pub fn is_set(&self) -> bool {
+        self.keep_last.is_some() || self.keep_within_days.is_some()
+    }
+}
+
+pub struct BackupArgs {
+    pub source: PathBuf,
+    pub namespace: String,
+    pub policy: String,
+    pub pvc: String,
+    pub retention: Retention,
+    pub allow_empty: bool,
+    pub lock_wait: Duration,
+}
+
+fn tag_value<'a>(s: &'a SnapshotFile, key: &str) -> Option<&'a str> {
+    s.tags
+        .iter()
+        .find_map(|t| t.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+}
+
+fn info(s: &SnapshotFile) -> SnapshotInfo {
+    SnapshotInfo {
+        id: s.id.to_string(),
+        time: s.time.timestamp().to_string(),
+        size: s.summary.as_ref().map_or(0, |x| x.total_bytes_processed),
+        pvc: tag_value(s, "pvc").map(str::to_string),
+    }
+}
+
+fn snapshots_for(repo: &Repository<OpenStatus>, pvc: Option<&str>) -> MResult<Vec<SnapshotFile>> {
+    let mut snaps: Vec<SnapshotFile> = repo
+        .get_all_snapshots()
+        .ctx("reading snapshots")?
+        .into_iter()
+        .filter(|s| pvc.is_none_or(|p| tag_value(s, "pvc") == Some(p)))
+        .collect();
+    snaps.sort_by_key(|s| std::cmp::Reverse(s.time.timestamp()));
+    Ok(snaps)
+}
+
+fn source_is_empty(path: &Path) -> MResult<bool> {
+    let mut rd = std::fs::read_dir(path).map_err(|e| {
+        let mut err = MoverError::classify(&format!("reading source {}", path.display()), &e);
+        if err.kind == ErrorKind::NotFound {
+            err.kind = ErrorKind::SourceEmpty;
+        }
+        err
+    })?;
+    Ok(rd.next().is_none())
+}
+
+pub fn backup(
+    be: &Backend,
+    o: &repo::OpenOpts,
+    a: &BackupArgs,
+    r: &mut MoverResult,
+) -> MResult<()> {
+    let started = Instant::now();
+    r.pvc = Some(a.pvc.clone());
+    if !a.source.is_dir() {
+        return Err(MoverError::new(
+            ErrorKind::SourceEmpty,
+            format!("source {} is not a directory", a.source.display()),
+        ));
+    }
+    if !a.allow_empty && source_is_empty(&a.source)? {
+        return Err(MoverError::new(
+            ErrorKind::SourceEmpty,
+            format!("source {} is empty; nothing to back up", a.source.display()),
+        ));
+    }
+    let root = meta::read_root(&a.source)?;
+    let repo = repo::open_or_init(be, o, true)?;
+    let crypto = repo::crypto(&repo)?;
+    let guard = lock::acquire(be.raw.clone(), crypto.clone(), false, a.lock_wait)?;
+    let repo = repo.to_indexed_ids().ctx("reading repository index")?;
+
+    let tags = format!("ns={},policy={},pvc={}", a.namespace, a.policy, a.pvc);
+    let tags = StringList::from_str(&tags)
+        .map_err(|e| MoverError::new(ErrorKind::Other, format!("snapshot tags: {e}")))?;
+    let snap_opts = SnapshotOptions::default()
+        .host(a.pvc.clone())
+        .tags(vec![tags])
+        .description(meta::describe(root));
+    let snap = snap_opts.to_snapshot().ctx("preparing snapshot")?;
+    let source_str = a
+        .source
+        .to_str()
+        .ok_or_else(|| MoverError::new(ErrorKind::Other, "source path is not valid UTF-8"))?;
+    let paths = PathList::from_string(source_str)
+        .ctx("source path")?
+        .sanitize()
+        .map_err(|e| MoverError::new(ErrorKind::Other, format!("source path: {e}")))?;
+    let opts = BackupOptions::default().as_path(PathBuf::from(SNAPSHOT_PATH));
+    let snap = repo
+        .backup(&opts, &paths, snap)
+        .ctx(&format!("backing up {}", a.source.display()))?;
+    guard.release();
+
+    r.snapshot_id = Some(snap.id.to_string());
+    r.time = Some(snap.time.timestamp().to_string());
+    if let Some(s) = &snap.summary {
+        r.bytes_processed = Some(s.total_bytes_processed);
+        r.bytes_added = Some(s.data_added);
+        r.bytes_stored = Some(s.data_added_packed);
+        r.files = Some(s.total_files_processed);
+    }
+    r.ok = true;
+    let repo = repo.drop_index();
+
+    if a.retention.is_set() {
+        match apply_retention(be, &repo, &a.pvc, &a.retention, true, a.lock_wait) {
+            Ok(forgotten) => r.forgotten = Some(forgotten),
+            Err(e) => {
+                r.warning = Some(format!("backup stored but retention failed: {e}"));
+            }
+        }
+    }
+    match snapshots_for(&repo, Some(&a.pvc)) {
+        Ok(s) => r.snapshots = Some(s.iter().map(info).collect()),
+        Err(e) => r.warning = Some(format!("listing snapshots after backup: {e}")),
+    }
+    r.duration_seconds = Some(started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Which snapshots of `snaps` (newest first) to delete. The newest is always kept.
+pub fn select_forget(snaps: &[SnapshotFile], ret: &Retention, now: Timestamp) -> Vec<usize> {
+    let mut out = Vec::new();
+    for (i, s) in snaps.iter().enumerate() {
+        if i == 0 {
+            continue;
+        }
+        let over_count = ret.keep_last.is_some_and(|n| i >= n.max(1) as usize);
+        let too_old = ret.keep_within_days.is_some_and(|d| {
+            let age = now.duration_since(s.time.timestamp()).as_secs();
+            age > i64::from(d) * 86_400
+        });
+        if over_count || too_old {
+            out.push(i);
+        }
+    }
+    out
+}
+
+/// forget (per PVC) + prune with instant delete, under an exclusive lock.
+pub fn apply_retention(
+    be: &Backend,
+    repo: &Repository<OpenStatus>,
+    pvc: &str,
+    ret: &Retention,
+    prune: bool,
+    lock_wait: Duration,
+) -> MResult<Vec<String>> {
+    let crypto = repo::crypto(repo)?;
+    let guard = lock::acquire(be.raw.clone(), crypto, true, lock_wait)?;
+    let snaps = snapshots_for(repo, Some(pvc))?;
+    let del = select_forget(&snaps, ret, Timestamp::now());
+    let ids: Vec<_> = del.iter().map(|&i| snaps[i].id).collect();
+    if !ids.is_empty() {
+        repo.delete_snapshots(&ids).ctx("deleting snapshots")?;
+    }
+    if prune && !ids.is_empty() {
+        let opts = PruneOptions::default().instant_delete(true);
+        let plan = repo.prune_plan(&opts).ctx("planning prune")?;
+        repo.prune(&opts, plan).ctx("pruning")?;
+    }
+    guard.release();
+    Ok(ids.iter().map(ToString::to_string).collect())
+}
+
+pub fn forget(
+    be: &Backend,
+    o: &repo::OpenOpts,
+    pvc: &str,
+    ret: &Retention,
+    prune: bool,
+    lock_wait: Duration,
+    r: &mut MoverResult,
+) -> MResult<()> {
+    let started = Instant::now();
+    r.pvc = Some(pvc.to_string());
+    let repo = repo::open_or_init(be, o, false)?;
+    let forgotten = if ret.is_set() {
+        apply_retention(be, &repo, pvc, ret, prune, lock_wait)?
+    } else if prune {
+        let crypto = repo::crypto(&repo)?;
+        let guard = lock::acquire(be.raw.clone(), crypto, true, lock_wait)?;
+        let opts = PruneOptions::default().instant_delete(true);
+        let plan = repo.prune_plan(&opts).ctx("planning prune")?;
+        repo.prune(&opts, plan).ctx("pruning")?;
+        guard.release();
+        Vec::new()
+    } else {
+        Vec::new()
+    };
+    r.forgotten = Some(forgotten);
+    r.snapshots = Some(snapshots_for(&repo, Some(pvc))?.iter().map(info).collect());
+    r.time = Some(Timestamp::now().to_string());
+    r.duration_seconds = Some(started.elapsed().as_secs_f64());
+    r.ok = true;
+    Ok(())
+}
+
+pub fn snapshots(
+    be: &Backend,
+    o: &repo::OpenOpts,
+    pvc: Option<&str>,
+    r: &mut MoverResult,
+) -> MResult<Vec<SnapshotFile>> {
+    r.pvc = pvc.map(str::to_string);
+    let repo = repo::open_or_init(be, o, false)?;
+    let snaps = snapshots_for(&repo, pvc)?;
+    r.snapshots = Some(snaps.iter().map(info).collect());
+    r.time = Some(Timestamp::now().to_string());
+    r.ok = true;
+    Ok(snaps)
+}
+
+pub struct RestoreArgs {
+    pub snapshot: String,
+    pub pvc: Option<String>,
+    pub before: Option<Timestamp>,
+    pub target: PathBuf,
+    pub threads: usize,
+    pub delete: bool,
+    pub no_ownership: bool,
+}
+
+fn select_snapshot(repo: &Repository<OpenStatus>, a: &RestoreArgs) -> MResult<SnapshotFile> {
+    if a.snapshot == "latest" {
+        let snaps = snapshots_for(repo, a.pvc.as_deref())?;
+        return snaps
+            .into_iter()
+            .find(|s| a.before.is_none_or(|b| s.time.timestamp() <= b))
+            .ok_or_else(|| {
+                MoverError::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "no snapshot{}{}",
+                        a.pvc
+                            .as_ref()
+                            .map(|p| format!(" for pvc {p}"))
+                            .unwrap_or_default(),
+                        a.before.map(|b| format!(" before {b}")).unwrap_or_default()
+                    ),
+                )
+            });
+    }
+    if a.snapshot.len() < 4 || !a.snapshot.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(MoverError::new(
+            ErrorKind::Other,
+            format!("snapshot {:?} is neither 'latest' nor a hex id", a.snapshot),
+        ));
+    }
+    repo.get_snapshot_from_str(&a.snapshot, |_| true)
+        .map_err(|e| {
+            let mut err = MoverError::rustic(&format!("finding snapshot {}", a.snapshot), &e);
+            if err.kind == ErrorKind::Other {
+                err.kind = ErrorKind::NotFound;
+            }
+            err
+        })
+}
+
+pub fn restore(
+    be: &Backend,
+    o: &repo::OpenOpts,
+    a: &RestoreArgs,
+    r: &mut MoverResult,
+) -> MResult<()> {
+    let started = Instant::now();
+    let repo = repo::open_or_init(be, o, false)?;
+    let crypto = repo::crypto(&repo)?;
+    let snap = select_snapshot(&repo, a)?;
+    r.snapshot_id = Some(snap.id.to_string());
+    r.time = Some(snap.time.timestamp().to_string());
+    r.pvc = tag_value(&snap, "pvc")
+        .map(str::to_string)
+        .or_else(|| a.pvc.clone());
+    let repo = repo.to_indexed().ctx("reading repository index")?;
+
+    // Snapshots written by the mover store the PVC under /data; others
+    // (e.g. restic with one path) are restored from their single path.
+    let sub = if snap.paths.iter().any(|p| p == SNAPSHOT_PATH) {
+        SNAPSHOT_PATH.to_string()
+    } else if snap.paths.iter().count() == 1 {
+        snap.paths.iter().next().cloned().unwrap_or_default()
+    } else {
+        String::new()
+    };
+    let node = repo.node_from_snapshot_and_path(&snap, &sub).map_err(|e| {
+        let mut err = MoverError::rustic(&format!("finding {sub} in snapshot"), &e);
+        err.kind = ErrorKind::NotFound;
+        err
+    })?;
+
+    std::fs::create_dir_all(&a.target).ctx(&format!("creating target {}", a.target.display()))?;
+    let stats = restore::restore_contents(&repo, &be.be, &crypto, &node, &a.target, a.threads)?;
+
+    // Metadata, symlinks, hardlinks, specials via rustic (files are in place).
+    let target_str = format!("{}/", a.target.display());
+    let dest =
+        LocalDestination::new(&target_str, true, !node.is_dir()).ctx("opening restore target")?;
+    let opts = RestoreOptions::default()
+        .numeric_id(true)
+        .no_ownership(a.no_ownership)
+        .delete(a.delete);
+    let ls_opts = rustic_core::LsOptions::default();
+    let plan = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let nodes = repo.ls(&node, &ls_opts)?;
+        let plan = repo.prepare_restore(&opts, nodes.clone(), &dest, false)?;
+        repo.restore(plan, &opts, nodes, &dest)
+    }))
+    .map_err(|_| MoverError::new(ErrorKind::Other, "restoring metadata panicked"))?;
+    plan.ctx("restoring metadata")?;
+
+    if let Some(m) = meta::parse_description(snap.description.as_deref()) {
+        meta::apply_root(&a.target, m, !a.no_ownership)?;
+    }
+    r.bytes_restored = Some(stats.bytes);
+    r.files = Some(stats.files);
+    r.duration_seconds = Some(started.elapsed().as_secs_f64());
+    r.ok = true;
+    Ok(())
+}
