@@ -1,1 +1,176 @@
-pub use operator_framework_macros::*;
+//! A small kopf-style operator framework on top of kube-rs.
+//!
+//! You write plain async handler functions and mark them with attributes
+//! ([`on_create`], [`on_update`], [`on_delete`], [`on_resume`], [`on_field`],
+//! [`on_timer`], [`on_event`]); the framework watches, serialises work per
+//! object, retries with backoff, keeps progress on the object, manages the
+//! finalizer, posts Events and conditions, and tracks owned children.
+//!
+//! ```no_run
+//! use k8s_openapi::api::core::v1::ConfigMap;
+//! use kube::{Api, Client, runtime::watcher};
+//! use operator_framework::{
+//!     Context, Controller, EventType, HandlerError, HandlerResult, Operator, OperatorConfig,
+//!     on_create, on_delete, on_field,
+//! };
+//!
+//! /// Runs once per ConfigMap labelled `demo=yes`, also after restarts only once.
+//! #[on_create(retries = 5, backoff_base = "1s", backoff_max = "1m", labels("demo=yes"))]
+//! async fn created(ctx: Context<ConfigMap>) -> HandlerResult {
+//!     let keys = ctx.object.data.as_ref().map(|d| d.len()).unwrap_or(0);
+//!     if keys == 0 {
+//!         // Retried later with exponential backoff.
+//!         return Err(HandlerError::temporary("no data yet", None));
+//!     }
+//!     ctx.event(EventType::Normal, "Seen", &format!("{keys} keys")).await?;
+//!     Ok(())
+//! }
+//!
+//! /// Runs whenever `data.mode` changes (and on creation when it is set).
+//! #[on_field(path = "data.mode", labels("demo=yes"))]
+//! async fn mode_changed(ctx: Context<ConfigMap>) -> HandlerResult {
+//!     tracing::info!(old = ?ctx.old_value(), new = ?ctx.new_value(), "mode changed");
+//!     Ok(())
+//! }
+//!
+//! /// A finalizer is added because a delete handler exists.
+//! #[on_delete(labels("demo=yes"))]
+//! async fn deleted(ctx: Context<ConfigMap>) -> HandlerResult {
+//!     tracing::info!(name = %ctx.name(), "cleaning up");
+//!     Ok(())
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> anyhow::Result<()> {
+//!     let client = Client::try_default().await?;
+//!     Operator::new(client.clone(), "demo.example.com")
+//!         .config(OperatorConfig {
+//!             metrics_addr: Some("127.0.0.1:8080".parse()?),
+//!             ..Default::default()
+//!         })
+//!         .controller(
+//!             Controller::new(Api::<ConfigMap>::all(client), watcher::Config::default())
+//!                 .handler(created())
+//!                 .handler(mode_changed())
+//!                 .handler(deleted()),
+//!         )
+//!         .run() // until SIGTERM / SIGINT
+//!         .await?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # Registration
+//!
+//! Registration is explicit: each attribute turns
+//! `async fn name(ctx: Context<K>) -> HandlerResult` into a function
+//! `fn name() -> Handler<K>` (same visibility and docs; `K` comes from the
+//! `Context<K>` parameter), and you pass it to [`Controller::handler`].
+//! Handlers can also be built without macros with [`Handler::on_create`] and
+//! friends. Options: `id` (default: the function name), `retries`,
+//! `backoff_base`, `backoff_max`, `timeout` (per run), `labels(..)`,
+//! `annotations(..)` (`key=value`, `key!=value`, `key`, `!key`) and
+//! `when = predicate` (`fn(&K) -> bool`); `on_field` takes `path`, `on_timer`
+//! `interval` and `initial_delay`.
+//!
+//! # How objects are processed
+//!
+//! * Every watch event, every change of an owned or watched child
+//!   ([`Controller::owns`], [`Controller::watches`]) and every `resync`
+//!   period enqueues the object. Events for one object coalesce; one object
+//!   is never processed by two tasks at once; at most
+//!   [`OperatorConfig::max_in_flight`] objects are processed at once.
+//! * A processing cycle: if the object is being deleted and carries the
+//!   finalizer, the delete handlers run, then the finalizer is removed.
+//!   Otherwise the finalizer is added if delete handlers exist, then one
+//!   *cause* is handled: **create** (no `<prefix>/last-handled-configuration`
+//!   annotation yet), **resume** (first cycle in this process, resume handlers
+//!   exist), **update** (the essence — everything but `metadata` and
+//!   `status` — differs from the last handled one). Field handlers run
+//!   with create (when their field is set) and update (when it changed).
+//!   Then due timers run, then event handlers.
+//! * Handlers of a cause run in registration order. The outcome of each is
+//!   kept in the `<prefix>/progress` annotation (see [`progress`]) while any
+//!   is unfinished, so a restarted operator neither reruns finished handlers
+//!   nor forgets a pending backoff. When all are done the progress annotation
+//!   is removed and the last-handled configuration is stored, in one patch.
+//! * Nothing is written when nothing changed: a resync of a handled object
+//!   makes no write requests (unless your event handlers write).
+//!
+//! # Errors, retries and give-up policy
+//!
+//! `Ok(())` finishes a handler. [`HandlerError::temporary`] retries after the
+//! given delay (or the backoff); [`HandlerError::permanent`] stops; any other
+//! error (`?` on any `std::error::Error` or `anyhow::Error`), a panic, or a
+//! timeout retries with exponential backoff with jitter
+//! ([`backoff::Backoff`]: `base * 2^n`, capped at `max`), counted per object
+//! and handler, reset when the handler succeeds. After `retries` retries the
+//! handler gives up (counts as a permanent failure). Every failure is logged,
+//! posted as a Warning Event (`HandlerFailed`, or `HandlerGaveUp` when final)
+//! and shown as the condition `HandlerFailed=True` (reason: the handler id in
+//! CamelCase; message with the retry count and error) in `.status.conditions`
+//! (read-modify-write, guarded by the resourceVersion; needs a status
+//! subresource); the condition turns `False` when the handler later succeeds.
+//!
+//! **Deletion cannot be blocked forever**: delete handlers without an explicit
+//! `retries` give up after [`OperatorConfig::delete_retries`] (default 10)
+//! failed runs; a delete handler that failed permanently or gave up gets a
+//! `HandlerGaveUp` Warning Event and the finalizer is removed anyway.
+//!
+//! Objects that cannot be deserialised into `K` get the condition
+//! `InvalidObject=True` (reason `DeserializationFailed`, message naming the
+//! field and the reason) and a Warning Event; they are skipped until fixed,
+//! while all other objects are served.
+//!
+//! # Observability
+//!
+//! Every log line of a processing cycle is inside a `tracing` span `object`
+//! with `kind` and `key` (`namespace/name`), and handler lines inside a span
+//! `handler` with `id`, `cause` and `retry`. [`OperatorConfig::metrics_addr`]
+//! serves Prometheus `/metrics` (see [`Metrics`]), `/healthz` and `/readyz`.
+//!
+//! # Leader election
+//!
+//! With [`OperatorConfig::leader_election`] only the replica holding the
+//! `coordination.k8s.io/v1` Lease runs controllers; on graceful shutdown the
+//! leader releases the lease so a standby takes over immediately, otherwise
+//! after [`OperatorConfig::lease_duration`].
+//!
+//! # RBAC
+//!
+//! The operator needs get/list/watch/patch on its kinds and their `/status`,
+//! create/patch on `events.k8s.io` events, get/create/update on
+//! `coordination.k8s.io` leases (with leader election), and whatever the
+//! children helpers touch (get/list/watch/patch/delete).
+
+#![warn(missing_docs)]
+
+pub mod backoff;
+pub mod conditions;
+mod context;
+mod controller;
+pub mod diff;
+mod error;
+mod handler;
+mod leader;
+mod metrics;
+mod operator;
+pub mod progress;
+mod runtime;
+
+pub use context::{ChildrenReport, Context, EventType};
+pub use controller::{Controller, HANDLER_FAILED, INVALID_OBJECT};
+pub use diff::{DiffItem, DiffOp};
+pub use error::{Error, HandlerError, HandlerResult};
+pub use handler::{Cause, Handler, HandlerKind, MetaFilter};
+pub use leader::LeaderElection;
+pub use metrics::Metrics;
+pub use operator::{Operator, OperatorConfig, shutdown_signal};
+
+pub use operator_framework_macros::{
+    on_create, on_delete, on_event, on_field, on_resume, on_timer, on_update,
+};
+
+/// Re-exports for code generated by the macros and for users.
+pub use kube;
+pub use kube::runtime::reflector::ObjectRef;

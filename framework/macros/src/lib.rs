@@ -1,1 +1,353 @@
+//! Attribute macros for `operator-framework` handlers.
+//!
+//! Each attribute is put on an `async fn name(ctx: Context<K>) -> HandlerResult`
+//! and replaces it by a registration function `fn name() -> Handler<K>` (same
+//! visibility, same doc comments). `K` is taken from the `Context<K>`
+//! parameter. The original async function lives on inside the registration
+//! function. Register handlers explicitly with
+//! `Controller::handler(name())`.
+//!
+//! Options (all optional unless noted):
+//! * `id = "..."` (default: the function name)
+//! * `retries = N` (give up after N retries, i.e. N + 1 failed runs)
+//! * `backoff_base = "1s"`, `backoff_max = "5m"`
+//! * `timeout = "60s"` (per run)
+//! * `labels("app=demo", "tier", "!skip")`, `annotations("x")`
+//! * `when = path::to::predicate` (`fn(&K) -> bool`)
+//! * `on_field`: `path = "spec.schedule"` (required)
+//! * `on_timer`: `interval = "60s"` (required), `initial_delay = "5s"`
+//!
+//! Durations are written like `500ms`, `10s`, `5m`, `1h`, `1m30s`.
 
+use proc_macro::TokenStream;
+use proc_macro2::{Span, TokenStream as TokenStream2};
+use quote::{format_ident, quote};
+use syn::parse::Parser;
+use syn::punctuated::Punctuated;
+use syn::{
+    Expr, FnArg, GenericArgument, ItemFn, LitInt, LitStr, PathArguments, Token, Type,
+    parse_macro_input,
+};
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Create,
+    Update,
+    Delete,
+    Resume,
+    Field,
+    Timer,
+    Event,
+}
+
+#[derive(Default)]
+struct Opts {
+    id: Option<LitStr>,
+    retries: Option<LitInt>,
+    backoff_base: Option<u64>,
+    backoff_max: Option<u64>,
+    timeout: Option<u64>,
+    labels: Vec<LitStr>,
+    annotations: Vec<LitStr>,
+    when: Option<Expr>,
+    path: Option<LitStr>,
+    interval: Option<u64>,
+    initial_delay: Option<u64>,
+}
+
+/// Parses `1h30m`, `5m`, `10s`, `250ms` into milliseconds.
+fn parse_duration_ms(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    let mut total: u64 = 0;
+    let mut num = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let mut unit = String::from(c);
+        while let Some(&n) = chars.peek() {
+            if n.is_ascii_alphabetic() {
+                unit.push(n);
+                chars.next();
+            } else {
+                break;
+            }
+        }
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("invalid duration `{s}`: number expected before `{unit}`"))?;
+        num.clear();
+        let mult = match unit.as_str() {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            other => {
+                return Err(format!(
+                    "invalid duration unit `{other}` in `{s}` (use ms, s, m, h, d)"
+                ));
+            }
+        };
+        total = total.saturating_add(n.saturating_mul(mult));
+    }
+    if !num.is_empty() {
+        return Err(format!(
+            "invalid duration `{s}`: missing unit (e.g. `{num}s`)"
+        ));
+    }
+    Ok(total)
+}
+
+fn dur(lit: &LitStr) -> syn::Result<u64> {
+    parse_duration_ms(&lit.value()).map_err(|e| syn::Error::new(lit.span(), e))
+}
+
+fn parse_opts(attr: TokenStream, kind: Kind) -> syn::Result<Opts> {
+    let mut o = Opts::default();
+    let parser = syn::meta::parser(|meta| {
+        let name = meta
+            .path
+            .get_ident()
+            .map(|i| i.to_string())
+            .unwrap_or_default();
+        match name.as_str() {
+            "id" => o.id = Some(meta.value()?.parse()?),
+            "retries" => o.retries = Some(meta.value()?.parse()?),
+            "backoff_base" => o.backoff_base = Some(dur(&meta.value()?.parse()?)?),
+            "backoff_max" => o.backoff_max = Some(dur(&meta.value()?.parse()?)?),
+            "timeout" => o.timeout = Some(dur(&meta.value()?.parse()?)?),
+            "when" => o.when = Some(meta.value()?.parse()?),
+            "labels" | "annotations" => {
+                let content;
+                syn::parenthesized!(content in meta.input);
+                let list: Punctuated<LitStr, Token![,]> =
+                    content.parse_terminated(|p| p.parse::<LitStr>(), Token![,])?;
+                if name == "labels" {
+                    o.labels.extend(list);
+                } else {
+                    o.annotations.extend(list);
+                }
+            }
+            "path" if kind == Kind::Field => o.path = Some(meta.value()?.parse()?),
+            "interval" if kind == Kind::Timer => o.interval = Some(dur(&meta.value()?.parse()?)?),
+            "initial_delay" if kind == Kind::Timer => {
+                o.initial_delay = Some(dur(&meta.value()?.parse()?)?)
+            }
+            _ => {
+                return Err(meta.error(format!(
+                    "unknown option `{name}`; expected one of id, retries, backoff_base, backoff_max, timeout, labels(..), annotations(..), when{}",
+                    match kind {
+                        Kind::Field => ", path",
+                        Kind::Timer => ", interval, initial_delay",
+                        _ => "",
+                    }
+                )));
+            }
+        }
+        Ok(())
+    });
+    parser.parse(attr)?;
+    Ok(o)
+}
+
+fn resource_type(f: &ItemFn) -> syn::Result<Type> {
+    let err = || {
+        syn::Error::new_spanned(
+            &f.sig,
+            "a handler must be `async fn name(ctx: Context<K>) -> HandlerResult`",
+        )
+    };
+    if f.sig.asyncness.is_none() || f.sig.inputs.len() != 1 {
+        return Err(err());
+    }
+    let Some(FnArg::Typed(pt)) = f.sig.inputs.first() else {
+        return Err(err());
+    };
+    let Type::Path(tp) = &*pt.ty else {
+        return Err(err());
+    };
+    let Some(seg) = tp.path.segments.last() else {
+        return Err(err());
+    };
+    if seg.ident != "Context" {
+        return Err(err());
+    }
+    let PathArguments::AngleBracketed(args) = &seg.arguments else {
+        return Err(err());
+    };
+    for a in &args.args {
+        if let GenericArgument::Type(t) = a {
+            return Ok(t.clone());
+        }
+    }
+    Err(err())
+}
+
+fn expand(attr: TokenStream, item: TokenStream, kind: Kind) -> TokenStream {
+    let f = parse_macro_input!(item as ItemFn);
+    match expand_inner(attr, f, kind) {
+        Ok(t) => t.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
+}
+
+fn expand_inner(attr: TokenStream, f: ItemFn, kind: Kind) -> syn::Result<TokenStream2> {
+    let o = parse_opts(attr, kind)?;
+    let k = resource_type(&f)?;
+    let name = f.sig.ident.clone();
+    let vis = f.vis.clone();
+    let docs: Vec<_> = f
+        .attrs
+        .iter()
+        .filter(|a| a.path().is_ident("doc"))
+        .cloned()
+        .collect();
+    let other_attrs: Vec<_> = f
+        .attrs
+        .iter()
+        .filter(|a| !a.path().is_ident("doc"))
+        .cloned()
+        .collect();
+    let inner_name = format_ident!("__{}_handler", name);
+    let mut inner = f.clone();
+    inner.sig.ident = inner_name.clone();
+    inner.vis = syn::Visibility::Inherited;
+    inner.attrs = other_attrs;
+    let id =
+        o.id.clone()
+            .unwrap_or_else(|| LitStr::new(&name.to_string(), Span::call_site()));
+    let fw = quote!(::operator_framework);
+    let kind_expr = match kind {
+        Kind::Create => quote!(#fw::HandlerKind::Create),
+        Kind::Update => quote!(#fw::HandlerKind::Update),
+        Kind::Delete => quote!(#fw::HandlerKind::Delete),
+        Kind::Resume => quote!(#fw::HandlerKind::Resume),
+        Kind::Event => quote!(#fw::HandlerKind::Event),
+        Kind::Field => {
+            let Some(p) = &o.path else {
+                return Err(syn::Error::new(
+                    Span::call_site(),
+                    "on_field needs `path = \"spec.some.field\"`",
+                ));
+            };
+            quote!(#fw::HandlerKind::Field { path: ::std::string::String::from(#p) })
+        }
+        Kind::Timer => {
+            let Some(i) = o.interval else {
+                return Err(syn::Error::new(
+                    Span::call_site(),
+                    "on_timer needs `interval = \"60s\"`",
+                ));
+            };
+            if i == 0 {
+                return Err(syn::Error::new(
+                    Span::call_site(),
+                    "on_timer interval must be > 0",
+                ));
+            }
+            let d = o.initial_delay.unwrap_or(0);
+            quote!(#fw::HandlerKind::Timer {
+                interval: ::std::time::Duration::from_millis(#i),
+                initial_delay: ::std::time::Duration::from_millis(#d),
+            })
+        }
+    };
+    let mut chain = TokenStream2::new();
+    if let Some(r) = &o.retries {
+        chain.extend(quote!(.retries(#r)));
+    }
+    if o.backoff_base.is_some() || o.backoff_max.is_some() {
+        let b = o.backoff_base.unwrap_or(1_000);
+        let m = o.backoff_max.unwrap_or(300_000);
+        chain.extend(quote!(.backoff(
+            ::std::time::Duration::from_millis(#b),
+            ::std::time::Duration::from_millis(#m)
+        )));
+    }
+    if let Some(t) = o.timeout {
+        chain.extend(quote!(.timeout(::std::time::Duration::from_millis(#t))));
+    }
+    for l in &o.labels {
+        chain.extend(quote!(.label(#l)));
+    }
+    for a in &o.annotations {
+        chain.extend(quote!(.annotation(#a)));
+    }
+    if let Some(w) = &o.when {
+        chain.extend(quote!(.when(#w)));
+    }
+    Ok(quote! {
+        #(#docs)*
+        #vis fn #name() -> #fw::Handler<#k> {
+            #inner
+            #fw::Handler::<#k>::new(#kind_expr, #id, #inner_name) #chain
+        }
+    })
+}
+
+/// Marks `async fn(ctx: Context<K>) -> HandlerResult` as a create handler;
+/// the function becomes `fn() -> Handler<K>`. See the crate docs for options.
+#[proc_macro_attribute]
+pub fn on_create(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand(attr, item, Kind::Create)
+}
+
+/// Marks an update handler (runs once per change of the object's essence).
+#[proc_macro_attribute]
+pub fn on_update(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand(attr, item, Kind::Update)
+}
+
+/// Marks a delete handler (a finalizer is added automatically).
+#[proc_macro_attribute]
+pub fn on_delete(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand(attr, item, Kind::Delete)
+}
+
+/// Marks a resume handler (runs for existing objects when the operator starts).
+#[proc_macro_attribute]
+pub fn on_resume(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand(attr, item, Kind::Resume)
+}
+
+/// Marks a field-change handler: `#[on_field(path = "spec.schedule")]`.
+#[proc_macro_attribute]
+pub fn on_field(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand(attr, item, Kind::Field)
+}
+
+/// Marks a timer: `#[on_timer(interval = "60s", initial_delay = "5s")]`.
+#[proc_macro_attribute]
+pub fn on_timer(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand(attr, item, Kind::Timer)
+}
+
+/// Marks a level-triggered event handler (every watch event, child change
+/// and resync).
+#[proc_macro_attribute]
+pub fn on_event(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand(attr, item, Kind::Event)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration_ms;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_ms("1s"), Ok(1_000));
+        assert_eq!(parse_duration_ms("5m"), Ok(300_000));
+        assert_eq!(parse_duration_ms("250ms"), Ok(250));
+        assert_eq!(parse_duration_ms("1h30m"), Ok(5_400_000));
+        assert_eq!(parse_duration_ms("2d"), Ok(172_800_000));
+        assert!(parse_duration_ms("10").is_err());
+        assert!(parse_duration_ms("5x").is_err());
+        assert!(parse_duration_ms("").is_err());
+    }
+}

@@ -1,0 +1,495 @@
+//! The handler context: the object, what changed, and helpers to act on it.
+
+use crate::diff::{DiffItem, get_path};
+use crate::error::Error;
+use crate::handler::Cause;
+use crate::runtime::Runtime;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+};
+use kube::core::NamespaceScope;
+use kube::runtime::events::{Event as KubeEvent, EventType as KubeEventType};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::any::TypeId;
+use std::collections::BTreeSet;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+
+/// The severity of an Event posted with [`Context::event`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventType {
+    /// Informational.
+    Normal,
+    /// Something went wrong.
+    Warning,
+}
+
+pub(crate) type Observer = Arc<dyn Fn(DynamicObject) + Send + Sync>;
+
+/// Per-object data shared by the contexts of one processing cycle.
+pub(crate) struct ObjectShared {
+    pub(crate) rt: Arc<Runtime>,
+    pub(crate) ar: ApiResource,
+    pub(crate) namespaced: bool,
+    /// The latest known `.status` of the object (updated by `patch_status`).
+    pub(crate) status: Mutex<Value>,
+    /// Feeds objects returned by writes back into the controller's cache.
+    pub(crate) observe: Observer,
+    pub(crate) raw_meta: kube::api::ObjectMeta,
+}
+
+/// Everything a handler gets: the object, why it runs, what changed, and
+/// helpers to talk to the API server.
+///
+/// All public fields are plain data; cloning a context is cheap.
+pub struct Context<K> {
+    /// The object as it was when the handler started.
+    pub object: Arc<K>,
+    /// Why the handler runs.
+    pub cause: Cause,
+    /// How many runs of this handler for this cause failed before (0 on the
+    /// first attempt).
+    pub retry: u32,
+    /// What changed since the last handled configuration (create: everything
+    /// is an `Add`; field handlers: only the items of their field; otherwise
+    /// empty).
+    pub diff: Vec<DiffItem>,
+    /// The id of the running handler.
+    pub handler_id: String,
+    pub(crate) field: Option<String>,
+    pub(crate) old_essence: Option<Arc<Value>>,
+    pub(crate) new_essence: Arc<Value>,
+    pub(crate) shared: Arc<ObjectShared>,
+}
+
+impl<K> Clone for Context<K> {
+    fn clone(&self) -> Self {
+        Context {
+            object: self.object.clone(),
+            cause: self.cause,
+            retry: self.retry,
+            diff: self.diff.clone(),
+            handler_id: self.handler_id.clone(),
+            field: self.field.clone(),
+            old_essence: self.old_essence.clone(),
+            new_essence: self.new_essence.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// What [`Context::apply_children`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChildrenReport {
+    /// Names of the children applied (created or updated).
+    pub applied: Vec<String>,
+    /// Names of owned children deleted because they were not desired.
+    pub deleted: Vec<String>,
+}
+
+pub(crate) fn is_namespaced<R: Resource>() -> bool
+where
+    R::Scope: 'static,
+{
+    TypeId::of::<R::Scope>() == TypeId::of::<NamespaceResourceScope>()
+}
+
+/// Applies an RFC 7386 JSON merge patch to `target`.
+pub(crate) fn merge_patch(target: &mut Value, patch: &Value) {
+    if let Value::Object(p) = patch {
+        if !target.is_object() {
+            *target = Value::Object(Default::default());
+        }
+        if let Value::Object(t) = target {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+    } else {
+        *target = patch.clone();
+    }
+}
+
+impl<K> Context<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    /// A Kubernetes client (the operator's).
+    pub fn client(&self) -> Client {
+        self.shared.rt.client.clone()
+    }
+
+    /// An `Api<K>` over all namespaces (for cluster-scoped kinds the one to
+    /// use; for namespaced kinds see [`Context::api`]).
+    pub fn api_all(&self) -> Api<K> {
+        Api::all(self.client())
+    }
+
+    /// The object's name.
+    pub fn name(&self) -> String {
+        self.object.name_any()
+    }
+
+    /// The object's namespace (`None` for cluster-scoped objects).
+    pub fn namespace(&self) -> Option<String> {
+        self.object.namespace()
+    }
+
+    /// The operator's prefix (annotations, finalizer, field manager).
+    pub fn prefix(&self) -> &str {
+        &self.shared.rt.prefix
+    }
+
+    /// The field manager used for server-side apply.
+    pub fn field_manager(&self) -> &str {
+        &self.shared.rt.field_manager
+    }
+
+    /// The previous value: for a field handler the old value of its field,
+    /// otherwise the whole last handled essence (everything but `metadata` and
+    /// `status`). `None` if there was none (creation, or the field was unset).
+    pub fn old_value(&self) -> Option<Value> {
+        let old = self.old_essence.as_deref()?;
+        match &self.field {
+            Some(p) => get_path(old, p).cloned(),
+            None => Some(old.clone()),
+        }
+    }
+
+    /// The current value: for a field handler the new value of its field,
+    /// otherwise the whole current essence. `None` if the field is unset.
+    pub fn new_value(&self) -> Option<Value> {
+        match &self.field {
+            Some(p) => get_path(&self.new_essence, p).cloned(),
+            None => Some((*self.new_essence).clone()),
+        }
+    }
+
+    /// The object's latest known `.status` (including this handler's own
+    /// [`patch_status`](Self::patch_status) writes).
+    pub fn status(&self) -> Value {
+        self.shared
+            .status
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or(Value::Null)
+    }
+
+    fn dyn_api(&self) -> Api<DynamicObject> {
+        match self.namespace() {
+            Some(ns) if self.shared.namespaced => {
+                Api::namespaced_with(self.client(), &ns, &self.shared.ar)
+            }
+            _ => Api::all_with(self.client(), &self.shared.ar),
+        }
+    }
+
+    /// Merge-patches the object's `/status` subresource: `status` is the
+    /// content of `.status` (e.g. `json!({"phase": "Active"})`), not the whole
+    /// object. Nothing is sent when the patch would not change the latest
+    /// known status. Lists (such as `conditions`) are replaced whole by a merge
+    /// patch, so read-modify-write them (see [`Context::status`] and
+    /// [`conditions`](crate::conditions)).
+    pub async fn patch_status(&self, status: Value) -> Result<(), Error> {
+        let current = self.status();
+        let mut merged = current.clone();
+        merge_patch(&mut merged, &status);
+        if merged == current {
+            return Ok(());
+        }
+        let api = self.dyn_api();
+        self.shared.rt.metrics.api_request("patch_status");
+        let res = api
+            .patch_status(
+                &self.name(),
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({ "status": status })),
+            )
+            .await?;
+        if let Ok(mut s) = self.shared.status.lock() {
+            *s = res.data.get("status").cloned().unwrap_or(Value::Null);
+        }
+        (self.shared.observe)(res);
+        Ok(())
+    }
+
+    /// Posts an Event (events.k8s.io/v1) regarding the object.
+    pub async fn event(&self, type_: EventType, reason: &str, note: &str) -> Result<(), Error> {
+        let reference = self.object.object_ref(&());
+        self.shared
+            .rt
+            .publish_event(type_, reason, note, &self.handler_id, &reference)
+            .await
+    }
+
+    /// Makes `child` owned by this object: sets the controller
+    /// ownerReference (replacing another controller reference), the namespace
+    /// (if the child has none and the owner is namespaced) and the owner labels
+    /// `<prefix>/owner-uid` and `<prefix>/owner-name` (the latter when the
+    /// name fits a label value). Owned children are garbage-collected with
+    /// their owner.
+    pub fn adopt<C: Resource<DynamicType = ()>>(&self, child: &mut C) {
+        let owner = &self.object;
+        let uid = owner.meta().uid.clone().unwrap_or_default();
+        let oref = OwnerReference {
+            api_version: K::api_version(&()).to_string(),
+            kind: K::kind(&()).to_string(),
+            name: owner.name_any(),
+            uid: uid.clone(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        };
+        let prefix = self.shared.rt.prefix.clone();
+        let ns = self.namespace();
+        let meta = child.meta_mut();
+        let refs = meta.owner_references.get_or_insert_with(Vec::new);
+        refs.retain(|r| r.controller != Some(true) && r.uid != uid);
+        refs.push(oref);
+        if meta.namespace.is_none() && self.shared.namespaced {
+            meta.namespace = ns;
+        }
+        let labels = meta.labels.get_or_insert_with(Default::default);
+        labels.insert(format!("{prefix}/owner-uid"), uid);
+        let name = owner.name_any();
+        if name.len() <= 63 {
+            labels.insert(format!("{prefix}/owner-name"), name);
+        }
+    }
+
+    /// The label selector that finds this object's adopted children.
+    pub fn owner_selector(&self) -> String {
+        format!(
+            "{}/owner-uid={}",
+            self.shared.rt.prefix,
+            self.object.meta().uid.clone().unwrap_or_default()
+        )
+    }
+
+    fn child_api<C: Resource<DynamicType = ()>>(&self, ns: Option<&str>) -> Api<DynamicObject>
+    where
+        C::Scope: 'static,
+    {
+        let ar = ApiResource::erase::<C>(&());
+        match ns {
+            Some(ns) if is_namespaced::<C>() => Api::namespaced_with(self.client(), ns, &ar),
+            _ => Api::all_with(self.client(), &ar),
+        }
+    }
+
+    /// Reconciles the set of owned children of kind `C`: each desired child
+    /// is [adopted](Self::adopt) and server-side applied (the operator's field
+    /// manager, `force`); owned children of kind `C` (found by the owner label,
+    /// in the owner's namespace, or cluster-wide for cluster-scoped owners)
+    /// whose name is not among the desired ones are deleted.
+    pub async fn apply_children<C>(&self, desired: Vec<C>) -> Result<ChildrenReport, Error>
+    where
+        C: Resource<DynamicType = ()>
+            + Clone
+            + Serialize
+            + DeserializeOwned
+            + Debug
+            + Send
+            + Sync
+            + 'static,
+        C::Scope: 'static,
+    {
+        let child_namespaced = is_namespaced::<C>();
+        let pp = PatchParams::apply(&self.shared.rt.field_manager).force();
+        let mut report = ChildrenReport::default();
+        let mut keep: BTreeSet<(Option<String>, String)> = BTreeSet::new();
+        for mut child in desired {
+            self.adopt(&mut child);
+            let name = child.name_any();
+            if name.is_empty() {
+                return Err(Error::Config(format!(
+                    "apply_children: a desired {} has no name",
+                    C::kind(&())
+                )));
+            }
+            let ns = child.namespace();
+            if child_namespaced && ns.is_none() {
+                return Err(Error::Config(format!(
+                    "apply_children: {} {name} needs a namespace (the owner is cluster-scoped)",
+                    C::kind(&())
+                )));
+            }
+            let api = self.child_api::<C>(ns.as_deref());
+            // Server-side apply requires apiVersion and kind in the body.
+            let mut body = serde_json::to_value(&child)?;
+            if let Value::Object(m) = &mut body {
+                m.insert(
+                    "apiVersion".into(),
+                    Value::String(C::api_version(&()).into()),
+                );
+                m.insert("kind".into(), Value::String(C::kind(&()).into()));
+                if let Some(Value::Object(md)) = m.get_mut("metadata") {
+                    md.remove("resourceVersion");
+                    md.remove("managedFields");
+                    md.remove("uid");
+                    md.remove("creationTimestamp");
+                }
+                m.remove("status");
+            }
+            self.shared.rt.metrics.api_request("apply");
+            api.patch(&name, &pp, &Patch::Apply(&body)).await?;
+            keep.insert((if child_namespaced { ns } else { None }, name.clone()));
+            report.applied.push(name);
+        }
+        let owner_ns = if self.shared.namespaced {
+            self.namespace()
+        } else {
+            None
+        };
+        let list_api = self.child_api::<C>(owner_ns.as_deref());
+        self.shared.rt.metrics.api_request("list");
+        let owned = list_api
+            .list_metadata(&ListParams::default().labels(&self.owner_selector()))
+            .await?;
+        let uid = self.object.meta().uid.clone().unwrap_or_default();
+        for item in owned.items {
+            let key = (
+                if child_namespaced {
+                    item.namespace()
+                } else {
+                    None
+                },
+                item.name_any(),
+            );
+            let controlled = item
+                .owner_references()
+                .iter()
+                .any(|r| r.controller == Some(true) && r.uid == uid);
+            if keep.contains(&key) || !controlled {
+                continue;
+            }
+            let api = self.child_api::<C>(key.0.as_deref());
+            self.shared.rt.metrics.api_request("delete");
+            match api.delete(&key.1, &DeleteParams::background()).await {
+                Ok(_) => report.deleted.push(key.1),
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(report)
+    }
+
+    /// Creates `child` after adopting it; an existing object of that name is
+    /// left as it is (returns `Ok(None)`).
+    pub async fn create_child<C>(&self, mut child: C) -> Result<Option<C>, Error>
+    where
+        C: Resource<DynamicType = ()>
+            + Clone
+            + Serialize
+            + DeserializeOwned
+            + Debug
+            + Send
+            + Sync
+            + 'static,
+        C::Scope: 'static,
+    {
+        self.adopt(&mut child);
+        let api = self.child_api::<C>(child.namespace().as_deref());
+        let mut body: DynamicObject = serde_json::from_value(serde_json::to_value(&child)?)?;
+        body.types = Some(kube::api::TypeMeta {
+            api_version: C::api_version(&()).into(),
+            kind: C::kind(&()).into(),
+        });
+        self.shared.rt.metrics.api_request("create");
+        match api.create(&PostParams::default(), &body).await {
+            Ok(c) => Ok(Some(serde_json::from_value(serde_json::to_value(&c)?)?)),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The object's metadata as the framework saw it when the cycle started.
+    pub fn raw_metadata(&self) -> &kube::api::ObjectMeta {
+        &self.shared.raw_meta
+    }
+}
+
+impl<K> Context<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+    K::Scope: NamespaceScope,
+{
+    /// An `Api<K>` scoped to the object's namespace (only for namespaced
+    /// kinds; use [`Context::api_all`] for cluster-scoped ones).
+    pub fn api(&self) -> Api<K> {
+        let api = Api::all(self.client());
+        match self.namespace() {
+            Some(ns) => api.constrain(&ns),
+            None => api,
+        }
+    }
+}
+
+pub(crate) fn to_kube_event_type(t: EventType) -> KubeEventType {
+    match t {
+        EventType::Normal => KubeEventType::Normal,
+        EventType::Warning => KubeEventType::Warning,
+    }
+}
+
+pub(crate) fn kube_event(t: EventType, reason: &str, note: &str, action: &str) -> KubeEvent {
+    let trunc = |s: &str, n: usize| -> String {
+        if s.len() <= n {
+            s.to_string()
+        } else {
+            let mut end = n;
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s[..end].to_string()
+        }
+    };
+    KubeEvent {
+        type_: to_kube_event_type(t),
+        reason: trunc(reason, 128),
+        note: Some(trunc(note, 1000)),
+        action: trunc(if action.is_empty() { "Handle" } else { action }, 128),
+        secondary: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merge_patch_rfc7386() {
+        let mut t = json!({"a": 1, "b": {"c": 2, "d": 3}, "l": [1]});
+        merge_patch(
+            &mut t,
+            &json!({"a": null, "b": {"c": 5}, "l": [2], "n": "x"}),
+        );
+        assert_eq!(t, json!({"b": {"c": 5, "d": 3}, "l": [2], "n": "x"}));
+        let mut n = Value::Null;
+        merge_patch(&mut n, &json!({"phase": "A"}));
+        assert_eq!(n, json!({"phase": "A"}));
+    }
+}

@@ -1,0 +1,405 @@
+//! Handler registrations: what a handler reacts to and its options.
+
+use crate::backoff::Backoff;
+use crate::context::Context;
+use crate::error::HandlerResult;
+use futures::future::BoxFuture;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why a handler is being run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Cause {
+    /// The object was seen for the first time (it has no
+    /// `last-handled-configuration` annotation yet).
+    Create,
+    /// The object's essence (everything but `metadata` and `status`) differs
+    /// from the last handled one.
+    Update,
+    /// The object is being deleted (it carries our finalizer).
+    Delete,
+    /// The operator (re)started and found the object already handled.
+    Resume,
+    /// A watched field changed (see [`Handler::on_field`]); the field handlers
+    /// run as part of the create or update processing.
+    Field,
+    /// A timer fired.
+    Timer,
+    /// Level-triggered reconciliation (any watch event, a child change, or the
+    /// periodic resync).
+    Event,
+}
+
+impl Cause {
+    /// Lower-case name used in progress records and logs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Cause::Create => "create",
+            Cause::Update => "update",
+            Cause::Delete => "delete",
+            Cause::Resume => "resume",
+            Cause::Field => "field",
+            Cause::Timer => "timer",
+            Cause::Event => "event",
+        }
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a handler reacts to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HandlerKind {
+    /// Runs once when an object is created (persisted progress).
+    Create,
+    /// Runs once per change of the object's essence (persisted progress).
+    Update,
+    /// Runs when the object is deleted; a finalizer is added automatically.
+    Delete,
+    /// Runs once per operator start for every existing, already created object.
+    Resume,
+    /// Runs when the value at the dotted `path` changes (also on creation when
+    /// the field is set).
+    Field {
+        /// Dotted path, e.g. `spec.schedule`.
+        path: String,
+    },
+    /// Runs every `interval` while the object exists and is not being deleted.
+    Timer {
+        /// Time between runs (measured from the end of one run).
+        interval: Duration,
+        /// Delay before the first run after the object is first seen.
+        initial_delay: Duration,
+    },
+    /// Level-triggered reconcile: every watch event, child change, resync.
+    Event,
+}
+
+type HandlerFn<K> = Arc<dyn Fn(Context<K>) -> BoxFuture<'static, HandlerResult> + Send + Sync>;
+type Predicate<K> = Arc<dyn Fn(&K) -> bool + Send + Sync>;
+
+/// One registered handler for objects of kind `K`.
+///
+/// Usually created by an attribute macro ([`on_create`](crate::on_create) ...),
+/// which turns `async fn name(ctx: Context<K>) -> HandlerResult` into
+/// `fn name() -> Handler<K>`. It can also be built by hand:
+///
+/// ```
+/// # use operator_framework::{Handler, Context, HandlerResult};
+/// # use k8s_openapi::api::core::v1::ConfigMap;
+/// async fn created(ctx: Context<ConfigMap>) -> HandlerResult { Ok(()) }
+/// let h: Handler<ConfigMap> = Handler::on_create("created", created).retries(3);
+/// ```
+pub struct Handler<K> {
+    pub(crate) id: String,
+    pub(crate) kind: HandlerKind,
+    pub(crate) func: HandlerFn<K>,
+    pub(crate) retries: Option<u32>,
+    pub(crate) backoff: Backoff,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) filters: Filters<K>,
+}
+
+impl<K> Clone for Handler<K> {
+    fn clone(&self) -> Self {
+        Handler {
+            id: self.id.clone(),
+            kind: self.kind.clone(),
+            func: self.func.clone(),
+            retries: self.retries,
+            backoff: self.backoff,
+            timeout: self.timeout,
+            filters: self.filters.clone(),
+        }
+    }
+}
+
+impl<K> fmt::Debug for Handler<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handler")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("retries", &self.retries)
+            .field("backoff", &self.backoff)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl<K: Send + Sync + 'static> Handler<K> {
+    /// A handler of any kind from an async function.
+    pub fn new<F, Fut>(kind: HandlerKind, id: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(Context<K>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        Handler {
+            id: id.into(),
+            kind,
+            func: Arc::new(move |ctx| Box::pin(f(ctx))),
+            retries: None,
+            backoff: Backoff::default(),
+            timeout: None,
+            filters: Filters::default(),
+        }
+    }
+
+    /// A create handler.
+    pub fn on_create<F, Fut>(id: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(Context<K>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        Self::new(HandlerKind::Create, id, f)
+    }
+
+    /// An update handler.
+    pub fn on_update<F, Fut>(id: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(Context<K>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        Self::new(HandlerKind::Update, id, f)
+    }
+
+    /// A delete handler.
+    pub fn on_delete<F, Fut>(id: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(Context<K>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        Self::new(HandlerKind::Delete, id, f)
+    }
+
+    /// A resume handler.
+    pub fn on_resume<F, Fut>(id: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(Context<K>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        Self::new(HandlerKind::Resume, id, f)
+    }
+
+    /// A field-change handler for the dotted `path`.
+    pub fn on_field<F, Fut>(id: impl Into<String>, path: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(Context<K>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        Self::new(HandlerKind::Field { path: path.into() }, id, f)
+    }
+
+    /// A timer handler.
+    pub fn on_timer<F, Fut>(
+        id: impl Into<String>,
+        interval: Duration,
+        initial_delay: Duration,
+        f: F,
+    ) -> Self
+    where
+        F: Fn(Context<K>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        Self::new(
+            HandlerKind::Timer {
+                interval,
+                initial_delay,
+            },
+            id,
+            f,
+        )
+    }
+
+    /// A level-triggered event handler.
+    pub fn on_event<F, Fut>(id: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(Context<K>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        Self::new(HandlerKind::Event, id, f)
+    }
+
+    /// Gives up after this many failed runs (default: unlimited, except for
+    /// delete handlers, see [`OperatorConfig::delete_retries`](crate::OperatorConfig::delete_retries)).
+    pub fn retries(mut self, n: u32) -> Self {
+        self.retries = Some(n);
+        self
+    }
+
+    /// Sets the exponential backoff base and cap.
+    pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.backoff.base = base;
+        self.backoff.max = max;
+        self
+    }
+
+    /// Disables the random jitter of the backoff (mostly for tests).
+    pub fn without_jitter(mut self) -> Self {
+        self.backoff.jitter = false;
+        self
+    }
+
+    /// Cancels each run after `timeout`; a timed-out run is a failed,
+    /// retryable run.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Only for objects matching this label filter: `key=value`, `key!=value`,
+    /// `key` (present) or `!key` (absent). Several filters must all match.
+    pub fn label(mut self, filter: &str) -> Self {
+        self.filters.labels.push(MetaFilter::parse(filter));
+        self
+    }
+
+    /// Only for objects matching this annotation filter (same syntax as
+    /// [`Handler::label`]).
+    pub fn annotation(mut self, filter: &str) -> Self {
+        self.filters.annotations.push(MetaFilter::parse(filter));
+        self
+    }
+
+    /// Only for objects for which `pred` returns `true`.
+    pub fn when(mut self, pred: impl Fn(&K) -> bool + Send + Sync + 'static) -> Self {
+        self.filters.when = Some(Arc::new(pred));
+        self
+    }
+
+    /// Overrides the id (default: the function name).
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = id.into();
+        self
+    }
+
+    /// The handler id.
+    pub fn handler_id(&self) -> &str {
+        &self.id
+    }
+
+    /// What the handler reacts to.
+    pub fn kind(&self) -> &HandlerKind {
+        &self.kind
+    }
+}
+
+/// The filters of a handler.
+pub struct Filters<K> {
+    pub(crate) labels: Vec<MetaFilter>,
+    pub(crate) annotations: Vec<MetaFilter>,
+    pub(crate) when: Option<Predicate<K>>,
+}
+
+impl<K> Default for Filters<K> {
+    fn default() -> Self {
+        Filters {
+            labels: Vec::new(),
+            annotations: Vec::new(),
+            when: None,
+        }
+    }
+}
+
+impl<K> Clone for Filters<K> {
+    fn clone(&self) -> Self {
+        Filters {
+            labels: self.labels.clone(),
+            annotations: self.annotations.clone(),
+            when: self.when.clone(),
+        }
+    }
+}
+
+impl<K> Filters<K> {
+    /// Whether an object with these labels/annotations (and value) passes.
+    pub(crate) fn matches(
+        &self,
+        labels: &BTreeMap<String, String>,
+        annotations: &BTreeMap<String, String>,
+        obj: &K,
+    ) -> bool {
+        self.labels.iter().all(|f| f.matches(labels))
+            && self.annotations.iter().all(|f| f.matches(annotations))
+            && self.when.as_ref().is_none_or(|p| p(obj))
+    }
+}
+
+/// One label or annotation filter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetaFilter {
+    /// `key=value`
+    Equals(String, String),
+    /// `key!=value`
+    NotEquals(String, String),
+    /// `key`
+    Present(String),
+    /// `!key`
+    Absent(String),
+}
+
+impl MetaFilter {
+    /// Parses `key=value`, `key!=value`, `key` or `!key`.
+    pub fn parse(s: &str) -> MetaFilter {
+        let s = s.trim();
+        if let Some((k, v)) = s.split_once("!=") {
+            MetaFilter::NotEquals(k.trim().into(), v.trim().into())
+        } else if let Some((k, v)) = s.split_once('=') {
+            MetaFilter::Equals(k.trim().into(), v.trim().into())
+        } else if let Some(k) = s.strip_prefix('!') {
+            MetaFilter::Absent(k.trim().into())
+        } else {
+            MetaFilter::Present(s.into())
+        }
+    }
+
+    /// Whether `map` passes this filter.
+    pub fn matches(&self, map: &BTreeMap<String, String>) -> bool {
+        match self {
+            MetaFilter::Equals(k, v) => map.get(k) == Some(v),
+            MetaFilter::NotEquals(k, v) => map.get(k) != Some(v),
+            MetaFilter::Present(k) => map.contains_key(k),
+            MetaFilter::Absent(k) => !map.contains_key(k),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_filters() {
+        let m: BTreeMap<String, String> = [("app".to_string(), "demo".to_string())].into();
+        assert!(MetaFilter::parse("app=demo").matches(&m));
+        assert!(!MetaFilter::parse("app=other").matches(&m));
+        assert!(MetaFilter::parse("app!=other").matches(&m));
+        assert!(!MetaFilter::parse("app!=demo").matches(&m));
+        assert!(MetaFilter::parse("app").matches(&m));
+        assert!(!MetaFilter::parse("!app").matches(&m));
+        assert!(MetaFilter::parse("!tier").matches(&m));
+        assert!(!MetaFilter::parse("tier").matches(&m));
+    }
+
+    #[test]
+    fn filters_combine() {
+        let mut f: Filters<u32> = Filters::default();
+        let labels: BTreeMap<String, String> = [("app".to_string(), "demo".to_string())].into();
+        let none = BTreeMap::new();
+        assert!(f.matches(&none, &none, &1));
+        f.labels.push(MetaFilter::parse("app=demo"));
+        assert!(f.matches(&labels, &none, &1));
+        assert!(!f.matches(&none, &none, &1));
+        f.when = Some(Arc::new(|n: &u32| *n > 5));
+        assert!(!f.matches(&labels, &none, &1));
+        assert!(f.matches(&labels, &none, &6));
+        f.annotations.push(MetaFilter::parse("x"));
+        assert!(!f.matches(&labels, &none, &6));
+    }
+}

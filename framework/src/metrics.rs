@@ -1,0 +1,407 @@
+//! Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoint.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+type Labels = Vec<(&'static str, String)>;
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+/// The operator's metrics (Prometheus text format via [`Metrics::render`]).
+///
+/// Exposed series:
+/// * `operator_handler_runs_total{controller,handler}`
+/// * `operator_handler_failures_total{controller,handler,kind="retryable|permanent"}`
+/// * `operator_handler_retries_total{controller,handler}` (runs that were retries)
+/// * `operator_handler_duration_seconds{controller,handler}` (histogram)
+/// * `operator_objects_queued{controller}` (due, waiting for a worker slot)
+/// * `operator_objects_in_flight` (objects being processed)
+/// * `operator_api_requests_total{verb}` (requests made by the framework itself)
+/// * `operator_api_writes_total` (writes made by the framework itself, incl. handlers' context helpers)
+/// * `operator_is_leader`
+#[derive(Default)]
+pub struct Metrics {
+    counters: Mutex<BTreeMap<(&'static str, Labels), u64>>,
+    histograms: Mutex<BTreeMap<Labels, Histogram>>,
+    gauges: Mutex<BTreeMap<(&'static str, Labels), i64>>,
+    in_flight: AtomicI64,
+    leader: AtomicBool,
+    ready: AtomicBool,
+}
+
+impl Metrics {
+    fn inc(&self, name: &'static str, labels: Labels, by: u64) {
+        if let Ok(mut c) = self.counters.lock() {
+            *c.entry((name, labels)).or_default() += by;
+        }
+    }
+
+    fn counter(&self, name: &'static str, labels: &Labels) -> u64 {
+        self.counters
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&(name, labels.clone())).copied())
+            .unwrap_or(0)
+    }
+
+    pub(crate) fn handler_run(&self, controller: &str, handler: &str, retry: bool, d: Duration) {
+        let l: Labels = vec![
+            ("controller", controller.into()),
+            ("handler", handler.into()),
+        ];
+        self.inc("operator_handler_runs_total", l.clone(), 1);
+        if retry {
+            self.inc("operator_handler_retries_total", l.clone(), 1);
+        }
+        if let Ok(mut h) = self.histograms.lock() {
+            let h = h.entry(l).or_default();
+            let s = d.as_secs_f64();
+            for (i, b) in BUCKETS.iter().enumerate() {
+                if s <= *b {
+                    h.counts[i] += 1;
+                }
+            }
+            h.sum += s;
+            h.count += 1;
+        }
+    }
+
+    pub(crate) fn handler_failure(&self, controller: &str, handler: &str, permanent: bool) {
+        let kind = if permanent { "permanent" } else { "retryable" };
+        self.inc(
+            "operator_handler_failures_total",
+            vec![
+                ("controller", controller.into()),
+                ("handler", handler.into()),
+                ("kind", kind.into()),
+            ],
+            1,
+        );
+    }
+
+    pub(crate) fn api_request(&self, verb: &'static str) {
+        self.inc(
+            "operator_api_requests_total",
+            vec![("verb", verb.into())],
+            1,
+        );
+        if !matches!(verb, "get" | "list") {
+            self.inc("operator_api_writes_total", vec![], 1);
+        }
+    }
+
+    pub(crate) fn set_queued(&self, controller: &str, n: usize) {
+        if let Ok(mut g) = self.gauges.lock() {
+            g.insert(
+                (
+                    "operator_objects_queued",
+                    vec![("controller", controller.into())],
+                ),
+                n as i64,
+            );
+        }
+    }
+
+    pub(crate) fn in_flight_add(&self, d: i64) {
+        self.in_flight.fetch_add(d, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_leader(&self, v: bool) {
+        self.leader.store(v, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_ready(&self, v: bool) {
+        self.ready.store(v, Ordering::Relaxed);
+    }
+
+    /// Whether the operator is ready (watches listed, or standing by for the
+    /// lease).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Whether this replica currently holds the lease (always `true` without
+    /// leader election once running).
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::Relaxed)
+    }
+
+    /// Total handler runs of `handler` (all controllers).
+    pub fn handler_runs(&self, handler: &str) -> u64 {
+        self.sum_where("operator_handler_runs_total", handler)
+    }
+
+    /// Total failed runs of `handler` (all controllers).
+    pub fn handler_failures(&self, handler: &str) -> u64 {
+        self.sum_where("operator_handler_failures_total", handler)
+    }
+
+    fn sum_where(&self, name: &str, handler: &str) -> u64 {
+        self.counters
+            .lock()
+            .map(|c| {
+                c.iter()
+                    .filter(|((n, l), _)| {
+                        *n == name && l.iter().any(|(k, v)| *k == "handler" && v == handler)
+                    })
+                    .map(|(_, v)| *v)
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
+    /// API requests made by the framework (watches excluded).
+    pub fn api_requests(&self) -> u64 {
+        self.counters
+            .lock()
+            .map(|c| {
+                c.iter()
+                    .filter(|((n, _), _)| *n == "operator_api_requests_total")
+                    .map(|(_, v)| *v)
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Write requests (create/patch/apply/delete/event) made by the framework.
+    pub fn api_writes(&self) -> u64 {
+        self.counter("operator_api_writes_total", &vec![])
+    }
+
+    /// The metrics in Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let fmt_labels = |l: &Labels, extra: Option<(&str, String)>| -> String {
+            let mut parts: Vec<String> = l
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                .collect();
+            if let Some((k, v)) = extra {
+                parts.push(format!("{k}=\"{v}\""));
+            }
+            if parts.is_empty() {
+                String::new()
+            } else {
+                format!("{{{}}}", parts.join(","))
+            }
+        };
+        let helps: [(&str, &str, &str); 4] = [
+            ("operator_handler_runs_total", "counter", "Handler runs."),
+            (
+                "operator_handler_failures_total",
+                "counter",
+                "Failed handler runs.",
+            ),
+            (
+                "operator_handler_retries_total",
+                "counter",
+                "Handler runs that were retries.",
+            ),
+            (
+                "operator_api_requests_total",
+                "counter",
+                "API requests made by the framework.",
+            ),
+        ];
+        if let Ok(c) = self.counters.lock() {
+            for (name, typ, help) in helps {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {typ}");
+                for ((n, l), v) in c.iter() {
+                    if *n == name {
+                        let _ = writeln!(out, "{n}{} {v}", fmt_labels(l, None));
+                    }
+                }
+            }
+            let _ = writeln!(
+                out,
+                "# HELP operator_api_writes_total Write requests made by the framework.\n# TYPE operator_api_writes_total counter\noperator_api_writes_total {}",
+                c.get(&("operator_api_writes_total", vec![]))
+                    .copied()
+                    .unwrap_or(0)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP operator_handler_duration_seconds Handler run duration.\n# TYPE operator_handler_duration_seconds histogram"
+        );
+        if let Ok(h) = self.histograms.lock() {
+            for (l, h) in h.iter() {
+                for (i, b) in BUCKETS.iter().enumerate() {
+                    let _ = writeln!(
+                        out,
+                        "operator_handler_duration_seconds_bucket{} {}",
+                        fmt_labels(l, Some(("le", b.to_string()))),
+                        h.counts[i]
+                    );
+                }
+                let _ = writeln!(
+                    out,
+                    "operator_handler_duration_seconds_bucket{} {}",
+                    fmt_labels(l, Some(("le", "+Inf".into()))),
+                    h.count
+                );
+                let _ = writeln!(
+                    out,
+                    "operator_handler_duration_seconds_sum{} {}",
+                    fmt_labels(l, None),
+                    h.sum
+                );
+                let _ = writeln!(
+                    out,
+                    "operator_handler_duration_seconds_count{} {}",
+                    fmt_labels(l, None),
+                    h.count
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP operator_objects_queued Objects due and waiting for a worker slot.\n# TYPE operator_objects_queued gauge"
+        );
+        if let Ok(g) = self.gauges.lock() {
+            for ((n, l), v) in g.iter() {
+                let _ = writeln!(out, "{n}{} {v}", fmt_labels(l, None));
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP operator_objects_in_flight Objects being processed.\n# TYPE operator_objects_in_flight gauge\noperator_objects_in_flight {}",
+            self.in_flight.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP operator_is_leader Whether this replica acts.\n# TYPE operator_is_leader gauge\noperator_is_leader {}",
+            u8::from(self.is_leader())
+        );
+        out
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until the future is dropped.
+pub(crate) async fn serve(
+    addr: SocketAddr,
+    metrics: std::sync::Arc<Metrics>,
+) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+    loop {
+        let (mut sock, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut n = 0;
+            let read = tokio::time::timeout(Duration::from_secs(5), async {
+                loop {
+                    match sock.read(&mut buf[n..]).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(m) => {
+                            n += m;
+                            if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") || n == buf.len() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            })
+            .await;
+            if read.is_err() {
+                return;
+            }
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let path = req.split_whitespace().nth(1).unwrap_or("/");
+            let path = path.split('?').next().unwrap_or(path);
+            let (code, ctype, body) = route(path, &metrics);
+            let resp = format!(
+                "HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        });
+    }
+}
+
+fn route(path: &str, metrics: &Metrics) -> (&'static str, &'static str, String) {
+    match path {
+        "/metrics" => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics.render(),
+        ),
+        "/healthz" | "/livez" => ("200 OK", "text/plain", "ok\n".into()),
+        "/readyz" if metrics.is_ready() => ("200 OK", "text/plain", "ok\n".into()),
+        "/readyz" => (
+            "503 Service Unavailable",
+            "text/plain",
+            "not ready\n".into(),
+        ),
+        _ => ("404 Not Found", "text/plain", "not found\n".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_and_route() {
+        let m = Metrics::default();
+        m.handler_run("Foo", "create", false, Duration::from_millis(30));
+        m.handler_run("Foo", "create", true, Duration::from_millis(300));
+        m.handler_failure("Foo", "create", false);
+        m.api_request("patch");
+        m.api_request("get");
+        m.set_queued("Foo", 3);
+        let text = m.render();
+        assert!(
+            text.contains("operator_handler_runs_total{controller=\"Foo\",handler=\"create\"} 2")
+        );
+        assert!(
+            text.contains(
+                "operator_handler_retries_total{controller=\"Foo\",handler=\"create\"} 1"
+            )
+        );
+        assert!(text.contains("operator_handler_duration_seconds_bucket{controller=\"Foo\",handler=\"create\",le=\"0.05\"} 1"));
+        assert!(text.contains(
+            "operator_handler_duration_seconds_count{controller=\"Foo\",handler=\"create\"} 2"
+        ));
+        assert!(text.contains("operator_objects_queued{controller=\"Foo\"} 3"));
+        assert!(text.contains("operator_api_writes_total 1"));
+        assert_eq!(m.handler_runs("create"), 2);
+        assert_eq!(m.handler_failures("create"), 1);
+        assert_eq!(m.api_requests(), 2);
+        assert_eq!(route("/readyz", &m).0, "503 Service Unavailable");
+        m.set_ready(true);
+        assert_eq!(route("/readyz", &m).0, "200 OK");
+        assert_eq!(route("/healthz", &m).0, "200 OK");
+        assert_eq!(route("/nope", &m).0, "404 Not Found");
+    }
+}

@@ -1,0 +1,79 @@
+//! State shared by all controllers of one running operator.
+
+use crate::context::{EventType, kube_event};
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::operator::OperatorConfig;
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+pub(crate) struct Runtime {
+    pub(crate) client: Client,
+    pub(crate) prefix: String,
+    pub(crate) field_manager: String,
+    pub(crate) config: OperatorConfig,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) recorder: Recorder,
+    pub(crate) slots: Arc<Semaphore>,
+}
+
+impl Runtime {
+    pub(crate) fn new(
+        client: Client,
+        prefix: String,
+        config: OperatorConfig,
+        metrics: Arc<Metrics>,
+        identity: Option<String>,
+    ) -> Runtime {
+        let field_manager = config
+            .field_manager
+            .clone()
+            .unwrap_or_else(|| prefix.clone());
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: field_manager.clone(),
+                instance: identity,
+            },
+        );
+        let slots = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
+        Runtime {
+            client,
+            prefix,
+            field_manager,
+            config,
+            metrics,
+            recorder,
+            slots,
+        }
+    }
+
+    pub(crate) fn finalizer(&self) -> String {
+        format!("{}/finalizer", self.prefix)
+    }
+
+    pub(crate) fn progress_key(&self) -> String {
+        format!("{}/progress", self.prefix)
+    }
+
+    pub(crate) fn last_handled_key(&self) -> String {
+        format!("{}/last-handled-configuration", self.prefix)
+    }
+
+    pub(crate) async fn publish_event(
+        &self,
+        type_: EventType,
+        reason: &str,
+        note: &str,
+        action: &str,
+        reference: &ObjectReference,
+    ) -> Result<(), Error> {
+        self.metrics.api_request("event");
+        let ev = kube_event(type_, reason, note, action);
+        self.recorder.publish(&ev, reference).await?;
+        Ok(())
+    }
+}
