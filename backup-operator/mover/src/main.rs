@@ -65,6 +65,9 @@ enum Cmd {
         /// Do not fail with SourceEmpty on an empty directory
         #[arg(long)]
         allow_empty: bool,
+        /// Record this RFC 3339 time as the snapshot time (testing)
+        #[arg(long, hide = true)]
+        time: Option<String>,
     },
     /// Restore a snapshot into a directory
     Restore {
@@ -150,8 +153,10 @@ fn run(cmd: Cmd, r: &mut MoverResult) -> MResult<()> {
             keep_last,
             keep_within_days,
             allow_empty,
+            time,
         } => {
             r.pvc = Some(pvc.clone());
+            let time = parse_time("--time", time)?;
             let (be, o) = connect(&common)?;
             let args = ops::BackupArgs {
                 source,
@@ -164,6 +169,7 @@ fn run(cmd: Cmd, r: &mut MoverResult) -> MResult<()> {
                 },
                 allow_empty,
                 lock_wait: Duration::from_secs(common.lock_wait_seconds),
+                time,
             };
             ops::backup(&be, &o, &args, r)
         }
@@ -177,13 +183,7 @@ fn run(cmd: Cmd, r: &mut MoverResult) -> MResult<()> {
             delete,
             no_ownership,
         } => {
-            let before = before
-                .map(|b| {
-                    b.parse::<jiff::Timestamp>().map_err(|e| {
-                        MoverError::new(ErrorKind::Other, format!("--before {b:?}: {e}"))
-                    })
-                })
-                .transpose()?;
+            let before = parse_time("--before", before)?;
             let (be, o) = connect(&common)?;
             let args = ops::RestoreArgs {
                 snapshot,
@@ -257,6 +257,14 @@ fn run(cmd: Cmd, r: &mut MoverResult) -> MResult<()> {
             Ok(())
         }
     }
+}
+
+fn parse_time(flag: &str, v: Option<String>) -> MResult<Option<jiff::Timestamp>> {
+    v.map(|b| {
+        b.parse::<jiff::Timestamp>()
+            .map_err(|e| MoverError::new(ErrorKind::Other, format!("{flag} {b:?}: {e}")))
+    })
+    .transpose()
 }
 
 fn main() -> ExitCode {

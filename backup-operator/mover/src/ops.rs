@@ -41,6 +41,8 @@ pub struct BackupArgs {
     pub retention: Retention,
     pub allow_empty: bool,
     pub lock_wait: Duration,
+    /// Snapshot time override (tests of age-based retention).
+    pub time: Option<Timestamp>,
 }
 
 fn tag_value<'a>(s: &'a SnapshotFile, key: &str) -> Option<&'a str> {
@@ -109,10 +111,13 @@ pub fn backup(
     let tags = format!("ns={},policy={},pvc={}", a.namespace, a.policy, a.pvc);
     let tags = StringList::from_str(&tags)
         .map_err(|e| MoverError::new(ErrorKind::Other, format!("snapshot tags: {e}")))?;
-    let snap_opts = SnapshotOptions::default()
+    let mut snap_opts = SnapshotOptions::default()
         .host(a.pvc.clone())
         .tags(vec![tags])
         .description(meta::describe(root));
+    if let Some(t) = a.time {
+        snap_opts = snap_opts.time(t.to_zoned(jiff::tz::TimeZone::UTC));
+    }
     let snap = snap_opts.to_snapshot().ctx("preparing snapshot")?;
     let source_str = a
         .source

@@ -61,6 +61,8 @@ impl std::fmt::Debug for S3Backend {
 
 impl S3Backend {
     pub fn new(s: &S3Settings) -> MResult<Self> {
+        // Installs the reqwest HTTP transport (idempotent).
+        opendal::install_default();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

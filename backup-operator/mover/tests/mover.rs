@@ -1,0 +1,1006 @@
+//! Runs the `backup-mover` binary as a process against a local-path
+//! repository (the same code path an NFS mount takes: a host directory, as
+//! this machine cannot serve NFS to itself) and against moto's S3 server.
+//! Needs `restic` (Debian package) and `moto_server` (`pip install "moto[server]"`).
+
+#[allow(dead_code)]
+#[path = "../src/result.rs"]
+mod result;
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use result::{ErrorKind, MoverResult};
+use sha2::{Digest, Sha256};
+
+const PASSWORD: &str = "test-password";
+const MIB: u64 = 1024 * 1024;
+
+// ---------- helpers ----------
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "mover-test-{}-{}-{name}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        Self(p)
+    }
+    fn path(&self) -> &Path {
+        &self.0
+    }
+    fn join(&self, s: &str) -> PathBuf {
+        self.0.join(s)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[derive(Clone)]
+struct Env {
+    vars: Vec<(String, String)>,
+}
+
+impl Env {
+    fn local() -> Self {
+        Self {
+            vars: vec![("RESTIC_PASSWORD".into(), PASSWORD.into())],
+        }
+    }
+    fn s3() -> Self {
+        Self {
+            vars: vec![
+                ("RESTIC_PASSWORD".into(), PASSWORD.into()),
+                ("AWS_ACCESS_KEY_ID".into(), "testing".into()),
+                ("AWS_SECRET_ACCESS_KEY".into(), "testing".into()),
+                ("AWS_DEFAULT_REGION".into(), "us-east-1".into()),
+                ("MOVER_S3_RETRIES".into(), "1".into()),
+            ],
+        }
+    }
+    fn with(&self, k: &str, v: &str) -> Self {
+        let mut e = self.clone();
+        e.vars.retain(|(a, _)| a != k);
+        e.vars.push((k.into(), v.into()));
+        e
+    }
+    fn apply(&self, c: &mut Command) {
+        for k in [
+            "RESTIC_PASSWORD",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_DEFAULT_REGION",
+            "MOVER_S3_PATH_STYLE",
+            "MOVER_CACHE_DIR",
+        ] {
+            c.env_remove(k);
+        }
+        c.env("HOME", std::env::temp_dir());
+        for (k, v) in &self.vars {
+            c.env(k, v);
+        }
+    }
+}
+
+fn mover_cmd(env: &Env, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_backup-mover"));
+    c.args(args);
+    env.apply(&mut c);
+    c
+}
+
+/// Runs the mover with `--result-file`; returns the parsed result.
+fn mover(env: &Env, args: &[&str]) -> MoverResult {
+    let dir = TempDir::new("result");
+    let rf = dir.join("result.json");
+    let mut all: Vec<&str> = args.to_vec();
+    let rf_s = rf.to_str().expect("utf8");
+    all.extend(["--result-file", rf_s]);
+    let out = mover_cmd(env, &all).output().expect("run backup-mover");
+    let text = std::fs::read_to_string(&rf).unwrap_or_else(|_| {
+        panic!(
+            "no result file for {args:?}; stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(text.len() <= 4096, "result over 4096 bytes");
+    let r: MoverResult = serde_json::from_str(&text).expect("result parses as MoverResult");
+    assert_eq!(
+        out.status.success(),
+        r.ok,
+        "exit status must match ok for {args:?}: {text}"
+    );
+    r
+}
+
+fn ok(env: &Env, args: &[&str]) -> MoverResult {
+    let r = mover(env, args);
+    assert!(r.ok, "{args:?} failed: {:?}", r.error);
+    r
+}
+
+fn err_kind(env: &Env, args: &[&str]) -> ErrorKind {
+    let r = mover(env, args);
+    assert!(!r.ok, "{args:?} unexpectedly succeeded");
+    let e = r.error.expect("error present");
+    assert!(!e.message.contains(PASSWORD), "password leaked");
+    assert!(!e.message.contains("testing-secret"), "secret leaked");
+    e.kind
+}
+
+fn restic(env: &Env, args: &[&str]) -> std::process::Output {
+    let mut c = Command::new("restic");
+    c.args(args);
+    env.apply(&mut c);
+    c.env(
+        "RESTIC_CACHE_DIR",
+        std::env::temp_dir().join("mover-test-restic-cache"),
+    );
+    c.output()
+        .expect("restic must be installed (apt-get install restic)")
+}
+
+fn backup_args<'a>(repo: &'a str, src: &'a str, pvc: &'a str) -> Vec<&'a str> {
+    vec![
+        "backup",
+        "--repository",
+        repo,
+        "--source",
+        src,
+        "--namespace",
+        "ns1",
+        "--policy",
+        "pol1",
+        "--pvc",
+        pvc,
+    ]
+}
+
+/// Deterministic pseudo-random bytes.
+fn prng_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+fn set_mtime(p: &Path, sec: i64, nsec: i64) {
+    let c = CString::new(p.as_os_str().as_bytes()).expect("cstring");
+    let t = [
+        libc::timespec {
+            tv_sec: sec,
+            tv_nsec: nsec,
+        },
+        libc::timespec {
+            tv_sec: sec,
+            tv_nsec: nsec,
+        },
+    ];
+    // SAFETY: valid pointers.
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            t.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    assert_eq!(rc, 0, "utimensat {}", p.display());
+}
+
+fn chown(p: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::lchown(p, Some(uid), Some(gid)).expect("lchown (tests run as root)");
+}
+
+fn chmod(p: &Path, mode: u32) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// A tree with everything the restore must bring back.
+fn make_tree(root: &Path) {
+    std::fs::create_dir_all(root.join("docs/deep/er")).expect("mkdir");
+    std::fs::create_dir_all(root.join("emptydir")).expect("mkdir");
+    std::fs::write(
+        root.join("random.bin"),
+        prng_bytes(1, 3 * MIB as usize + 12345),
+    )
+    .expect("w");
+    std::fs::write(root.join("docs/readme.txt"), "hello restore\n".repeat(500)).expect("w");
+    std::fs::write(root.join("docs/deep/er/small.txt"), "x").expect("w");
+    std::fs::write(root.join("empty.txt"), "").expect("w");
+    std::fs::write(root.join("run.sh"), "#!/bin/sh\necho hi\n").expect("w");
+    std::fs::hard_link(root.join("random.bin"), root.join("hardlink.bin")).expect("hardlink");
+    symlink("docs/readme.txt", root.join("link")).expect("symlink");
+    symlink("does/not/exist", root.join("dangling")).expect("symlink");
+    chmod(&root.join("run.sh"), 0o755);
+    chmod(&root.join("docs/readme.txt"), 0o640);
+    chmod(&root.join("emptydir"), 0o700);
+    chmod(&root.join("docs/deep"), 0o2750);
+    chown(&root.join("docs/readme.txt"), 1001, 1002);
+    chown(&root.join("emptydir"), 1003, 1004);
+    chown(&root.join("link"), 1005, 1006);
+    let mut t = 1_600_000_000i64;
+    for rel in [
+        "random.bin",
+        "docs/readme.txt",
+        "docs/deep/er/small.txt",
+        "empty.txt",
+        "run.sh",
+        "link",
+        "dangling",
+        "docs/deep/er",
+        "docs/deep",
+        "docs",
+        "emptydir",
+    ] {
+        t += 86_400 + 17;
+        set_mtime(&root.join(rel), t, 123_456_789);
+    }
+    // The PVC root: setgid group-shared, not owned by root, old mtime.
+    chown(root, 1000, 2000);
+    chmod(root, 0o2770);
+    set_mtime(root, 1_610_000_000, 987_654_321);
+}
+
+#[derive(Debug, PartialEq)]
+struct Entry {
+    kind: char,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: Option<(i64, i64)>,
+    content: String,
+    nlink: u64,
+}
+
+/// Everything observable about a tree; `with_root` includes the root itself.
+fn snapshot_tree(root: &Path, with_root: bool) -> BTreeMap<String, Entry> {
+    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, Entry>) {
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .expect("read_dir")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        names.sort();
+        for p in names {
+            let m = std::fs::symlink_metadata(&p).expect("lstat");
+            let rel = p.strip_prefix(base).expect("prefix").display().to_string();
+            let ft = m.file_type();
+            let (kind, content) = if ft.is_symlink() {
+                (
+                    'l',
+                    std::fs::read_link(&p)
+                        .expect("readlink")
+                        .display()
+                        .to_string(),
+                )
+            } else if ft.is_dir() {
+                ('d', String::new())
+            } else {
+                let data = std::fs::read(&p).expect("read");
+                ('f', format!("{:x}", Sha256::digest(&data)))
+            };
+            out.insert(
+                rel,
+                Entry {
+                    kind,
+                    mode: if kind == 'l' { 0 } else { m.mode() & 0o7777 },
+                    uid: m.uid(),
+                    gid: m.gid(),
+                    // symlink times are not portable across tools; compare others
+                    mtime: (kind != 'l').then(|| (m.mtime(), m.mtime_nsec())),
+                    content,
+                    nlink: if kind == 'f' { m.nlink() } else { 0 },
+                },
+            );
+            if kind == 'd' {
+                walk(base, &p, out);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    if with_root {
+        let m = std::fs::metadata(root).expect("stat root");
+        out.insert(
+            ".".into(),
+            Entry {
+                kind: 'd',
+                mode: m.mode() & 0o7777,
+                uid: m.uid(),
+                gid: m.gid(),
+                mtime: Some((m.mtime(), m.mtime_nsec())),
+                content: String::new(),
+                nlink: 0,
+            },
+        );
+    }
+    walk(root, root, &mut out);
+    out
+}
+
+fn assert_same_tree(a: &Path, b: &Path, with_root: bool) {
+    let ta = snapshot_tree(a, with_root);
+    let tb = snapshot_tree(b, with_root);
+    assert_eq!(
+        ta.keys().collect::<Vec<_>>(),
+        tb.keys().collect::<Vec<_>>(),
+        "same names"
+    );
+    for (k, ea) in &ta {
+        assert_eq!(Some(ea), tb.get(k), "entry {k} differs");
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A moto S3 server owned by this test; killed (by PID, via the Child) on drop.
+struct Moto {
+    child: Child,
+    port: u16,
+}
+
+impl Moto {
+    fn start() -> Self {
+        let port = free_port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "moto_server not runnable ({e}); install it with: pip install \"moto[server]\""
+                )
+            });
+        let mut m = Moto { child, port };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if m.http("GET", "/", b"").is_some() {
+                break;
+            }
+            if let Ok(Some(status)) = m.child.try_wait() {
+                panic!("moto_server exited early ({status}); pip install \"moto[server]\"");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not start in 60s"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        m
+    }
+
+    fn http(&self, method: &str, path: &str, body: &[u8]) -> Option<u16> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.port,
+            body.len()
+        )
+        .ok()?;
+        s.write_all(body).ok()?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).ok()?;
+        resp.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    fn bucket(&self, name: &str) -> String {
+        let st = self
+            .http("PUT", &format!("/{name}"), b"")
+            .expect("create bucket");
+        assert_eq!(st, 200, "create bucket {name}");
+        format!("s3:http://127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------- scenarios, run for both repository kinds ----------
+
+fn roundtrip_and_restic(env: &Env, repo: &str) {
+    let t = TempDir::new("roundtrip");
+    let src = t.join("src");
+    make_tree(&src);
+    let src_s = src.to_str().expect("utf8");
+    let b = ok(env, &backup_args(repo, src_s, "data-pvc"));
+    let id = b.snapshot_id.clone().expect("snapshot id");
+    assert_eq!(b.pvc.as_deref(), Some("data-pvc"));
+    assert!(b.bytes_processed.unwrap_or(0) >= 6 * MIB, "{b:?}");
+    assert!(b.files.unwrap_or(0) >= 6, "{b:?}");
+    assert!(
+        b.location
+            .as_deref()
+            .is_some_and(|l| !l.contains("testing"))
+    );
+    assert_eq!(b.snapshots.as_ref().map(Vec::len), Some(1));
+
+    let s = ok(
+        env,
+        &["snapshots", "--repository", repo, "--pvc", "data-pvc"],
+    );
+    let snaps = s.snapshots.expect("snapshots");
+    assert_eq!(snaps.len(), 1);
+    assert_eq!(snaps[0].id, id);
+    assert_eq!(snaps[0].pvc.as_deref(), Some("data-pvc"));
+
+    // By id.
+    let out = t.join("restored");
+    let out_s = out.to_str().expect("utf8");
+    let r = ok(
+        env,
+        &[
+            "restore",
+            "--repository",
+            repo,
+            "--snapshot",
+            &id,
+            "--target",
+            out_s,
+        ],
+    );
+    assert_eq!(r.snapshot_id.as_deref(), Some(id.as_str()));
+    assert!(r.bytes_restored.unwrap_or(0) >= 3 * MIB);
+    assert_same_tree(&src, &out, true);
+    // By latest-for-pvc into an existing directory with other metadata.
+    let out2 = t.join("restored2");
+    std::fs::create_dir_all(&out2).expect("mkdir");
+    let out2_s = out2.to_str().expect("utf8");
+    ok(
+        env,
+        &[
+            "restore",
+            "--repository",
+            repo,
+            "--snapshot",
+            "latest",
+            "--pvc",
+            "data-pvc",
+            "--target",
+            out2_s,
+        ],
+    );
+    assert_same_tree(&src, &out2, true);
+
+    // restic reads what the mover wrote.
+    let o = restic(env, &["-r", repo, "snapshots", "--json"]);
+    assert!(
+        o.status.success(),
+        "restic snapshots: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("restic json");
+    let arr = v.as_array().expect("array");
+    assert_eq!(arr.len(), 1);
+    assert_eq!(arr[0]["hostname"], "data-pvc");
+    assert_eq!(arr[0]["paths"][0], "/data");
+    let tags: Vec<&str> = arr[0]["tags"]
+        .as_array()
+        .expect("tags")
+        .iter()
+        .filter_map(|t| t.as_str())
+        .collect();
+    assert_eq!(tags, ["ns=ns1", "policy=pol1", "pvc=data-pvc"]);
+    let o = restic(env, &["-r", repo, "check", "--read-data"]);
+    assert!(
+        o.status.success(),
+        "restic check: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let rt = t.join("restic-restore");
+    let o = restic(
+        env,
+        &[
+            "-r",
+            repo,
+            "restore",
+            &id,
+            "--target",
+            rt.to_str().expect("utf8"),
+        ],
+    );
+    assert!(
+        o.status.success(),
+        "restic restore: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // restic does not know the root metadata; everything below it matches.
+    assert_same_tree(&src, &rt.join("data"), false);
+
+    // The mover reads what restic wrote.
+    let rsrc = t.join("restic-src");
+    std::fs::create_dir_all(rsrc.join("a/b")).expect("mkdir");
+    std::fs::write(rsrc.join("a/b/file"), prng_bytes(9, 200_000)).expect("w");
+    let o = restic(
+        env,
+        &[
+            "-r",
+            repo,
+            "backup",
+            "--host",
+            "other",
+            rsrc.to_str().expect("utf8"),
+        ],
+    );
+    assert!(
+        o.status.success(),
+        "restic backup: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let s = ok(env, &["snapshots", "--repository", repo]);
+    assert_eq!(s.snapshots.as_ref().map(Vec::len), Some(2));
+    let restic_id = s
+        .snapshots
+        .expect("snaps")
+        .into_iter()
+        .find(|x| x.pvc.is_none())
+        .expect("restic snapshot")
+        .id;
+    let out3 = t.join("from-restic");
+    ok(
+        env,
+        &[
+            "restore",
+            "--repository",
+            repo,
+            "--snapshot",
+            &restic_id,
+            "--target",
+            out3.to_str().expect("utf8"),
+        ],
+    );
+    assert_same_tree(&rsrc, &out3, false);
+}
+
+fn incremental(env: &Env, repo: &str) {
+    let t = TempDir::new("incr");
+    let src = t.join("src");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    for i in 0..8u64 {
+        std::fs::write(
+            src.join(format!("f{i}")),
+            prng_bytes(100 + i, 2 * MIB as usize),
+        )
+        .expect("w");
+    }
+    let s = src.to_str().expect("utf8");
+    let first = ok(env, &backup_args(repo, s, "incr"));
+    assert!(first.bytes_added.unwrap_or(0) >= 16 * MIB);
+    // Change 1% (164 KiB) in the middle of one file.
+    let changed = 16 * MIB / 100;
+    let p = src.join("f3");
+    let mut data = std::fs::read(&p).expect("read");
+    let start = MIB as usize - 5000;
+    data[start..start + changed as usize].copy_from_slice(&prng_bytes(999, changed as usize));
+    std::fs::write(&p, data).expect("write");
+    let second = ok(env, &backup_args(repo, s, "incr"));
+    let added = second.bytes_added.unwrap_or(u64::MAX);
+    eprintln!("incremental: changed {changed} bytes, added {added} bytes");
+    assert_eq!(second.bytes_processed, Some(16 * MIB));
+    assert!(added >= changed, "added {added} < changed {changed}");
+    // Content-defined chunks average 1 MiB: only the chunks around the change.
+    assert!(
+        added <= changed + 3 * MIB,
+        "added {added} for {changed} changed"
+    );
+}
+
+fn retention(env: &Env, repo: &str) {
+    let t = TempDir::new("ret");
+    let src = t.join("src");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    std::fs::write(src.join("a"), "1").expect("w");
+    let s = src.to_str().expect("utf8");
+    let now = jiff::Timestamp::now();
+    let ago = |days: i64| (now - jiff::SignedDuration::from_hours(24 * days)).to_string();
+    let other = ok(env, &backup_args(repo, s, "other-pvc"))
+        .snapshot_id
+        .expect("id");
+    let mut ids = Vec::new();
+    for d in [10, 6, 3, 1] {
+        std::fs::write(src.join("a"), format!("{d}")).expect("w");
+        let mut a = backup_args(repo, s, "ret-pvc");
+        let time = ago(d);
+        a.extend(["--time", &time]);
+        ids.push(ok(env, &a).snapshot_id.expect("id"));
+    }
+    // A failed run (empty source) must not delete anything.
+    let empty = t.join("empty");
+    std::fs::create_dir_all(&empty).expect("mkdir");
+    let mut a = backup_args(repo, empty.to_str().expect("utf8"), "ret-pvc");
+    a.extend(["--keep-last", "1"]);
+    assert_eq!(err_kind(env, &a), ErrorKind::SourceEmpty);
+    let count = |pvc: &str| {
+        ok(env, &["snapshots", "--repository", repo, "--pvc", pvc])
+            .snapshots
+            .expect("snaps")
+            .len()
+    };
+    assert_eq!(count("ret-pvc"), 4);
+
+    // Backup with keep-last 3 and keep-within-days 7: keeps newest, 1d, 3d.
+    let mut a = backup_args(repo, s, "ret-pvc");
+    a.extend(["--keep-last", "3", "--keep-within-days", "7"]);
+    let b = ok(env, &a);
+    let newest = b.snapshot_id.clone().expect("id");
+    let kept: Vec<String> = b
+        .snapshots
+        .expect("snaps")
+        .into_iter()
+        .map(|x| x.id)
+        .collect();
+    assert_eq!(kept, vec![newest.clone(), ids[3].clone(), ids[2].clone()]);
+    let mut forgotten = b.forgotten.expect("forgotten");
+    forgotten.sort();
+    let mut expect = vec![ids[0].clone(), ids[1].clone()];
+    expect.sort();
+    assert_eq!(forgotten, expect);
+
+    // forget by age only.
+    let f = ok(
+        env,
+        &[
+            "forget",
+            "--repository",
+            repo,
+            "--pvc",
+            "ret-pvc",
+            "--keep-within-days",
+            "2",
+            "--prune",
+        ],
+    );
+    let kept: Vec<String> = f
+        .snapshots
+        .expect("snaps")
+        .into_iter()
+        .map(|x| x.id)
+        .collect();
+    assert_eq!(kept, vec![newest.clone(), ids[3].clone()]);
+    // forget by count only.
+    let f = ok(
+        env,
+        &[
+            "forget",
+            "--repository",
+            repo,
+            "--pvc",
+            "ret-pvc",
+            "--keep-last",
+            "1",
+            "--prune",
+        ],
+    );
+    let kept: Vec<String> = f
+        .snapshots
+        .expect("snaps")
+        .into_iter()
+        .map(|x| x.id)
+        .collect();
+    assert_eq!(kept, vec![newest.clone()]);
+    // keep-last 0 still keeps the newest (the last good backup).
+    let f = ok(
+        env,
+        &[
+            "forget",
+            "--repository",
+            repo,
+            "--pvc",
+            "ret-pvc",
+            "--keep-last",
+            "0",
+        ],
+    );
+    assert_eq!(f.snapshots.map(|v| v.len()), Some(1));
+
+    // Other PVCs are untouched; restic agrees and the repository is sound.
+    let all = ok(env, &["snapshots", "--repository", repo])
+        .snapshots
+        .expect("snaps");
+    let mut all_ids: Vec<String> = all.into_iter().map(|x| x.id).collect();
+    all_ids.sort();
+    let mut want = vec![newest, other];
+    want.sort();
+    assert_eq!(all_ids, want);
+    let o = restic(env, &["-r", repo, "snapshots", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v.as_array().map(Vec::len), Some(2));
+    let o = restic(env, &["-r", repo, "check"]);
+    assert!(
+        o.status.success(),
+        "restic check after prune: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn concurrent(env: &Env, repo: &str) {
+    // Two backups race on a repository that does not exist yet.
+    let t = TempDir::new("conc");
+    let mut children = Vec::new();
+    let mut rfs = Vec::new();
+    for i in 0..2u64 {
+        let src = t.join(&format!("src{i}"));
+        std::fs::create_dir_all(&src).expect("mkdir");
+        std::fs::write(src.join("data"), prng_bytes(50 + i, 4 * MIB as usize)).expect("w");
+        let rf = t.join(&format!("r{i}.json"));
+        let pvc = format!("pvc-{i}");
+        let mut a = backup_args(repo, src.to_str().expect("utf8"), &pvc);
+        let rf_s = rf.to_str().expect("utf8").to_string();
+        a.extend(["--result-file", &rf_s]);
+        children.push(
+            mover_cmd(env, &a)
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn"),
+        );
+        rfs.push(rf);
+    }
+    for (mut c, rf) in children.into_iter().zip(rfs) {
+        let st = c.wait().expect("wait");
+        let text = std::fs::read_to_string(&rf).expect("result");
+        assert!(st.success(), "concurrent backup failed: {text}");
+    }
+    let s = ok(env, &["snapshots", "--repository", repo]);
+    assert_eq!(s.snapshots.map(|v| v.len()), Some(2));
+    let o = restic(env, &["-r", repo, "check"]);
+    assert!(
+        o.status.success(),
+        "restic check: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = restic(env, &["-r", repo, "list", "keys"]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).lines().count(),
+        1,
+        "exactly one initialiser"
+    );
+}
+
+fn locked_and_password(env: &Env, repo: &str) {
+    let t = TempDir::new("lock");
+    let src = t.join("src");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    std::fs::write(src.join("a"), "a").expect("w");
+    let s = src.to_str().expect("utf8");
+    ok(env, &backup_args(repo, s, "lockpvc"));
+
+    let bad = env.with("RESTIC_PASSWORD", "wrong");
+    assert_eq!(
+        err_kind(&bad, &backup_args(repo, s, "lockpvc")),
+        ErrorKind::WrongPassword
+    );
+    assert_eq!(
+        err_kind(&bad, &["snapshots", "--repository", repo]),
+        ErrorKind::WrongPassword
+    );
+
+    // Hold an exclusive lock in another process.
+    let mut holder = mover_cmd(
+        env,
+        &[
+            "lock",
+            "--repository",
+            repo,
+            "--exclusive",
+            "--seconds",
+            "8",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("spawn lock holder");
+    let mut line = String::new();
+    BufReader::new(holder.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    assert_eq!(line.trim(), "locked");
+    // restic sees the mover's lock.
+    let o = restic(env, &["-r", repo, "list", "locks", "--no-lock"]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).lines().count(),
+        1,
+        "restic sees one lock"
+    );
+    let mut a = backup_args(repo, s, "lockpvc");
+    a.extend(["--lock-wait-seconds", "2"]);
+    assert_eq!(err_kind(env, &a), ErrorKind::RepositoryLocked);
+    assert_eq!(
+        err_kind(
+            env,
+            &[
+                "forget",
+                "--repository",
+                repo,
+                "--pvc",
+                "lockpvc",
+                "--keep-last",
+                "1",
+                "--prune",
+                "--lock-wait-seconds",
+                "1"
+            ]
+        ),
+        ErrorKind::RepositoryLocked
+    );
+    // With enough patience the backup waits for the lock to go away.
+    let mut a = backup_args(repo, s, "lockpvc");
+    a.extend(["--lock-wait-seconds", "60"]);
+    ok(env, &a);
+    let _ = holder.wait();
+    let o = restic(env, &["-r", repo, "list", "locks", "--no-lock"]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).lines().count(),
+        0,
+        "locks removed"
+    );
+}
+
+// ---------- tests ----------
+
+#[test]
+fn local_repository() {
+    // A host directory: the same code path as an NFS export mounted into the Job.
+    let t = TempDir::new("localrepo");
+    let env = Env::local();
+    let base = t.path().to_str().expect("utf8").to_string();
+    roundtrip_and_restic(&env, &format!("{base}/ns1/roundtrip"));
+    incremental(&env, &format!("{base}/ns1/incr"));
+    retention(&env, &format!("{base}/ns1/ret"));
+    concurrent(&env, &format!("{base}/ns1/conc"));
+    locked_and_password(&env, &format!("{base}/ns1/lock"));
+}
+
+#[test]
+fn s3_repository() {
+    let moto = Moto::start();
+    let env = Env::s3();
+    let b = moto.bucket("backups");
+    roundtrip_and_restic(&env, &format!("{b}/ns1/roundtrip"));
+    incremental(&env, &format!("{b}/ns1/incr"));
+    retention(&env, &format!("{b}/ns1/ret"));
+    concurrent(&env, &format!("{b}/ns1/conc"));
+    locked_and_password(&env, &format!("{b}/ns1/lock"));
+
+    // S3-specific errors.
+    let t = TempDir::new("s3err");
+    std::fs::write(t.join("f"), "x").expect("w");
+    let s = t.path().to_str().expect("utf8");
+    let missing = format!("s3:http://127.0.0.1:{}/no-such-bucket/x", moto.port);
+    assert_eq!(
+        err_kind(&env, &backup_args(&missing, s, "p")),
+        ErrorKind::BucketMissing
+    );
+    let dead = format!("s3:http://127.0.0.1:{}/backups/x", free_port());
+    assert_eq!(
+        err_kind(&env, &backup_args(&dead, s, "p")),
+        ErrorKind::EndpointUnreachable
+    );
+    assert_eq!(
+        err_kind(
+            &env,
+            &["snapshots", "--repository", &format!("{b}/never-created")]
+        ),
+        ErrorKind::NotFound
+    );
+}
+
+#[test]
+fn source_and_snapshot_errors() {
+    let t = TempDir::new("errs");
+    let env = Env::local();
+    let repo = t.join("repo");
+    let repo_s = repo.to_str().expect("utf8");
+    let empty = t.join("empty");
+    std::fs::create_dir_all(&empty).expect("mkdir");
+    let e = empty.to_str().expect("utf8");
+    assert_eq!(
+        err_kind(&env, &backup_args(repo_s, e, "p")),
+        ErrorKind::SourceEmpty
+    );
+    let missing = t.join("missing");
+    assert_eq!(
+        err_kind(
+            &env,
+            &backup_args(repo_s, missing.to_str().expect("utf8"), "p")
+        ),
+        ErrorKind::SourceEmpty
+    );
+    let out = t.join("out");
+    let out_s = out.to_str().expect("utf8");
+    assert_eq!(
+        err_kind(
+            &env,
+            &["restore", "--repository", repo_s, "--target", out_s]
+        ),
+        ErrorKind::NotFound
+    );
+    std::fs::write(empty.join("f"), "x").expect("w");
+    ok(&env, &backup_args(repo_s, e, "p"));
+    assert_eq!(
+        err_kind(
+            &env,
+            &[
+                "restore",
+                "--repository",
+                repo_s,
+                "--snapshot",
+                "deadbeef",
+                "--target",
+                out_s
+            ]
+        ),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        err_kind(
+            &env,
+            &[
+                "restore",
+                "--repository",
+                repo_s,
+                "--snapshot",
+                "latest",
+                "--pvc",
+                "nope",
+                "--target",
+                out_s
+            ]
+        ),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        err_kind(
+            &env,
+            &[
+                "restore",
+                "--repository",
+                repo_s,
+                "--before",
+                "2000-01-01T00:00:00Z",
+                "--target",
+                out_s
+            ]
+        ),
+        ErrorKind::NotFound
+    );
+    let no_pw = Env { vars: Vec::new() };
+    assert_eq!(
+        err_kind(&no_pw, &["snapshots", "--repository", repo_s]),
+        ErrorKind::WrongPassword
+    );
+}
