@@ -14,7 +14,7 @@ pub mod retention;
 pub mod schedule;
 pub mod status;
 pub mod targets;
-// pub mod handlers; (enabled once the framework API lands)
+pub mod handlers;
 
 /// Mover image used when neither the operator flag nor the policy names one.
 pub const DEFAULT_MOVER_IMAGE: &str = "localhost/backup-operator:dev";

@@ -1,15 +1,139 @@
-fn main() -> anyhow::Result<()> {
-    let dirs: Vec<String> = std::env::args().skip(2).collect();
-    for dir in &dirs {
-        std::fs::create_dir_all(dir)?;
-        for (name, yaml) in backup_operator::manifests::crds()? {
-            std::fs::write(format!("{dir}/{name}"), yaml)?;
+//! `backup-operator`: runs the operator, or prints/writes its CRDs.
+
+use anyhow::Context as _;
+use backup_operator::api::{BackupPolicy, POLICY_LABEL, RESTORE_LABEL, Restore};
+use backup_operator::handlers::{self, Settings};
+use clap::{Parser, Subcommand};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use operator_framework::{Controller, LeaderElection, Operator, OperatorConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(version, about = "Backs up Kubernetes PVCs on a schedule to S3, NFS or CSI snapshots")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the operator (the default).
+    Run(RunArgs),
+    /// Print the CRDs as YAML.
+    Crd,
+    /// Write the CRDs into directories (e.g. `crds/` and `config/crd/bases/`).
+    Manifests {
+        /// Output directories.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+    },
+}
+
+#[derive(Parser)]
+struct RunArgs {
+    /// Image holding `/backup-mover`, used by backup and restore Jobs.
+    #[arg(long, env = "BACKUP_MOVER_IMAGE", default_value = backup_operator::DEFAULT_MOVER_IMAGE)]
+    mover_image: String,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:8080")]
+    metrics_addr: SocketAddr,
+    /// Elect a leader on a Lease so several replicas can run.
+    #[arg(long, env = "LEADER_ELECT")]
+    leader_elect: bool,
+    /// Namespace of the leader Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "backup-operator-system")]
+    lease_namespace: String,
+    /// Objects handled at once.
+    #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 16)]
+    max_in_flight: usize,
+    /// Log format: text or json.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    log_format: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Crd) => {
+            for (_, yaml) in backup_operator::manifests::crds()? {
+                println!("---\n{yaml}");
+            }
+            Ok(())
         }
-    }
-    if dirs.is_empty() {
-        for (_, yaml) in backup_operator::manifests::crds()? {
-            println!("---\n{yaml}");
+        Some(Command::Manifests { dirs }) => {
+            for dir in dirs {
+                std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+                for (name, yaml) in backup_operator::manifests::crds()? {
+                    let path = dir.join(name);
+                    std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
+                }
+            }
+            Ok(())
         }
+        Some(Command::Run(args)) => run(args).await,
+        None => run(RunArgs::parse_from(["run"])).await,
     }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_logging(&args.log_format);
+    handlers::init(Settings { mover_image: args.mover_image.clone() });
+    let client = Client::try_default().await.context("connecting to the Kubernetes API (is KUBECONFIG set?)")?;
+    let leader_election = args.leader_elect.then(|| LeaderElection {
+        lease_name: "backup-operator-leader".into(),
+        lease_namespace: args.lease_namespace.clone(),
+        identity: std::env::var("POD_NAME").unwrap_or_else(|_| format!("backup-operator-{}", std::process::id())),
+    });
+    let config = OperatorConfig {
+        max_in_flight: args.max_in_flight,
+        metrics_addr: Some(args.metrics_addr),
+        leader_election,
+        resync: Duration::from_secs(300),
+        ..Default::default()
+    };
+
+    let policies = Controller::new(Api::<BackupPolicy>::all(client.clone()), watcher::Config::default())
+        .handler(handlers::policy::reconcile())
+        .handler(handlers::policy::schedule_changed())
+        .owns::<CronJob>(Api::all(client.clone()))
+        .watches::<Job, _>(Api::all(client.clone()), |job: &Job| {
+            let ns = job.namespace().unwrap_or_default();
+            job.labels().get(POLICY_LABEL).map(|p| ObjectRef::new(p).within(&ns)).into_iter().collect()
+        })
+        .watches::<PersistentVolumeClaim, _>(Api::all(client.clone()), |pvc: &PersistentVolumeClaim| {
+            let ns = pvc.namespace().unwrap_or_default();
+            handlers::policies_in(&ns).into_iter().map(|p| ObjectRef::new(&p).within(&ns)).collect()
+        });
+    let restores = Controller::new(Api::<Restore>::all(client.clone()), watcher::Config::default())
+        .handler(handlers::restore::reconcile())
+        .watches::<Job, _>(Api::all(client.clone()), |job: &Job| {
+            let ns = job.namespace().unwrap_or_default();
+            job.labels().get(RESTORE_LABEL).map(|r| ObjectRef::new(r).within(&ns)).into_iter().collect()
+        });
+
+    tracing::info!(mover_image = %args.mover_image, metrics = %args.metrics_addr, "starting backup-operator");
+    Operator::new(client, "backup.backup.example.com")
+        .config(config)
+        .controller(policies)
+        .controller(restores)
+        .run()
+        .await?;
     Ok(())
 }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
     status = "BackupPolicyStatus",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Last Backup", type_ = "date", json_path = ".status.lastBackupTime"),
-    printcolumn(name = "Next Run", type_ = "date", json_path = ".status.nextRunTime"),
+    printcolumn(name = "Next Run", type_ = "string", json_path = ".status.nextRunTime"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("self.spec.method == 'Snapshot' || has(self.spec.destination)").message("spec.destination is required unless spec.method is Snapshot"),
     validation = Rule::new("self.spec.method == 'Copy' || has(self.spec.snapshot)").message("spec.snapshot (volumeSnapshotClassName) is required for methods Snapshot and SnapshotThenCopy")

@@ -36,13 +36,6 @@ impl PolicyIndex {
             m.entry(ns.to_string()).or_default().insert(name.to_string());
         }
     }
-    pub(crate) fn remove(&self, ns: &str, name: &str) {
-        if let Ok(mut m) = self.0.lock() {
-            if let Some(set) = m.get_mut(ns) {
-                set.remove(name);
-            }
-        }
-    }
     pub(crate) fn in_namespace(&self, ns: &str) -> Vec<String> {
         self.0.lock().map(|m| m.get(ns).map(|s| s.iter().cloned().collect()).unwrap_or_default()).unwrap_or_default()
     }

@@ -81,7 +81,8 @@ pub async fn reconcile(ctx: Context<Restore>) -> HandlerResult {
                 .and_then(|r| r.get("storage").cloned());
             let pvc = restore_plan::target_pvc(&restore, &policy, source_request);
             match pvcs.create(&PostParams::default(), &pvc).await {
-                Ok(_) | Err(kube::Error::Api(kube::core::ErrorResponse { code: 409, .. })) => {}
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
                 Err(e) => return Err(e.into()),
             }
         }
@@ -104,7 +105,8 @@ pub async fn reconcile(ctx: Context<Restore>) -> HandlerResult {
     };
     ctx.adopt(&mut job);
     match jobs.create(&PostParams::default(), &job).await {
-        Ok(_) | Err(kube::Error::Api(kube::core::ErrorResponse { code: 409, .. })) => {}
+        Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
         Err(e) => return Err(e.into()),
     }
     let msg = format!("restoring {} of PVC {} into PVC {}", source.snapshot, source.pvc, target.pvc_name);
