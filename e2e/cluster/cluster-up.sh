@@ -298,10 +298,7 @@ provisioner: kube-backup.local/hostpath
 reclaimPolicy: Delete
 volumeBindingMode: Immediate
 EOF
-mkdir -p "$STATE/bin"
-install -m 755 "$("$HERE/build-provisioner.sh")" "$STATE/bin/hostpath-provisioner"
-PROVISIONER=$STATE/bin/hostpath-provisioner
-log "built hostpath-provisioner"
+PROVISIONER=$("$HERE/build-provisioner.sh")
 log "starting hostpath-provisioner"
 start hostpath-provisioner env KUBECONFIG="$KUBECONFIG_PATH" RUST_LOG=info "$PROVISIONER" \
   --class standard --dir "$STATE/volumes"

@@ -8,6 +8,7 @@ S3_ENDPOINT_FILE ?= $(KB_STATE)/s3-endpoint
 IMG ?= localhost/backup-operator:dev
 KIND ?= kind
 KIND_CLUSTER ?= kube-backup
+KIND_NODE_IMAGE ?=
 export KB_STATE
 
 ##@ Local cluster
@@ -45,7 +46,7 @@ images-base: ## Build and load the pause and busybox images (cluster-up does thi
 
 ##@ kind (machines with Docker)
 kind-up: ## Create the kind cluster from kind-config.yaml, build IMG with Docker and load it.
-	$(KIND) get clusters 2>/dev/null | grep -qx $(KIND_CLUSTER) || $(KIND) create cluster --name $(KIND_CLUSTER) --config kind-config.yaml
+	$(KIND) get clusters 2>/dev/null | grep -qx $(KIND_CLUSTER) || $(KIND) create cluster --name $(KIND_CLUSTER) --config kind-config.yaml $(if $(KIND_NODE_IMAGE),--image $(KIND_NODE_IMAGE))
 	docker build -t $(IMG) .
 	$(KIND) load docker-image $(IMG) --name $(KIND_CLUSTER)
 

@@ -68,7 +68,7 @@ build_operator() {
     flags=(-C target-feature=+crt-static)
   fi
   log "cargo build --release --target $target -p backup-operator -p backup-mover"
-  (cd "$REPO" && RUSTFLAGS="${RUSTFLAGS:-} ${flags[*]}" cargo build --release --locked --target "$target" \
+  (cd "$REPO" && RUSTFLAGS="${RUSTFLAGS:-} ${flags[*]}" cargo build --release --target "$target" \
     -p backup-operator -p backup-mover --bin backup-operator --bin backup-mover)
   local tdir
   tdir=$(cd "$REPO" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
