@@ -1,0 +1,862 @@
+//! Integration tests against a real API server.
+//!
+//! They use the kubeconfig in `KUBECONFIG`, else
+//! `~/.cache/kube-backup/cluster/kubeconfig`, else the default. Without a
+//! reachable cluster every test fails with a clear message, unless
+//! `SKIP_CLUSTER_TESTS=1` is set (then each prints a SKIPPED line). Each test
+//! works in its own namespace and removes it at the end.
+
+mod common;
+
+use common::*;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use operator_framework::{
+    Context, Controller, EventType, Handler, HandlerError, HandlerResult, LeaderElection, Operator,
+    OperatorConfig, on_create, on_delete, on_update,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+type Log = Arc<Mutex<Vec<String>>>;
+/// (when, ctx.retry, progress annotation seen) of each run.
+type Attempts = Arc<Mutex<Vec<(Instant, u32, Option<String>)>>>;
+type Spans = Arc<Mutex<Vec<(String, Instant, Instant)>>>;
+
+fn log() -> Log {
+    Arc::new(Mutex::new(Vec::new()))
+}
+
+fn entries(l: &Log) -> Vec<String> {
+    l.lock().map(|v| v.clone()).unwrap_or_default()
+}
+
+fn push(l: &Log, s: String) {
+    if let Ok(mut v) = l.lock() {
+        v.push(s);
+    }
+}
+
+fn config() -> OperatorConfig {
+    OperatorConfig {
+        resync: Duration::from_secs(60),
+        shutdown_timeout: Duration::from_secs(10),
+        ..Default::default()
+    }
+}
+
+fn controller(client: &Client, ns: &str) -> Controller<FwTest> {
+    Controller::new(
+        Api::<FwTest>::namespaced(client.clone(), ns),
+        watcher::Config::default(),
+    )
+}
+
+/// What the macro-based handlers below record, per namespace.
+static MACRO_LOG: LazyLock<Mutex<HashMap<String, Vec<String>>>> = LazyLock::new(Default::default);
+
+fn macro_log(ns: &str) -> Vec<String> {
+    MACRO_LOG
+        .lock()
+        .map(|m| m.get(ns).cloned().unwrap_or_default())
+        .unwrap_or_default()
+}
+
+fn record(ctx: &Context<FwTest>, what: &str) {
+    let ns = ctx.namespace().unwrap_or_default();
+    if let Ok(mut m) = MACRO_LOG.lock() {
+        m.entry(ns)
+            .or_default()
+            .push(format!("{what}:{}:{}", ctx.name(), ctx.object.spec.value));
+    }
+}
+
+/// Create handler written with the attribute macro.
+#[on_create(
+    id = "create-x",
+    retries = 3,
+    backoff_base = "200ms",
+    backoff_max = "2s",
+    timeout = "30s"
+)]
+async fn created(ctx: Context<FwTest>) -> HandlerResult {
+    record(&ctx, "create");
+    ctx.patch_status(serde_json::json!({"phase": "Created"}))
+        .await?;
+    ctx.event(EventType::Normal, "Created", "handled by the test")
+        .await?;
+    Ok(())
+}
+
+#[on_update]
+async fn updated(ctx: Context<FwTest>) -> HandlerResult {
+    let changed: Vec<String> = ctx.diff.iter().map(|d| d.path.clone()).collect();
+    record(&ctx, &format!("update[{}]", changed.join(",")));
+    Ok(())
+}
+
+#[on_delete]
+async fn deleted(ctx: Context<FwTest>) -> HandlerResult {
+    record(&ctx, "delete");
+    Ok(())
+}
+
+#[tokio::test]
+async fn create_update_delete_fire_once_each_in_order_with_finalizer() {
+    let Some(client) = client("create_update_delete_fire_once_each_in_order_with_finalizer").await
+    else {
+        return;
+    };
+    let ns = namespace(&client, "cud").await;
+    let op = Operator::new(client.clone(), PREFIX)
+        .config(config())
+        .controller(
+            controller(&client, &ns)
+                .handler(created())
+                .handler(updated())
+                .handler(deleted()),
+        );
+    let running = start(op);
+    let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
+    api.create(&PostParams::default(), &obj("one", "v1"))
+        .await
+        .expect("create");
+
+    // Created, finalizer added, last-handled stored, status written.
+    let o = eventually(Duration::from_secs(20), "create handled", || async {
+        let o = api.get("one").await.ok()?;
+        (annotation(&o, "last-handled-configuration").is_some()
+            && o.status.as_ref()?.phase.as_deref() == Some("Created"))
+        .then_some(o)
+    })
+    .await;
+    assert!(
+        o.finalizers().contains(&format!("{PREFIX}/finalizer")),
+        "finalizer added: {:?}",
+        o.finalizers()
+    );
+    assert!(
+        annotation(&o, "progress").is_none(),
+        "no progress left after success"
+    );
+
+    api.patch(
+        "one",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"value": "v2"}})),
+    )
+    .await
+    .expect("update");
+    eventually(Duration::from_secs(20), "update handled", || async {
+        macro_log(&ns)
+            .iter()
+            .any(|l| l.starts_with("update"))
+            .then_some(())
+    })
+    .await;
+
+    api.delete("one", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually(
+        Duration::from_secs(20),
+        "object gone after delete handler",
+        || async {
+            match api.get_opt("one").await {
+                Ok(None) => Some(()),
+                _ => None,
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        macro_log(&ns),
+        vec![
+            "create:one:v1".to_string(),
+            "update[spec.value]:one:v2".to_string(),
+            "delete:one:v2".to_string()
+        ]
+    );
+    running.stop().await;
+    cleanup(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn failing_twice_then_succeeding_is_retried_with_growing_delays() {
+    let Some(client) = client("failing_twice_then_succeeding_is_retried_with_growing_delays").await
+    else {
+        return;
+    };
+    let ns = namespace(&client, "retry").await;
+    let attempts: Attempts = Arc::default();
+    let a2 = attempts.clone();
+    let flaky = Handler::on_create("flaky", move |ctx: Context<FwTest>| {
+        let a = a2.clone();
+        async move {
+            let progress = ctx
+                .object
+                .annotations()
+                .get(&format!("{PREFIX}/progress"))
+                .cloned();
+            let n = {
+                let mut v = a.lock().map_err(|_| HandlerError::permanent("poisoned"))?;
+                v.push((Instant::now(), ctx.retry, progress));
+                v.len()
+            };
+            if n <= 2 {
+                return Err(anyhow::anyhow!("induced failure {n}").into());
+            }
+            Ok(())
+        }
+    })
+    .backoff(Duration::from_millis(800), Duration::from_secs(30))
+    .without_jitter();
+    let op = Operator::new(client.clone(), PREFIX)
+        .config(config())
+        .controller(controller(&client, &ns).handler(flaky));
+    let running = start(op);
+    let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
+    api.create(&PostParams::default(), &obj("flaky", "x"))
+        .await
+        .expect("create");
+
+    // While failing, the object shows the retry count and the HandlerFailed condition.
+    let failing = eventually(
+        Duration::from_secs(20),
+        "HandlerFailed condition",
+        || async {
+            let o = api.get("flaky").await.ok()?;
+            let c = condition(&o, "HandlerFailed")?;
+            (c.status == "True").then_some(o)
+        },
+    )
+    .await;
+    let c = condition(&failing, "HandlerFailed").expect("condition");
+    assert_eq!(c.reason, "Flaky");
+    assert!(c.message.contains("induced failure"), "{}", c.message);
+
+    let done = eventually(Duration::from_secs(30), "handler succeeded", || async {
+        let o = api.get("flaky").await.ok()?;
+        annotation(&o, "last-handled-configuration")
+            .is_some()
+            .then_some(o)
+    })
+    .await;
+    let v = attempts.lock().expect("lock").clone();
+    assert_eq!(v.len(), 3, "exactly three runs");
+    assert_eq!(
+        v.iter().map(|a| a.1).collect::<Vec<_>>(),
+        vec![0, 1, 2],
+        "ctx.retry counts"
+    );
+    let d1 = v[1].0 - v[0].0;
+    let d2 = v[2].0 - v[1].0;
+    assert!(d1 >= Duration::from_millis(750), "first delay {d1:?}");
+    assert!(d2 >= Duration::from_millis(1550), "second delay {d2:?}");
+    assert!(d2 > d1, "delays grow: {d1:?} then {d2:?}");
+    // The third run saw the progress record of the two failures.
+    let rec: serde_json::Value = serde_json::from_str(
+        v[2].2
+            .as_deref()
+            .expect("progress annotation during retries"),
+    )
+    .expect("json");
+    assert_eq!(rec["cause"], "create");
+    assert_eq!(rec["handlers"]["flaky"]["retries"], 2);
+    assert_eq!(
+        rec["handlers"]["flaky"]["delaysMs"],
+        serde_json::json!([800, 1600])
+    );
+    // After success: no progress annotation, condition cleared, no finalizer (no delete handler).
+    assert!(annotation(&done, "progress").is_none());
+    let c = eventually(Duration::from_secs(10), "condition cleared", || async {
+        let o = api.get("flaky").await.ok()?;
+        let c = condition(&o, "HandlerFailed")?.clone();
+        (c.status == "False").then_some(c)
+    })
+    .await;
+    assert_eq!(c.reason, "Flaky");
+    assert!(
+        done.finalizers().is_empty(),
+        "no delete handler, no finalizer"
+    );
+    assert_eq!(running.metrics.handler_failures("flaky"), 2);
+    assert_eq!(running.metrics.handler_runs("flaky"), 3);
+    running.stop().await;
+    cleanup(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn restarted_operator_does_not_rerun_finished_handlers_and_keeps_backoff() {
+    let Some(client) =
+        client("restarted_operator_does_not_rerun_finished_handlers_and_keeps_backoff").await
+    else {
+        return;
+    };
+    let ns = namespace(&client, "restart").await;
+    let runs: Log = log();
+    let build = |runs: Log, who: &'static str| {
+        let r1 = runs.clone();
+        let first = Handler::on_create("first", move |ctx: Context<FwTest>| {
+            let r = r1.clone();
+            async move {
+                push(&r, format!("{who}:first:{}", ctx.name()));
+                Ok(())
+            }
+        });
+        let r2 = runs.clone();
+        let second = Handler::on_create("second", move |ctx: Context<FwTest>| {
+            let r = r2.clone();
+            async move {
+                push(&r, format!("{who}:second:{}:{}", ctx.name(), ctx.retry));
+                if ctx.retry == 0 {
+                    return Err(HandlerError::temporary(
+                        "not yet",
+                        Some(Duration::from_secs(6)),
+                    ));
+                }
+                Ok(())
+            }
+        });
+        let r3 = runs.clone();
+        let resume = Handler::on_resume("resume", move |ctx: Context<FwTest>| {
+            let r = r3.clone();
+            async move {
+                push(&r, format!("{who}:resume:{}", ctx.name()));
+                Ok(())
+            }
+        });
+        Operator::new(client.clone(), PREFIX)
+            .config(config())
+            .controller(
+                controller(&client, &ns)
+                    .handler(first)
+                    .handler(second)
+                    .handler(resume),
+            )
+    };
+    let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
+    let op1 = start(build(runs.clone(), "op1"));
+    api.create(&PostParams::default(), &obj("r", "x"))
+        .await
+        .expect("create");
+    let failed_at = eventually(
+        Duration::from_secs(20),
+        "second handler failed once",
+        || async {
+            let o = api.get("r").await.ok()?;
+            let p = annotation(&o, "progress")?;
+            p.contains("\"retries\":1").then_some(Instant::now())
+        },
+    )
+    .await;
+    op1.stop().await;
+    let op2 = start(build(runs.clone(), "op2"));
+    // op2 must wait for the persisted delay before retrying `second`, and never rerun `first`.
+    eventually(
+        Duration::from_secs(30),
+        "second handler retried by op2",
+        || async {
+            entries(&runs)
+                .iter()
+                .any(|e| e.starts_with("op2:second"))
+                .then_some(())
+        },
+    )
+    .await;
+    let retried_after = failed_at.elapsed();
+    eventually(Duration::from_secs(10), "create finished", || async {
+        let o = api.get("r").await.ok()?;
+        (annotation(&o, "last-handled-configuration").is_some()
+            && annotation(&o, "progress").is_none())
+        .then_some(())
+    })
+    .await;
+    op2.stop().await;
+    // A third start: nothing to do but resume.
+    let op3 = start(build(runs.clone(), "op3"));
+    eventually(Duration::from_secs(20), "resume by op3", || async {
+        entries(&runs)
+            .iter()
+            .any(|e| e.starts_with("op3:resume"))
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    op3.stop().await;
+    let e = entries(&runs);
+    assert_eq!(
+        e,
+        vec![
+            "op1:first:r".to_string(),
+            "op1:second:r:0".to_string(),
+            "op2:second:r:1".to_string(),
+            "op3:resume:r".to_string(),
+        ],
+        "first never reran; second resumed its backoff; op2 ran no resume before create finished"
+    );
+    assert!(
+        retried_after >= Duration::from_secs(3),
+        "the persisted 6s delay was honoured across the restart (retried {retried_after:?} after the failure was seen)"
+    );
+    cleanup(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn adopted_children_follow_owner_and_child_changes_retrigger_events() {
+    let Some(client) =
+        client("adopted_children_follow_owner_and_child_changes_retrigger_events").await
+    else {
+        return;
+    };
+    let ns = namespace(&client, "children").await;
+    let events: Log = log();
+    let ev = events.clone();
+    let apply = Handler::on_create("children", |ctx: Context<FwTest>| async move {
+        let cm = |name: &str| -> ConfigMap {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name},
+                "data": {"value": ctx.object.spec.value}
+            }))
+            .expect("configmap")
+        };
+        let report = ctx
+            .apply_children(vec![
+                cm(&format!("{}-a", ctx.name())),
+                cm(&format!("{}-b", ctx.name())),
+            ])
+            .await?;
+        if report.applied.len() != 2 {
+            return Err(HandlerError::permanent(format!(
+                "unexpected report {report:?}"
+            )));
+        }
+        // Now shrink the set: `-b` must be deleted.
+        let report = ctx
+            .apply_children(vec![cm(&format!("{}-a", ctx.name()))])
+            .await?;
+        if report.deleted != vec![format!("{}-b", ctx.name())] {
+            return Err(HandlerError::permanent(format!(
+                "unexpected report {report:?}"
+            )));
+        }
+        Ok(())
+    });
+    let on_event = Handler::on_event("reconcile", move |ctx: Context<FwTest>| {
+        let ev = ev.clone();
+        async move {
+            push(&ev, ctx.name());
+            Ok(())
+        }
+    });
+    let op = Operator::new(client.clone(), PREFIX)
+        .config(config())
+        .controller(
+            controller(&client, &ns)
+                .handler(apply)
+                .handler(on_event)
+                .owns::<ConfigMap>(Api::namespaced(client.clone(), &ns)),
+        );
+    let running = start(op);
+    let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let owner = api
+        .create(&PostParams::default(), &obj("parent", "x"))
+        .await
+        .expect("create");
+    let child = eventually(Duration::from_secs(20), "child applied", || async {
+        let o = api.get("parent").await.ok()?;
+        annotation(&o, "last-handled-configuration")?;
+        cms.get_opt("parent-a").await.ok()?
+    })
+    .await;
+    assert!(
+        cms.get_opt("parent-b").await.expect("get").is_none(),
+        "undesired child deleted"
+    );
+    let oref = &child.owner_references()[0];
+    assert_eq!(oref.uid, owner.uid().unwrap_or_default());
+    assert_eq!(oref.controller, Some(true));
+    assert_eq!(
+        child.labels().get(&format!("{PREFIX}/owner-uid")),
+        owner.uid().as_ref()
+    );
+    // A change of the child re-runs the owner's event handler.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = entries(&events).len();
+    cms.patch(
+        "parent-a",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"metadata": {"labels": {"touched": "yes"}}})),
+    )
+    .await
+    .expect("touch child");
+    eventually(
+        Duration::from_secs(10),
+        "event handler re-ran after the child changed",
+        || async { (entries(&events).len() > before).then_some(()) },
+    )
+    .await;
+    // Deleting the owner garbage-collects the child.
+    api.delete("parent", &DeleteParams::background())
+        .await
+        .expect("delete");
+    eventually(
+        Duration::from_secs(90),
+        "child garbage-collected",
+        || async { matches!(cms.get_opt("parent-a").await, Ok(None)).then_some(()) },
+    )
+    .await;
+    running.stop().await;
+    cleanup(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn timer_fires_repeatedly_and_stops_when_object_goes() {
+    let Some(client) = client("timer_fires_repeatedly_and_stops_when_object_goes").await else {
+        return;
+    };
+    let ns = namespace(&client, "timer").await;
+    let ticks: Log = log();
+    let t = ticks.clone();
+    let timer = Handler::on_timer(
+        "tick",
+        Duration::from_millis(700),
+        Duration::from_millis(200),
+        move |ctx: Context<FwTest>| {
+            let t = t.clone();
+            async move {
+                push(&t, ctx.name());
+                Ok(())
+            }
+        },
+    );
+    let op = Operator::new(client.clone(), PREFIX)
+        .config(config())
+        .controller(controller(&client, &ns).handler(timer));
+    let running = start(op);
+    let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
+    api.create(&PostParams::default(), &obj("tick", "x"))
+        .await
+        .expect("create");
+    eventually(Duration::from_secs(20), "three ticks", || async {
+        (entries(&ticks).len() >= 3).then_some(())
+    })
+    .await;
+    api.delete("tick", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually(Duration::from_secs(20), "object gone", || async {
+        matches!(api.get_opt("tick").await, Ok(None)).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after_delete = entries(&ticks).len();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        entries(&ticks).len(),
+        after_delete,
+        "no ticks after the object went"
+    );
+    running.stop().await;
+    cleanup(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn objects_run_concurrently_but_one_object_never_twice_at_once() {
+    let Some(client) = client("objects_run_concurrently_but_one_object_never_twice_at_once").await
+    else {
+        return;
+    };
+    let ns = namespace(&client, "conc").await;
+    let spans: Spans = Arc::default();
+    let s2 = spans.clone();
+    let slow = Handler::on_event("slow", move |ctx: Context<FwTest>| {
+        let s = s2.clone();
+        async move {
+            let start = Instant::now();
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            if let Ok(mut v) = s.lock() {
+                v.push((ctx.name(), start, Instant::now()));
+            }
+            Ok(())
+        }
+    });
+    let op = Operator::new(client.clone(), PREFIX)
+        .config(config())
+        .controller(controller(&client, &ns).handler(slow));
+    let running = start(op);
+    let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
+    api.create(&PostParams::default(), &obj("a", "0"))
+        .await
+        .expect("create a");
+    api.create(&PostParams::default(), &obj("b", "0"))
+        .await
+        .expect("create b");
+    // A burst of changes on `a`.
+    for i in 1..=8 {
+        api.patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"value": i.to_string()}})),
+        )
+        .await
+        .expect("patch");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eventually(Duration::from_secs(20), "runs for both", || async {
+        let v = spans.lock().ok()?.clone();
+        (v.iter().any(|s| s.0 == "a") && v.iter().any(|s| s.0 == "b")).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let v = spans.lock().expect("lock").clone();
+    let a: Vec<_> = v.iter().filter(|s| s.0 == "a").collect();
+    let b: Vec<_> = v.iter().filter(|s| s.0 == "b").collect();
+    for (i, x) in a.iter().enumerate() {
+        for y in a.iter().skip(i + 1) {
+            assert!(x.2 <= y.1 || y.2 <= x.1, "two runs for `a` overlapped");
+        }
+    }
+    assert!(
+        a.iter().any(|x| b.iter().any(|y| x.1 < y.2 && y.1 < x.2)),
+        "`a` and `b` were handled concurrently"
+    );
+    assert!(
+        a.len() < 9,
+        "the burst of 9 events for `a` coalesced into {} runs",
+        a.len()
+    );
+    running.stop().await;
+    cleanup(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn with_two_replicas_only_the_leader_handles() {
+    let Some(client) = client("with_two_replicas_only_the_leader_handles").await else {
+        return;
+    };
+    let ns = namespace(&client, "leader").await;
+    let handled: Log = log();
+    let make = |id: &'static str| {
+        let h = handled.clone();
+        let handler = Handler::on_create("who", move |ctx: Context<FwTest>| {
+            let h = h.clone();
+            async move {
+                push(&h, format!("{id}:{}", ctx.name()));
+                Ok(())
+            }
+        });
+        Operator::new(client.clone(), PREFIX)
+            .config(OperatorConfig {
+                leader_election: Some(LeaderElection {
+                    lease_name: "fwtest-leader".into(),
+                    lease_namespace: ns.clone(),
+                    identity: id.into(),
+                }),
+                lease_duration: Duration::from_secs(4),
+                lease_renew_interval: Duration::from_millis(500),
+                ..config()
+            })
+            .controller(controller(&client, &ns).handler(handler))
+    };
+    let r1 = start(make("replica-1"));
+    eventually(Duration::from_secs(10), "replica-1 leads", || async {
+        r1.metrics.is_leader().then_some(())
+    })
+    .await;
+    let r2 = start(make("replica-2"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!r2.metrics.is_leader(), "replica-2 must stand by");
+    let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
+    for n in ["x1", "x2", "x3"] {
+        api.create(&PostParams::default(), &obj(n, "v"))
+            .await
+            .expect("create");
+    }
+    eventually(Duration::from_secs(20), "three handled", || async {
+        (entries(&handled).len() >= 3).then_some(())
+    })
+    .await;
+    assert!(
+        entries(&handled)
+            .iter()
+            .all(|e| e.starts_with("replica-1:")),
+        "{:?}",
+        entries(&handled)
+    );
+    // Hand-over: the leader stops gracefully, replica-2 takes over.
+    r1.stop().await;
+    eventually(Duration::from_secs(10), "replica-2 leads", || async {
+        r2.metrics.is_leader().then_some(())
+    })
+    .await;
+    api.create(&PostParams::default(), &obj("y1", "v"))
+        .await
+        .expect("create");
+    eventually(Duration::from_secs(20), "handled by replica-2", || async {
+        entries(&handled)
+            .contains(&"replica-2:y1".to_string())
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        entries(&handled).len(),
+        4,
+        "no object handled twice: {:?}",
+        entries(&handled)
+    );
+    r2.stop().await;
+    cleanup(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn bad_objects_are_reported_and_panics_are_failed_runs() {
+    let Some(client) = client("bad_objects_are_reported_and_panics_are_failed_runs").await else {
+        return;
+    };
+    let ns = namespace(&client, "bad").await;
+    let runs: Log = log();
+    let r = runs.clone();
+    let h = Handler::on_create("maybe-panic", move |ctx: Context<FwTest>| {
+        let r = r.clone();
+        async move {
+            push(&r, format!("{}:{}", ctx.name(), ctx.retry));
+            if ctx.name() == "panicky" && ctx.retry == 0 {
+                panic!("induced panic");
+            }
+            Ok(())
+        }
+    })
+    .backoff(Duration::from_millis(300), Duration::from_secs(2));
+    let op = Operator::new(client.clone(), PREFIX)
+        .config(config())
+        .controller(controller(&client, &ns).handler(h));
+    let running = start(op);
+    // An object whose spec does not fit FwTestSpec (count must be an integer).
+    let ar = ApiResource::erase::<FwTest>(&());
+    let dapi: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
+    let bad: DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "fwtest.operator-framework.dev/v1", "kind": "FwTest",
+        "metadata": {"name": "bad"},
+        "spec": {"value": "x", "count": "many"}
+    }))
+    .expect("json");
+    dapi.create(&PostParams::default(), &bad)
+        .await
+        .expect("create bad");
+    let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
+    api.create(&PostParams::default(), &obj("good", "x"))
+        .await
+        .expect("create good");
+    api.create(&PostParams::default(), &obj("panicky", "x"))
+        .await
+        .expect("create panicky");
+    let cond = eventually(
+        Duration::from_secs(20),
+        "InvalidObject condition on `bad`",
+        || async {
+            let o = dapi.get("bad").await.ok()?;
+            let conds = o.data.pointer("/status/conditions")?.as_array()?.clone();
+            conds
+                .into_iter()
+                .find(|c| c["type"] == "InvalidObject" && c["status"] == "True")
+        },
+    )
+    .await;
+    let msg = cond["message"].as_str().unwrap_or_default().to_string();
+    assert!(msg.contains("spec.count"), "names the field: {msg}");
+    assert!(msg.contains("invalid type"), "says why: {msg}");
+    eventually(
+        Duration::from_secs(20),
+        "good and panicky handled",
+        || async {
+            let e = entries(&runs);
+            (e.contains(&"good:0".to_string()) && e.contains(&"panicky:1".to_string()))
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(!entries(&runs).iter().any(|e| e.starts_with("bad:")));
+    assert_eq!(running.metrics.handler_failures("maybe-panic"), 1);
+    // Fixing the object makes it handled.
+    dapi.patch(
+        "bad",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"count": 3}})),
+    )
+    .await
+    .expect("fix");
+    eventually(Duration::from_secs(20), "fixed object handled", || async {
+        entries(&runs).contains(&"bad:0".to_string()).then_some(())
+    })
+    .await;
+    running.stop().await;
+    cleanup(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn metrics_endpoint_and_no_writes_on_noop_resync() {
+    let Some(client) = client("metrics_endpoint_and_no_writes_on_noop_resync").await else {
+        return;
+    };
+    let ns = namespace(&client, "metrics").await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    let h = Handler::on_create("trivial", |_ctx: Context<FwTest>| async { Ok(()) });
+    let op = Operator::new(client.clone(), PREFIX)
+        .config(OperatorConfig {
+            metrics_addr: Some(addr),
+            resync: Duration::from_secs(1),
+            ..config()
+        })
+        .controller(controller(&client, &ns).handler(h));
+    let running = start(op);
+    let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
+    api.create(&PostParams::default(), &obj("m", "x"))
+        .await
+        .expect("create");
+    eventually(Duration::from_secs(20), "handled", || async {
+        annotation(&api.get("m").await.ok()?, "last-handled-configuration").map(|_| ())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let writes = running.metrics.api_writes();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        running.metrics.api_writes(),
+        writes,
+        "resyncs of a handled object write nothing"
+    );
+    let get = |path: &'static str| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        out
+    };
+    let m = get("/metrics").await;
+    assert!(m.starts_with("HTTP/1.1 200"), "{m}");
+    assert!(
+        m.contains("operator_handler_runs_total{controller=\"FwTest\",handler=\"trivial\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("operator_handler_duration_seconds_bucket"),
+        "{m}"
+    );
+    assert!(m.contains("operator_objects_queued"), "{m}");
+    assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));
+    assert!(get("/readyz").await.starts_with("HTTP/1.1 200"));
+    running.stop().await;
+    cleanup(&client, &ns).await;
+}
