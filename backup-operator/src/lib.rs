@@ -12,6 +12,7 @@ pub mod results;
 pub mod restore_plan;
 pub mod retention;
 pub mod schedule;
+pub mod snapshot;
 pub mod status;
 pub mod targets;
 pub mod handlers;

@@ -1,12 +1,18 @@
 //! Desired objects: the VolumeSnapshot of a run, the temporary PVC of
 //! `SnapshotThenCopy`, the PVC a restore from a snapshot creates.
 
-use super::{ROLE_BACKUP, ROLE_COPY_SOURCE, ROLE_LABEL, SCHEDULED_TIME_ANNOTATION, SNAPSHOT_GROUP, VOLUME_SNAPSHOT_KIND, volume_snapshot_resource};
+use super::{
+    ROLE_BACKUP, ROLE_COPY_SOURCE, ROLE_LABEL, SCHEDULED_TIME_ANNOTATION, SNAPSHOT_GROUP,
+    VOLUME_SNAPSHOT_KIND, volume_snapshot_resource,
+};
 use crate::api::{BackupPolicy, Restore};
 use crate::desired::labels;
 use crate::{naming, restore_plan};
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PersistentVolumeClaimSpec, TypedLocalObjectReference, VolumeResourceRequirements};
+use k8s_openapi::api::core::v1::{
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, TypedLocalObjectReference,
+    VolumeResourceRequirements,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
@@ -19,22 +25,33 @@ pub fn snapshot_name(policy: &str, pvc: &str, run_for: Timestamp) -> String {
     naming::snapshot_name(policy, pvc, run_for.as_second().div_euclid(60))
 }
 
-fn snapshot_object(policy: &BackupPolicy, pvc: &str, run_for: Timestamp, class: &str, role: &str) -> DynamicObject {
+fn snapshot_object(
+    policy: &BackupPolicy,
+    pvc: &str,
+    run_for: Timestamp,
+    class: &str,
+    role: &str,
+) -> DynamicObject {
     let name = policy.metadata.name.clone().unwrap_or_default();
     let ns = policy.metadata.namespace.clone().unwrap_or_default();
-    let mut obj = DynamicObject::new(&snapshot_name(&name, pvc, run_for), &volume_snapshot_resource())
-        .within(&ns)
-        .data(json!({
-            "spec": {
-                "volumeSnapshotClassName": class,
-                "source": {"persistentVolumeClaimName": pvc}
-            }
-        }));
+    let mut obj = DynamicObject::new(
+        &snapshot_name(&name, pvc, run_for),
+        &volume_snapshot_resource(),
+    )
+    .within(&ns)
+    .data(json!({
+        "spec": {
+            "volumeSnapshotClassName": class,
+            "source": {"persistentVolumeClaimName": pvc}
+        }
+    }));
     let mut l = labels(&name, pvc);
     l.insert(ROLE_LABEL.to_string(), role.to_string());
     obj.metadata.labels = Some(l);
-    obj.metadata.annotations =
-        Some(BTreeMap::from([(SCHEDULED_TIME_ANNOTATION.to_string(), run_for.to_string())]));
+    obj.metadata.annotations = Some(BTreeMap::from([(
+        SCHEDULED_TIME_ANNOTATION.to_string(),
+        run_for.to_string(),
+    )]));
     obj
 }
 
@@ -42,13 +59,23 @@ fn snapshot_object(policy: &BackupPolicy, pvc: &str, run_for: Timestamp, class: 
 /// `run_for`. It has no owner: deleting the policy keeps its snapshots, as
 /// deleting a `Copy` policy keeps its repository; they carry the policy and
 /// PVC labels so retention (and a user) can find them.
-pub fn volume_snapshot(policy: &BackupPolicy, pvc: &str, run_for: Timestamp, class: &str) -> DynamicObject {
+pub fn volume_snapshot(
+    policy: &BackupPolicy,
+    pvc: &str,
+    run_for: Timestamp,
+    class: &str,
+) -> DynamicObject {
     snapshot_object(policy, pvc, run_for, class, ROLE_BACKUP)
 }
 
 /// The intermediate VolumeSnapshot of a `SnapshotThenCopy` run (labelled
 /// `role=copy-source`, so it never counts as a stored backup).
-pub fn copy_source_snapshot(policy: &BackupPolicy, pvc: &str, run_for: Timestamp, class: &str) -> DynamicObject {
+pub fn copy_source_snapshot(
+    policy: &BackupPolicy,
+    pvc: &str,
+    run_for: Timestamp,
+    class: &str,
+) -> DynamicObject {
     snapshot_object(policy, pvc, run_for, class, ROLE_COPY_SOURCE)
 }
 
@@ -129,7 +156,11 @@ pub fn restore_pvc(
     source_storage_class: Option<String>,
 ) -> PersistentVolumeClaim {
     let explicit_size = restore.spec.target.size.is_some()
-        || policy.spec.restore.as_ref().is_some_and(|r| r.size.is_some());
+        || policy
+            .spec
+            .restore
+            .as_ref()
+            .is_some_and(|r| r.size.is_some());
     let mut pvc = restore_plan::target_pvc(restore, policy, restore_size.clone());
     if let Some(spec) = pvc.spec.as_mut() {
         spec.data_source = Some(snapshot_data_source(snapshot));
@@ -138,8 +169,14 @@ pub fn restore_pvc(
         }
         // A PVC smaller than the snapshot cannot be provisioned: raise it.
         if let (true, Some(min)) = (explicit_size, restore_size.as_ref()) {
-            let requests = spec.resources.get_or_insert_with(Default::default).requests.get_or_insert_with(Default::default);
-            let current = requests.get("storage").and_then(|q| super::observed::quantity_bytes(&q.0));
+            let requests = spec
+                .resources
+                .get_or_insert_with(Default::default)
+                .requests
+                .get_or_insert_with(Default::default);
+            let current = requests
+                .get("storage")
+                .and_then(|q| super::observed::quantity_bytes(&q.0));
             let minimum = super::observed::quantity_bytes(&min.0);
             if let (Some(c), Some(m)) = (current, minimum)
                 && c < m
@@ -178,29 +215,56 @@ mod tests {
         assert_eq!(v["apiVersion"], "snapshot.storage.k8s.io/v1");
         assert_eq!(v["kind"], "VolumeSnapshot");
         assert_eq!(v["metadata"]["namespace"], "apps");
-        assert_eq!(v["spec"]["volumeSnapshotClassName"], "csi-hostpath-snapclass");
+        assert_eq!(
+            v["spec"]["volumeSnapshotClassName"],
+            "csi-hostpath-snapclass"
+        );
         assert_eq!(v["spec"]["source"]["persistentVolumeClaimName"], "data");
         let labels = o.metadata.labels.as_ref().expect("labels");
         assert_eq!(labels[POLICY_LABEL], "nightly");
         assert_eq!(labels[PVC_LABEL], "data");
         assert_eq!(labels[ROLE_LABEL], ROLE_BACKUP);
-        assert_eq!(o.metadata.annotations.as_ref().expect("ann")[SCHEDULED_TIME_ANNOTATION], "2026-01-01T10:00:00Z");
+        assert_eq!(
+            o.metadata.annotations.as_ref().expect("ann")[SCHEDULED_TIME_ANNOTATION],
+            "2026-01-01T10:00:00Z"
+        );
         let name = o.metadata.name.clone().expect("name");
-        assert_eq!(name, naming::snapshot_name("nightly", "data", at.as_second() / 60));
-        assert!(o.metadata.owner_references.is_none(), "snapshots outlive the policy");
+        assert_eq!(
+            name,
+            naming::snapshot_name("nightly", "data", at.as_second() / 60)
+        );
+        assert!(
+            o.metadata.owner_references.is_none(),
+            "snapshots outlive the policy"
+        );
         // Same run, same name: creating twice is idempotent.
-        assert_eq!(Some(name), volume_snapshot(&policy(), "data", at, "c").metadata.name);
+        assert_eq!(
+            Some(name),
+            volume_snapshot(&policy(), "data", at, "c").metadata.name
+        );
     }
 
     #[test]
     fn temporary_pvc_comes_from_the_snapshot_and_is_owned() {
-        let pvc = temporary_pvc(&policy(), "data", "snap-1", Quantity("1Gi".into()), Some("csi-hostpath".into()));
+        let pvc = temporary_pvc(
+            &policy(),
+            "data",
+            "snap-1",
+            Quantity("1Gi".into()),
+            Some("csi-hostpath".into()),
+        );
         let spec = pvc.spec.as_ref().expect("spec");
         let ds = spec.data_source.as_ref().expect("dataSource");
-        assert_eq!((ds.api_group.as_deref(), ds.kind.as_str(), ds.name.as_str()), (Some(SNAPSHOT_GROUP), "VolumeSnapshot", "snap-1"));
+        assert_eq!(
+            (ds.api_group.as_deref(), ds.kind.as_str(), ds.name.as_str()),
+            (Some(SNAPSHOT_GROUP), "VolumeSnapshot", "snap-1")
+        );
         assert_eq!(spec.storage_class_name.as_deref(), Some("csi-hostpath"));
         let owner = &pvc.metadata.owner_references.as_ref().expect("owner")[0];
-        assert_eq!((owner.kind.as_str(), owner.uid.as_str()), ("BackupPolicy", "uid-1"));
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str()),
+            ("BackupPolicy", "uid-1")
+        );
         let n = temporary_pvc_name(&"x".repeat(63));
         assert!(n.len() <= 63 && !n.contains("--"), "{n}");
     }
@@ -213,12 +277,27 @@ mod tests {
             "spec": {"policyName": "nightly", "backupName": "snap-1", "target": {"pvcName": "restored", "size": "1Mi"}}
         }))
         .expect("restore");
-        let pvc = restore_pvc(&restore, &policy(), "snap-1", Some(Quantity("1Gi".into())), Some("csi-hostpath".into()));
+        let pvc = restore_pvc(
+            &restore,
+            &policy(),
+            "snap-1",
+            Some(Quantity("1Gi".into())),
+            Some("csi-hostpath".into()),
+        );
         let spec = pvc.spec.as_ref().expect("spec");
         let ds = spec.data_source.as_ref().expect("dataSource");
-        assert_eq!((ds.api_group.as_deref(), ds.kind.as_str(), ds.name.as_str()), (Some("snapshot.storage.k8s.io"), "VolumeSnapshot", "snap-1"));
+        assert_eq!(
+            (ds.api_group.as_deref(), ds.kind.as_str(), ds.name.as_str()),
+            (Some("snapshot.storage.k8s.io"), "VolumeSnapshot", "snap-1")
+        );
         assert_eq!(spec.storage_class_name.as_deref(), Some("csi-hostpath"));
-        let size = &spec.resources.as_ref().expect("res").requests.as_ref().expect("req")["storage"];
+        let size = &spec
+            .resources
+            .as_ref()
+            .expect("res")
+            .requests
+            .as_ref()
+            .expect("req")["storage"];
         assert_eq!(size.0, "1Gi", "raised to the snapshot's restoreSize");
         assert_eq!(pvc.metadata.name.as_deref(), Some("restored"));
     }

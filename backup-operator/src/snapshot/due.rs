@@ -25,9 +25,17 @@ pub struct Due {
 /// * `not_before`: runs at or before this time are never due (the policy's
 ///   creation, or a recorded `lastBackupTime`).
 /// * `last_run`: the newest scheduled time a snapshot exists for.
-pub fn evaluate(schedule: &Schedule, not_before: Timestamp, last_run: Option<Timestamp>, now: Timestamp) -> Due {
+pub fn evaluate(
+    schedule: &Schedule,
+    not_before: Timestamp,
+    last_run: Option<Timestamp>,
+    now: Timestamp,
+) -> Due {
     let floor = last_run.map_or(not_before, |l| l.max(not_before));
-    Due { run_for: schedule.last_due(floor, now), next_run: schedule.next_after(now) }
+    Due {
+        run_for: schedule.last_due(floor, now),
+        next_run: schedule.next_after(now),
+    }
 }
 
 /// The earliest of the given wake-up times that is still relevant.
@@ -49,14 +57,24 @@ mod tests {
 
     #[test]
     fn nothing_due_right_after_creation() {
-        let d = evaluate(&hourly(), ts("2026-01-01T10:05:00Z"), None, ts("2026-01-01T10:30:00Z"));
+        let d = evaluate(
+            &hourly(),
+            ts("2026-01-01T10:05:00Z"),
+            None,
+            ts("2026-01-01T10:30:00Z"),
+        );
         assert_eq!(d.run_for, None);
         assert_eq!(d.next_run, Some(ts("2026-01-01T11:00:00Z")));
     }
 
     #[test]
     fn due_at_the_scheduled_time() {
-        let d = evaluate(&hourly(), ts("2026-01-01T10:05:00Z"), None, ts("2026-01-01T11:00:00Z"));
+        let d = evaluate(
+            &hourly(),
+            ts("2026-01-01T10:05:00Z"),
+            None,
+            ts("2026-01-01T11:00:00Z"),
+        );
         assert_eq!(d.run_for, Some(ts("2026-01-01T11:00:00Z")));
         assert_eq!(d.next_run, Some(ts("2026-01-01T12:00:00Z")));
     }
@@ -77,10 +95,24 @@ mod tests {
         // Last snapshot at 11:00, operator down until 16:20: five runs missed.
         let s = hourly();
         let created = ts("2026-01-01T10:05:00Z");
-        let d = evaluate(&s, created, Some(ts("2026-01-01T11:00:00Z")), ts("2026-01-01T16:20:00Z"));
-        assert_eq!(d.run_for, Some(ts("2026-01-01T16:00:00Z")), "only the newest missed run");
+        let d = evaluate(
+            &s,
+            created,
+            Some(ts("2026-01-01T11:00:00Z")),
+            ts("2026-01-01T16:20:00Z"),
+        );
+        assert_eq!(
+            d.run_for,
+            Some(ts("2026-01-01T16:00:00Z")),
+            "only the newest missed run"
+        );
         // After taking it, nothing else is due until 17:00.
-        let d2 = evaluate(&s, created, Some(ts("2026-01-01T16:00:00Z")), ts("2026-01-01T16:20:01Z"));
+        let d2 = evaluate(
+            &s,
+            created,
+            Some(ts("2026-01-01T16:00:00Z")),
+            ts("2026-01-01T16:20:01Z"),
+        );
         assert_eq!(d2.run_for, None);
         assert_eq!(d2.next_run, Some(ts("2026-01-01T17:00:00Z")));
     }
@@ -91,7 +123,11 @@ mod tests {
         let s = hourly();
         let created = ts("2026-01-01T10:05:00Z");
         for now in ["2026-01-01T11:00:10Z", "2026-01-01T11:59:59Z"] {
-            assert_eq!(evaluate(&s, created, Some(ts("2026-01-01T11:00:00Z")), ts(now)).run_for, None, "{now}");
+            assert_eq!(
+                evaluate(&s, created, Some(ts("2026-01-01T11:00:00Z")), ts(now)).run_for,
+                None,
+                "{now}"
+            );
         }
     }
 
@@ -99,20 +135,37 @@ mod tests {
     fn recorded_last_backup_time_is_a_floor() {
         // Retention deleted every snapshot (maxDays), but the status remembers
         // the last run: no immediate re-run.
-        let d = evaluate(&hourly(), ts("2026-01-01T11:00:00Z"), None, ts("2026-01-01T11:30:00Z"));
+        let d = evaluate(
+            &hourly(),
+            ts("2026-01-01T11:00:00Z"),
+            None,
+            ts("2026-01-01T11:30:00Z"),
+        );
         assert_eq!(d.run_for, None);
     }
 
     #[test]
     fn time_zones_follow_the_schedule() {
         let s = Schedule::parse("0 2 * * *", Some("Europe/Berlin")).expect("valid");
-        let d = evaluate(&s, ts("2026-01-01T00:00:00Z"), None, ts("2026-01-02T01:00:00Z"));
+        let d = evaluate(
+            &s,
+            ts("2026-01-01T00:00:00Z"),
+            None,
+            ts("2026-01-02T01:00:00Z"),
+        );
         assert_eq!(d.run_for, Some(ts("2026-01-02T01:00:00Z")));
     }
 
     #[test]
     fn earliest_ignores_none() {
-        assert_eq!(earliest([None, Some(ts("2026-01-01T00:00:02Z")), Some(ts("2026-01-01T00:00:01Z"))]), Some(ts("2026-01-01T00:00:01Z")));
+        assert_eq!(
+            earliest([
+                None,
+                Some(ts("2026-01-01T00:00:02Z")),
+                Some(ts("2026-01-01T00:00:01Z"))
+            ]),
+            Some(ts("2026-01-01T00:00:01Z"))
+        );
         assert_eq!(earliest([None, None]), None);
     }
 }

@@ -28,8 +28,9 @@ pub mod observed;
 mod reconcile;
 
 pub use reconcile::{
-    CopySourceState, PvcProblem, SnapshotError, SnapshotOutcome, api_available, cleanup_copy_source,
-    ensure_copy_source, reconcile_snapshots, restore_from_snapshot,
+    CopySourceState, PvcProblem, SnapshotError, SnapshotOutcome, api_available,
+    cleanup_copy_source, copy_source_name, ensure_copy_source, reconcile_snapshots,
+    restore_from_snapshot,
 };
 
 use kube::api::{ApiResource, GroupVersionKind};

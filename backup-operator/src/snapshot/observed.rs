@@ -53,7 +53,11 @@ pub struct SnapshotInfo {
 }
 
 /// Reads a VolumeSnapshot. `ready_timeout` is how long it may stay not ready.
-pub fn parse(obj: &DynamicObject, ready_timeout: SignedDuration, now: Timestamp) -> Option<SnapshotInfo> {
+pub fn parse(
+    obj: &DynamicObject,
+    ready_timeout: SignedDuration,
+    now: Timestamp,
+) -> Option<SnapshotInfo> {
     let name = obj.metadata.name.clone()?;
     let labels = obj.metadata.labels.clone().unwrap_or_default();
     let pvc = labels.get(PVC_LABEL).cloned().or_else(|| {
@@ -70,7 +74,10 @@ pub fn parse(obj: &DynamicObject, ready_timeout: SignedDuration, now: Timestamp)
         .and_then(|s| s.parse::<Timestamp>().ok());
     let created = obj.metadata.creation_timestamp.as_ref().map(|t| t.0);
     let status = obj.data.get("status");
-    let ready = status.and_then(|s| s.get("readyToUse")).and_then(|v| v.as_bool()).unwrap_or(false);
+    let ready = status
+        .and_then(|s| s.get("readyToUse"))
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
     let error = status
         .and_then(|s| s.get("error"))
         .and_then(|e| e.get("message"))
@@ -90,7 +97,10 @@ pub fn parse(obj: &DynamicObject, ready_timeout: SignedDuration, now: Timestamp)
     } else if overdue {
         (
             SnapshotState::Failed,
-            Some(format!("not ready within {}s (snapshot.readyTimeoutSeconds)", ready_timeout.as_secs())),
+            Some(format!(
+                "not ready within {}s (snapshot.readyTimeoutSeconds)",
+                ready_timeout.as_secs()
+            )),
         )
     } else {
         (SnapshotState::Pending, None)
@@ -111,7 +121,9 @@ pub fn parse(obj: &DynamicObject, ready_timeout: SignedDuration, now: Timestamp)
 /// Bytes of a Kubernetes quantity such as `1Gi`, `500M`, `1073741824` (whole bytes only).
 pub fn quantity_bytes(q: &str) -> Option<i64> {
     let q = q.trim();
-    let split = q.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(q.len());
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(q.len());
     let (num, suffix) = q.split_at(split);
     let mult: f64 = match suffix {
         "" => 1.0,
@@ -149,7 +161,10 @@ pub fn stored_backup(s: &SnapshotInfo) -> StoredBackup {
 
 /// The VolumeSnapshot name of a `storedBackups` entry that is a snapshot.
 pub fn snapshot_of(backup: &StoredBackup) -> Option<&str> {
-    backup.location.strip_prefix(VOLUME_SNAPSHOT_KIND)?.strip_prefix('/')
+    backup
+        .location
+        .strip_prefix(VOLUME_SNAPSHOT_KIND)?
+        .strip_prefix('/')
 }
 
 /// Retention over the snapshots of a policy, per PVC:
@@ -162,8 +177,14 @@ pub fn snapshot_of(backup: &StoredBackup) -> Option<&str> {
 /// * Undated snapshots are kept: retention never deletes what it cannot date.
 ///
 /// Returns (kept, expired); kept is grouped by PVC (alphabetical), newest first.
-pub fn retain(snaps: Vec<SnapshotInfo>, retention: &Retention, now: Timestamp) -> (Vec<SnapshotInfo>, Vec<SnapshotInfo>) {
-    let oldest_allowed = retention.max_days.map(|d| now - SignedDuration::from_hours(24 * i64::from(d)));
+pub fn retain(
+    snaps: Vec<SnapshotInfo>,
+    retention: &Retention,
+    now: Timestamp,
+) -> (Vec<SnapshotInfo>, Vec<SnapshotInfo>) {
+    let oldest_allowed = retention
+        .max_days
+        .map(|d| now - SignedDuration::from_hours(24 * i64::from(d)));
     let mut by_pvc: BTreeMap<String, Vec<SnapshotInfo>> = BTreeMap::new();
     for s in snaps {
         by_pvc.entry(s.pvc.clone()).or_default().push(s);
@@ -179,7 +200,8 @@ pub fn retain(snaps: Vec<SnapshotInfo>, retention: &Retention, now: Timestamp) -
         });
         let (mut ready, mut seen_ready, mut kept_failure) = (0u32, false, false);
         for s in list {
-            let too_old = matches!((s.taken_at, oldest_allowed), (Some(t), Some(limit)) if t < limit);
+            let too_old =
+                matches!((s.taken_at, oldest_allowed), (Some(t), Some(limit)) if t < limit);
             let keep = match (s.state, s.taken_at) {
                 (_, None) => true,
                 (SnapshotState::Pending, _) => true,
@@ -233,7 +255,10 @@ mod tests {
 
     #[test]
     fn parses_ready_snapshot_into_a_stored_backup() {
-        let o = vs(json!({"readyToUse": true, "restoreSize": "1Gi"}), "2026-06-09T23:00:02Z");
+        let o = vs(
+            json!({"readyToUse": true, "restoreSize": "1Gi"}),
+            "2026-06-09T23:00:02Z",
+        );
         let s = parse(&o, SignedDuration::from_secs(600), ts(NOW)).expect("parsed");
         assert_eq!(s.state, SnapshotState::Ready);
         assert_eq!(s.pvc, "data");
@@ -254,15 +279,27 @@ mod tests {
         assert_eq!(s.state, SnapshotState::Pending);
         let s = parse(&o, SignedDuration::from_secs(60), ts(NOW)).expect("parsed");
         assert_eq!(s.state, SnapshotState::Failed);
-        assert!(s.error.as_deref().is_some_and(|e| e.contains("60s")), "{:?}", s.error);
-        let no_status = obj(json!({"metadata": {"name": "x", "creationTimestamp": "2026-06-09T23:59:00Z",
-            "labels": {"backup.backup.example.com/pvc": "data"}}}));
-        assert_eq!(parse(&no_status, SignedDuration::from_secs(600), ts(NOW)).map(|s| s.state), Some(SnapshotState::Pending));
+        assert!(
+            s.error.as_deref().is_some_and(|e| e.contains("60s")),
+            "{:?}",
+            s.error
+        );
+        let no_status = obj(
+            json!({"metadata": {"name": "x", "creationTimestamp": "2026-06-09T23:59:00Z",
+            "labels": {"backup.backup.example.com/pvc": "data"}}}),
+        );
+        assert_eq!(
+            parse(&no_status, SignedDuration::from_secs(600), ts(NOW)).map(|s| s.state),
+            Some(SnapshotState::Pending)
+        );
     }
 
     #[test]
     fn error_means_failed() {
-        let o = vs(json!({"readyToUse": false, "error": {"message": "driver said no"}}), "2026-06-09T23:59:00Z");
+        let o = vs(
+            json!({"readyToUse": false, "error": {"message": "driver said no"}}),
+            "2026-06-09T23:59:00Z",
+        );
         let s = parse(&o, SignedDuration::from_secs(600), ts(NOW)).expect("parsed");
         assert_eq!(s.state, SnapshotState::Failed);
         assert_eq!(s.error.as_deref(), Some("driver said no"));
@@ -308,7 +345,14 @@ mod tests {
             snap("a", "a2", "2026-06-02T00:00:00Z", Ready),
             snap("b", "b1", "2026-06-01T00:00:00Z", Ready),
         ];
-        let (kept, expired) = retain(all, &Retention { max_backups: 2, max_days: None }, ts(NOW));
+        let (kept, expired) = retain(
+            all,
+            &Retention {
+                max_backups: 2,
+                max_days: None,
+            },
+            ts(NOW),
+        );
         assert_eq!(names(&kept), ["a3", "a2", "b1"]);
         assert_eq!(names(&expired), ["a1"]);
     }
@@ -322,7 +366,14 @@ mod tests {
             snap("a", "r1", "2026-06-09T20:00:00Z", Ready),
             snap("a", "r0", "2026-06-09T19:00:00Z", Ready),
         ];
-        let (kept, expired) = retain(all, &Retention { max_backups: 2, max_days: None }, ts(NOW));
+        let (kept, expired) = retain(
+            all,
+            &Retention {
+                max_backups: 2,
+                max_days: None,
+            },
+            ts(NOW),
+        );
         assert_eq!(names(&kept), ["pending", "failed", "r2", "r1"]);
         assert_eq!(names(&expired), ["r0"]);
     }
@@ -335,7 +386,14 @@ mod tests {
             snap("a", "r1", "2026-06-09T21:00:00Z", Ready),
             snap("a", "f1", "2026-06-09T20:00:00Z", Failed),
         ];
-        let (kept, expired) = retain(all, &Retention { max_backups: 5, max_days: None }, ts(NOW));
+        let (kept, expired) = retain(
+            all,
+            &Retention {
+                max_backups: 5,
+                max_days: None,
+            },
+            ts(NOW),
+        );
         assert_eq!(names(&kept), ["f3", "r1"]);
         assert_eq!(names(&expired), ["f2", "f1"]);
     }
@@ -348,8 +406,17 @@ mod tests {
             snap("a", "oldfail", "2026-05-01T00:00:00Z", Failed),
             snap("a", "undated", "?", Ready),
         ];
-        let (kept, expired) = retain(all, &Retention { max_backups: 10, max_days: Some(7) }, ts(NOW));
+        let (kept, expired) = retain(
+            all,
+            &Retention {
+                max_backups: 10,
+                max_days: Some(7),
+            },
+            ts(NOW),
+        );
         assert_eq!(names(&kept), ["undated", "new"]);
-        assert_eq!(names(&expired), ["old", "oldfail"]);
+        let mut gone = names(&expired);
+        gone.sort();
+        assert_eq!(gone, ["old", "oldfail"]);
     }
 }
