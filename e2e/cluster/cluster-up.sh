@@ -65,6 +65,10 @@ for entry in "etcd:$ETCD_PORT" "etcd-peer:$ETCD_PEER_PORT" "kube-apiserver:$APIS
 done
 ((busy == 0)) || exit 1
 
+# Test tooling and base images first: nothing is running yet if they fail.
+PROVISIONER=$("$HERE/build-provisioner.sh")
+"$HERE/images.sh" base --no-load
+
 # From here on, a failure tears down whatever was started.
 cleanup_on_failure() {
   local rc=$?
@@ -114,6 +118,10 @@ if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
 fi
 [[ $(ip -o addr show dev "$BRIDGE") == *"inet $NODE_IP/"* ]] || ip addr add "$NODE_IP/${POD_SUBNET#*/}" dev "$BRIDGE"
 ip link set "$BRIDGE" up
+
+# S3 (moto) on the node address, reachable from pods; started now, awaited later.
+"$HERE/moto-up.sh" &
+MOTO_UP=$!
 
 # --- etcd ----------------------------------------------------------------------
 log "starting etcd $ETCD_VERSION"
@@ -298,13 +306,11 @@ provisioner: kube-backup.local/hostpath
 reclaimPolicy: Delete
 volumeBindingMode: Immediate
 EOF
-PROVISIONER=$("$HERE/build-provisioner.sh")
 log "starting hostpath-provisioner"
 start hostpath-provisioner env KUBECONFIG="$KUBECONFIG_PATH" RUST_LOG=info "$PROVISIONER" \
   --class standard --dir "$STATE/volumes"
 
-# --- S3 (moto) on the node address, reachable from pods -----------------------
-"$HERE/moto-up.sh"
+wait "$MOTO_UP" || fail_component moto "moto S3 did not start"
 
 # --- wait for the node ----------------------------------------------------------
 node_ready() {

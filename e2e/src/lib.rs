@@ -756,3 +756,126 @@ pub fn busybox_pod_spec(cluster: &Cluster, script: &str) -> PodSpec {
         ..Default::default()
     }
 }
+
+/// The repository root (for `make` and `cargo` calls).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Runs `make TARGET VAR=VALUE...` in the repository root against `cluster`
+/// (its kubeconfig exported), failing with make's output.
+pub async fn make(cluster: &Cluster, target: &str, vars: &[(&str, &str)]) -> Result<String> {
+    let mut cmd = tokio::process::Command::new("make");
+    cmd.arg("-s").arg(target).current_dir(repo_root());
+    for (k, v) in vars {
+        cmd.arg(format!("{k}={v}"));
+    }
+    if let Some(kc) = &cluster.kubeconfig {
+        cmd.env("KUBECONFIG", kc);
+    }
+    let out = cmd
+        .output()
+        .await
+        .with_context(|| format!("running make {target}"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        bail!("make {target} failed ({}):\n{text}", out.status);
+    }
+    Ok(text)
+}
+
+/// Builds a binary of the workspace (debug) and returns its path.
+pub async fn cargo_bin(package: &str, bin: &str) -> Result<PathBuf> {
+    let out =
+        tokio::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "build",
+                "-q",
+                "-p",
+                package,
+                "--bin",
+                bin,
+                "--message-format",
+                "json",
+            ])
+            .current_dir(repo_root())
+            .output()
+            .await
+            .with_context(|| format!("cargo build -p {package} --bin {bin}"))?;
+    if !out.status.success() {
+        bail!(
+            "cargo build -p {package} --bin {bin} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == bin)
+        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+        .ok_or_else(|| anyhow!("cargo built no executable {bin}"))
+}
+
+/// A process of the test (e.g. the operator run locally, as `make run` does),
+/// killed when dropped. Its output goes to `log`.
+pub struct LocalProcess {
+    child: tokio::process::Child,
+    pub log: PathBuf,
+}
+
+impl LocalProcess {
+    /// Starts `program args` with `envs` (plus `KUBECONFIG` of the cluster).
+    pub fn spawn(
+        cluster: &Cluster,
+        program: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        log_name: &str,
+    ) -> Result<Self> {
+        let log = std::env::temp_dir().join(format!("e2e-{log_name}-{}.log", random_suffix()));
+        let file = std::fs::File::create(&log)?;
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args)
+            .envs(envs.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .kill_on_drop(true);
+        if let Some(kc) = &cluster.kubeconfig {
+            cmd.env("KUBECONFIG", kc);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))?;
+        Ok(Self { child, log })
+    }
+
+    /// The OS process id (None once it has exited and been reaped).
+    pub fn id(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Whether it has exited (and with which status).
+    pub fn try_wait(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        Ok(self.child.try_wait()?)
+    }
+
+    /// Kills it (SIGKILL) and waits for it.
+    pub async fn kill(&mut self) -> Result<()> {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+        Ok(())
+    }
+
+    /// The output it wrote so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
