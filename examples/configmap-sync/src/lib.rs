@@ -1,0 +1,393 @@
+//! `configmap-sync`: an example operator on `operator-framework`.
+//!
+//! A namespaced `ConfigMapSync` (group `examples.operator-framework.dev`,
+//! version `v1alpha1`) names a source ConfigMap in its own namespace and a
+//! list of target namespaces; the operator keeps a copy of the source in every
+//! target namespace, removes copies from namespaces dropped from the list, and
+//! removes all copies when the `ConfigMapSync` is deleted.
+//!
+//! Handlers (all through the framework's public API only):
+//! * `#[on_create]` `created`: first sync, status.
+//! * `#[on_field(path = "spec.targetNamespaces")]` `targets_changed`: deletes
+//!   copies in namespaces that were removed from the list, syncs the rest.
+//! * `#[on_update]` `updated`: any other spec change (e.g. another source).
+//! * `#[on_timer(interval = "30s")]` `resync`: repairs drift (source data
+//!   changed, a copy edited or deleted); writes only when something differs.
+//! * `#[on_delete]` `deleted`: removes every copy.
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams};
+use kube::runtime::watcher;
+use kube::{Client, CustomResource, CustomResourceExt, ResourceExt};
+use operator_framework::{
+    Context, Controller, EventType, HandlerError, HandlerResult, Operator, OperatorConfig,
+    conditions, on_create, on_delete, on_field, on_timer, on_update,
+};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Prefix of the operator's annotations, finalizer and labels.
+pub const PREFIX: &str = "configmap-sync.examples.operator-framework.dev";
+/// Label put on every copy: `<namespace>.<name>` of the owning ConfigMapSync.
+pub const COPY_LABEL: &str = "configmap-sync.examples.operator-framework.dev/owner";
+
+/// Which ConfigMap to copy where.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "examples.operator-framework.dev",
+    version = "v1alpha1",
+    kind = "ConfigMapSync",
+    namespaced,
+    status = "ConfigMapSyncStatus",
+    shortname = "cms",
+    printcolumn = r#"{"name":"Source","type":"string","jsonPath":".spec.source.name"}"#,
+    printcolumn = r#"{"name":"Synced","type":"integer","jsonPath":".status.syncedCount"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMapSyncSpec {
+    /// The source ConfigMap, in the ConfigMapSync's namespace.
+    pub source: SourceRef,
+    /// Namespaces that get a copy (same name as the source).
+    #[serde(default)]
+    pub target_namespaces: Vec<String>,
+}
+
+/// A ConfigMap in the ConfigMapSync's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct SourceRef {
+    /// Name of the ConfigMap.
+    #[schemars(length(min = 1))]
+    pub name: String,
+}
+
+/// Observed state.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMapSyncStatus {
+    /// Namespaces holding an up-to-date copy.
+    #[serde(default)]
+    pub synced_namespaces: Vec<String>,
+    /// Number of namespaces holding a copy.
+    #[serde(default)]
+    pub synced_count: i64,
+    /// `Ready` and the framework's `HandlerFailed`.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+/// The CRD as YAML.
+pub fn crd_yaml() -> Result<String, anyhow::Error> {
+    Ok(serde_saphyr::to_string(&ConfigMapSync::crd())?)
+}
+
+/// The copy of `source` that belongs into `namespace`.
+pub fn desired_copy(sync: &ConfigMapSync, source: &ConfigMap, namespace: &str) -> ConfigMap {
+    let owner = format!(
+        "{}.{}",
+        sync.namespace().unwrap_or_default(),
+        sync.name_any()
+    );
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(sync.spec.source.name.clone()),
+            namespace: Some(namespace.to_string()),
+            labels: Some(BTreeMap::from([(COPY_LABEL.to_string(), owner)])),
+            ..Default::default()
+        },
+        data: source.data.clone(),
+        binary_data: source.binary_data.clone(),
+        ..Default::default()
+    }
+}
+
+/// Whether an existing copy already matches the desired one.
+pub fn copy_is_current(existing: &ConfigMap, desired: &ConfigMap) -> bool {
+    existing.data == desired.data
+        && existing.binary_data == desired.binary_data
+        && existing.labels().get(COPY_LABEL) == desired.labels().get(COPY_LABEL)
+}
+
+/// Namespaces in `old` but not in `new`.
+pub fn removed_namespaces(old: &[String], new: &[String]) -> Vec<String> {
+    let new: BTreeSet<&String> = new.iter().collect();
+    let mut out: Vec<String> = old.iter().filter(|n| !new.contains(n)).cloned().collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn strings(v: Option<serde_json::Value>) -> Vec<String> {
+    v.and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default()
+}
+
+/// Brings every copy up to date; returns the namespaces written to.
+async fn sync(ctx: &Context<ConfigMapSync>) -> Result<Vec<String>, HandlerError> {
+    let ns = ctx.namespace().unwrap_or_default();
+    let client = ctx.client();
+    let sources: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let Some(source) = sources.get_opt(&ctx.object.spec.source.name).await? else {
+        set_ready(
+            ctx,
+            "False",
+            "SourceMissing",
+            "the source ConfigMap does not exist",
+        )
+        .await?;
+        return Err(HandlerError::temporary(
+            format!(
+                "source ConfigMap {ns}/{} not found",
+                ctx.object.spec.source.name
+            ),
+            Some(std::time::Duration::from_secs(10)),
+        ));
+    };
+    let mut written = Vec::new();
+    let mut synced = Vec::new();
+    for target in &ctx.object.spec.target_namespaces {
+        if *target == ns {
+            continue; // never overwrite the source itself
+        }
+        let api: Api<ConfigMap> = Api::namespaced(client.clone(), target);
+        let desired = desired_copy(&ctx.object, &source, target);
+        let current = api.get_opt(&ctx.object.spec.source.name).await?;
+        if !current
+            .as_ref()
+            .is_some_and(|c| copy_is_current(c, &desired))
+        {
+            api.patch(
+                &ctx.object.spec.source.name,
+                &PatchParams::apply(ctx.field_manager()).force(),
+                &Patch::Apply(&desired),
+            )
+            .await?;
+            written.push(target.clone());
+        }
+        synced.push(target.clone());
+    }
+    synced.sort();
+    ctx.patch_status(serde_json::json!({
+        "syncedNamespaces": synced,
+        "syncedCount": synced.len(),
+    }))
+    .await?;
+    set_ready(
+        ctx,
+        "True",
+        "Synced",
+        "all target namespaces hold a current copy",
+    )
+    .await?;
+    Ok(written)
+}
+
+async fn set_ready(
+    ctx: &Context<ConfigMapSync>,
+    status: &str,
+    reason: &str,
+    message: &str,
+) -> Result<(), HandlerError> {
+    let mut conds: Vec<Condition> = ctx
+        .status()
+        .get("conditions")
+        .cloned()
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default();
+    if conditions::upsert(
+        &mut conds,
+        "Ready",
+        status,
+        reason,
+        message,
+        ctx.object.metadata.generation,
+    ) {
+        ctx.patch_status(serde_json::json!({ "conditions": conds }))
+            .await?;
+    }
+    Ok(())
+}
+
+async fn delete_copies(
+    ctx: &Context<ConfigMapSync>,
+    source: &str,
+    namespaces: &[String],
+) -> HandlerResult {
+    let ns = ctx.namespace().unwrap_or_default();
+    let owner = format!("{ns}.{}", ctx.name());
+    for target in namespaces {
+        if *target == ns {
+            continue;
+        }
+        let api: Api<ConfigMap> = Api::namespaced(ctx.client(), target);
+        let Some(copy) = api.get_opt(source).await? else {
+            continue;
+        };
+        // Only delete what we made.
+        if copy.labels().get(COPY_LABEL) == Some(&owner) {
+            match api.delete(source, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// First sync of a new ConfigMapSync.
+#[on_create(backoff_base = "2s", backoff_max = "2m")]
+pub async fn created(ctx: Context<ConfigMapSync>) -> HandlerResult {
+    let written = sync(&ctx).await?;
+    ctx.event(
+        EventType::Normal,
+        "Synced",
+        &format!("copied into {} namespace(s)", written.len()),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Copies in namespaces removed from `spec.targetNamespaces` are deleted.
+#[on_field(path = "spec.targetNamespaces")]
+pub async fn targets_changed(ctx: Context<ConfigMapSync>) -> HandlerResult {
+    let old = strings(ctx.old_value());
+    let new = strings(ctx.new_value());
+    let removed = removed_namespaces(&old, &new);
+    delete_copies(&ctx, &ctx.object.spec.source.name, &removed).await?;
+    if !removed.is_empty() {
+        tracing::info!(?removed, "removed copies from dropped namespaces");
+    }
+    Ok(())
+}
+
+/// Any spec change: sync again.
+#[on_update]
+pub async fn updated(ctx: Context<ConfigMapSync>) -> HandlerResult {
+    // A new source name leaves the old copies behind: remove them first.
+    if let Some(old) = ctx.old_value() {
+        let old_source = old.pointer("/spec/source/name").and_then(|v| v.as_str());
+        if let Some(old_source) = old_source
+            && old_source != ctx.object.spec.source.name
+        {
+            let targets = strings(old.pointer("/spec/targetNamespaces").cloned());
+            delete_copies(&ctx, old_source, &targets).await?;
+        }
+    }
+    sync(&ctx).await?;
+    Ok(())
+}
+
+/// Drift repair: writes only what differs.
+#[on_timer(interval = "30s", initial_delay = "30s")]
+pub async fn resync(ctx: Context<ConfigMapSync>) -> HandlerResult {
+    let written = sync(&ctx).await?;
+    if !written.is_empty() {
+        ctx.event(
+            EventType::Normal,
+            "DriftRepaired",
+            &format!("re-synced {}", written.join(", ")),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Removes every copy.
+#[on_delete]
+pub async fn deleted(ctx: Context<ConfigMapSync>) -> HandlerResult {
+    let targets = ctx.object.spec.target_namespaces.clone();
+    delete_copies(&ctx, &ctx.object.spec.source.name, &targets).await
+}
+
+/// The controller with all handlers, watching `api`.
+pub fn controller(api: Api<ConfigMapSync>) -> Controller<ConfigMapSync> {
+    Controller::new(api, watcher::Config::default())
+        .handler(created())
+        .handler(targets_changed())
+        .handler(updated())
+        .handler(resync())
+        .handler(deleted())
+}
+
+/// The whole operator.
+pub fn operator(client: Client, api: Api<ConfigMapSync>, config: OperatorConfig) -> Operator {
+    Operator::new(client, PREFIX)
+        .config(config)
+        .controller(controller(api))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sync_obj() -> ConfigMapSync {
+        let mut s = ConfigMapSync::new(
+            "s",
+            ConfigMapSyncSpec {
+                source: SourceRef {
+                    name: "settings".into(),
+                },
+                target_namespaces: vec!["a".into(), "b".into()],
+            },
+        );
+        s.metadata.namespace = Some("src".into());
+        s
+    }
+
+    #[test]
+    fn desired_copy_carries_data_and_owner_label() {
+        let source = ConfigMap {
+            data: Some(BTreeMap::from([("k".to_string(), "v".to_string())])),
+            ..Default::default()
+        };
+        let c = desired_copy(&sync_obj(), &source, "a");
+        assert_eq!(c.metadata.name.as_deref(), Some("settings"));
+        assert_eq!(c.metadata.namespace.as_deref(), Some("a"));
+        assert_eq!(
+            c.labels().get(COPY_LABEL).map(String::as_str),
+            Some("src.s")
+        );
+        assert_eq!(c.data, source.data);
+        assert!(copy_is_current(&c, &c));
+        let mut changed = c.clone();
+        changed.data = None;
+        assert!(!copy_is_current(&changed, &c));
+    }
+
+    #[test]
+    fn removed_namespaces_diff() {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            removed_namespaces(&v(&["a", "b", "c"]), &v(&["b"])),
+            v(&["a", "c"])
+        );
+        assert!(removed_namespaces(&v(&["a"]), &v(&["a", "b"])).is_empty());
+    }
+
+    #[test]
+    fn crd_has_group_kind_and_status() {
+        let y = crd_yaml().expect("yaml");
+        assert!(y.contains("configmapsyncs.examples.operator-framework.dev"));
+        assert!(y.contains("kind: ConfigMapSync"));
+        assert!(y.contains("targetNamespaces"));
+        assert!(y.contains("status: {}") || y.contains("status:"));
+    }
+
+    #[test]
+    fn handlers_are_registered_with_ids() {
+        let ids: Vec<String> = [
+            created().handler_id().to_string(),
+            targets_changed().handler_id().to_string(),
+            updated().handler_id().to_string(),
+            resync().handler_id().to_string(),
+            deleted().handler_id().to_string(),
+        ]
+        .to_vec();
+        assert_eq!(
+            ids,
+            ["created", "targets_changed", "updated", "resync", "deleted"]
+        );
+    }
+}
