@@ -53,18 +53,20 @@ fi
 
 # --- busy ports --------------------------------------------------------------
 busy=0
-for entry in "etcd:$ETCD_PORT" "etcd-peer:$ETCD_PEER_PORT" "kube-apiserver:$APISERVER_PORT" \
-  "kube-controller-manager:$KCM_PORT" "kube-scheduler:$SCHEDULER_PORT" "kubelet:$KUBELET_PORT" \
-  "kubelet-healthz:$KUBELET_HEALTHZ_PORT" "moto-s3:$MOTO_PORT"; do
-  name=${entry%%:*} port=${entry##*:}
+for entry in "etcd:$ETCD_PORT:KB_ETCD_PORT" "etcd-peer:$ETCD_PEER_PORT:KB_ETCD_PEER_PORT" \
+  "kube-apiserver:$APISERVER_PORT:KB_APISERVER_PORT" "kube-controller-manager:$KCM_PORT:KB_KCM_PORT" \
+  "kube-scheduler:$SCHEDULER_PORT:KB_SCHEDULER_PORT" "kubelet:$KUBELET_PORT:KB_KUBELET_PORT" \
+  "kubelet-healthz:$KUBELET_HEALTHZ_PORT:KB_KUBELET_HEALTHZ_PORT" "moto-s3:$MOTO_PORT:KB_MOTO_PORT"; do
+  IFS=: read -r name port var <<<"$entry"
   owner=$(port_owner "$port")
   if [ -n "$owner" ]; then
-    echo "error: port $port needed by $name is already in use (by $owner); free it or set KB_${name^^}_PORT" | tr - _ >&2
+    echo "error: port $port needed by $name is already in use (by $owner); free it or set $var" >&2
     busy=1
   fi
 done
 ((busy == 0)) || exit 1
 
+MOTO_UP=
 # Test tooling and base images first: nothing is running yet if they fail.
 PROVISIONER=$("$HERE/build-provisioner.sh")
 "$HERE/images.sh" base --no-load
@@ -74,6 +76,8 @@ cleanup_on_failure() {
   local rc=$?
   if ((rc != 0)); then
     echo "cluster-up failed; cleaning up (logs kept in $LOGS)" >&2
+    # moto-up may still be starting in the background: let it record its PID first.
+    [ -n "${MOTO_UP:-}" ] && wait "$MOTO_UP" 2>/dev/null
     KB_KEEP_LOGS=1 "$HERE/cluster-down.sh" >&2 || true
   fi
 }

@@ -54,7 +54,18 @@ if ! command -v kubectl >/dev/null 2>&1; then
 fi
 
 # moto (the S3 server of the tests)
-if ! python3 -c 'import moto.server' >/dev/null 2>&1; then
+HERE=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=lib.sh
+. "$HERE/lib.sh"
+if ! moto_python >/dev/null; then
   echo "installing moto[server] from PyPI" >&2
-  python3 -m pip install -q 'moto[server]'
+  if ! python3 -m pip install -q 'moto[server]' 2>/dev/null || ! moto_python >/dev/null; then
+    # An externally managed Python (PEP 668): use a venv in the cache.
+    python3 -m venv "$CACHE/moto-venv" 2>/dev/null || {
+      apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+      python3 -m venv "$CACHE/moto-venv"
+    }
+    "$CACHE/moto-venv/bin/pip" install -q 'moto[server]'
+  fi
+  moto_python >/dev/null || { echo "error: could not install moto[server]" >&2; exit 1; }
 fi

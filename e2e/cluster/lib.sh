@@ -29,7 +29,7 @@ POD_SUBNET=${KB_POD_SUBNET:-10.244.0.0/24}
 NODE_IP=${KB_NODE_IP:-10.244.0.1}
 SERVICE_CIDR=${KB_SERVICE_CIDR:-10.96.0.0/16}
 NODE_NAME=${KB_NODE_NAME:-kube-backup-node}
-CGROUP_ROOT=/kube-backup
+CGROUP_ROOT=${KB_CGROUP_ROOT:-/kube-backup}
 
 PAUSE_IMAGE=localhost/kube-backup/pause:3.10
 BUSYBOX_IMAGE=localhost/kube-backup/busybox:latest
@@ -122,6 +122,16 @@ fail_component() {
 # port_owner PORT: the process listening on a TCP port, empty if free.
 port_owner() {
   ss -Hltnp "sport = :$1" 2>/dev/null | head -n1 | grep -o 'users:(([^)]*' | sed 's/users:((//' || true
+}
+
+# moto_python: a python that can import moto.server (the PATH's python3, or a
+# venv install-deps.sh made in the cache when that python is externally managed).
+moto_python() {
+  local py
+  for py in "$CACHE/moto-venv/bin/python" "$(command -v python3 2>/dev/null)"; do
+    [ -x "$py" ] && "$py" -c 'import moto.server' >/dev/null 2>&1 && { echo "$py"; return 0; }
+  done
+  return 1
 }
 
 kubectl_() { kubectl --kubeconfig "$KUBECONFIG_PATH" "$@"; }

@@ -14,10 +14,11 @@ if pid_of moto >/dev/null && moto_ready; then
   exit 0
 fi
 [[ $(ip -o addr show 2>/dev/null) == *"inet $NODE_IP/"* ]] || die "the node address $NODE_IP does not exist; run 'make cluster-up'"
-python3 -c 'import moto.server' 2>/dev/null || "$HERE/install-deps.sh"
+moto_python >/dev/null || "$HERE/install-deps.sh"
+PY=$(moto_python) || die "moto[server] is not installed (e2e/cluster/install-deps.sh)"
 owner=$(port_owner "$MOTO_PORT")
 [ -z "$owner" ] || die "port $MOTO_PORT needed by moto-s3 is already in use (by $owner); set KB_MOTO_PORT"
 log "starting moto S3 on $ENDPOINT"
-start moto python3 -m moto.server -H "$NODE_IP" -p "$MOTO_PORT"
+start moto "$PY" -m moto.server -H "$NODE_IP" -p "$MOTO_PORT"
 wait_until "moto S3 on $ENDPOINT" 60 moto moto_ready
 echo "$ENDPOINT" >"$STATE/s3-endpoint"
