@@ -598,6 +598,7 @@ where
     }
 
     async fn process(self: &Arc<Self>, key: &Key) -> Option<Instant> {
+        self.rt.metrics.cycle(&self.kind);
         let Some(dobj) = self.store_get(key) else {
             if let Ok(mut s) = self.states.lock() {
                 s.remove(key);

@@ -31,6 +31,7 @@ struct Histogram {
 /// * `operator_handler_duration_seconds{controller,handler}` (histogram)
 /// * `operator_objects_queued{controller}` (due, waiting for a worker slot)
 /// * `operator_objects_in_flight` (objects being processed)
+/// * `operator_object_cycles_total{controller}` (processing cycles)
 /// * `operator_api_requests_total{verb}` (requests made by the framework itself)
 /// * `operator_api_writes_total` (writes made by the framework itself, incl. handlers' context helpers)
 /// * `operator_is_leader`
@@ -79,6 +80,28 @@ impl Metrics {
             h.sum += s;
             h.count += 1;
         }
+    }
+
+    pub(crate) fn cycle(&self, controller: &str) {
+        self.inc(
+            "operator_object_cycles_total",
+            vec![("controller", controller.into())],
+            1,
+        );
+    }
+
+    /// Processing cycles (an object taken from the queue and looked at) of
+    /// all controllers.
+    pub fn cycles(&self) -> u64 {
+        self.counters
+            .lock()
+            .map(|c| {
+                c.iter()
+                    .filter(|((n, _), _)| *n == "operator_object_cycles_total")
+                    .map(|(_, v)| *v)
+                    .sum()
+            })
+            .unwrap_or(0)
     }
 
     pub(crate) fn handler_failure(&self, controller: &str, handler: &str, permanent: bool) {
@@ -200,7 +223,12 @@ impl Metrics {
                 format!("{{{}}}", parts.join(","))
             }
         };
-        let helps: [(&str, &str, &str); 4] = [
+        let helps: [(&str, &str, &str); 5] = [
+            (
+                "operator_object_cycles_total",
+                "counter",
+                "Objects taken from the queue and processed.",
+            ),
             ("operator_handler_runs_total", "counter", "Handler runs."),
             (
                 "operator_handler_failures_total",
