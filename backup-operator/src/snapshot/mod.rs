@@ -28,7 +28,7 @@ pub mod observed;
 mod reconcile;
 
 pub use reconcile::{
-    CopySourceState, PvcProblem, SnapshotError, SnapshotOutcome, api_available,
+    CopySourceState, PvcProblem, SnapshotError, SnapshotOutcome, api_available, api_available_in,
     cleanup_copy_source, copy_source_name, ensure_copy_source, reconcile_snapshots,
     restore_from_snapshot,
 };

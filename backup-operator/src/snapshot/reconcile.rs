@@ -110,8 +110,13 @@ pub struct SnapshotOutcome {
 
 /// Whether the cluster serves VolumeSnapshots and VolumeSnapshotClasses.
 pub async fn api_available(client: &Client) -> Result<(), SnapshotError> {
-    let gv = format!("{SNAPSHOT_GROUP}/{SNAPSHOT_VERSION}");
-    match client.list_api_group_resources(&gv).await {
+    api_available_in(client, &format!("{SNAPSHOT_GROUP}/{SNAPSHOT_VERSION}")).await
+}
+
+/// [`api_available`] for another `group/version` serving the same resources
+/// (tests use a group no cluster serves).
+pub async fn api_available_in(client: &Client, gv: &str) -> Result<(), SnapshotError> {
+    match client.list_api_group_resources(gv).await {
         Ok(list) => {
             for plural in ["volumesnapshots", "volumesnapshotclasses"] {
                 if !list.resources.iter().any(|r| r.name == plural) {
