@@ -17,13 +17,14 @@ ctr_() { timeout 20 ctr --address "$CONTAINERD_SOCK" -n k8s.io "$@"; }
 stop hostpath-provisioner 5
 stop kubelet 15
 
-# Containers: kill and delete every task of our containerd (so its shims exit),
-# remembering the pods' network namespaces.
-netns=()
+# The pods' network namespaces, from the OCI bundles of our containerd's tasks
+# (readable even when containerd is gone).
+mapfile -t netns < <(cat "$STATE"/containerd/state/io.containerd.runtime.v2.task/*/*/config.json 2>/dev/null |
+  grep -o '"/var/run/netns/[^"]*"' | tr -d '"' | sort -u)
+
+# Containers: kill and delete every task of our containerd (so its shims exit).
 if pid_of containerd >/dev/null && [ -S "$CONTAINERD_SOCK" ]; then
   for c in $(ctr_ containers ls -q 2>/dev/null); do
-    ns=$(ctr_ containers info "$c" 2>/dev/null | grep -o '"/var/run/netns/[^"]*"' | tr -d '"' | head -n1)
-    [ -n "$ns" ] && netns+=("$ns")
     ctr_ tasks kill -s SIGKILL "$c" >/dev/null 2>&1
   done
   sleep 0.3
@@ -45,6 +46,19 @@ stop kube-scheduler 5
 stop kube-controller-manager 5
 stop kube-apiserver 10
 stop etcd 10
+
+# Container processes still in our pods' cgroups (containerd or its shims died
+# before they could stop them).
+for _ in 1 2 3; do
+  left=0
+  for procs in $(find /sys/fs/cgroup/*/"${CGROUP_ROOT#/}" -name cgroup.procs 2>/dev/null); do
+    while read -r p; do
+      kill -KILL "$p" 2>/dev/null && left=1
+    done <"$procs"
+  done
+  ((left)) || break
+  sleep 0.5
+done
 
 # Pod network namespaces of our pods.
 for ns in "${netns[@]}"; do
