@@ -547,6 +547,9 @@ struct Current<K> {
 }
 
 enum CauseOutcome {
+    /// No handler of the cause applies to the object: nothing ran, nothing
+    /// was written.
+    Nothing,
     Done,
     Pending(Option<Instant>),
 }
@@ -677,10 +680,10 @@ where
                 return None;
             }
         };
-        if st.invalid_reported.take().is_some()
-            || conditions_of(&cur.raw)
-                .iter()
-                .any(|c| c.type_ == INVALID_OBJECT && c.status == "True")
+        st.invalid_reported = None;
+        if conditions_of(&cur.raw)
+            .iter()
+            .any(|c| c.type_ == INVALID_OBJECT && c.status == "True")
         {
             let generation = cur.dobj.metadata.generation;
             self.write_condition(
@@ -708,7 +711,7 @@ where
         if cur.dobj.metadata.deletion_timestamp.is_some() {
             if has_fin(&cur) {
                 match self.run_cause(Cause::Delete, &mut cur).await {
-                    CauseOutcome::Done => {
+                    CauseOutcome::Done | CauseOutcome::Nothing => {
                         if let Err(e) = self.remove_finalizer(&mut cur).await {
                             warn!(error = %e, "removing the finalizer failed");
                             return Some(Instant::now() + Duration::from_secs(1));
@@ -758,6 +761,8 @@ where
                             st.resumed = true;
                         }
                     }
+                    CauseOutcome::Nothing if cause == Cause::Resume => st.resumed = true,
+                    CauseOutcome::Nothing => break,
                     CauseOutcome::Pending(t) => {
                         next = min_opt(next, t);
                         break;
@@ -1026,6 +1031,11 @@ where
                 .map(String::as_str),
             cause.as_str(),
         );
+        if handlers.is_empty() && !had_progress {
+            // E.g. all create handlers are filtered out for this object: do
+            // not mark it as handled (no write at all).
+            return CauseOutcome::Nothing;
+        }
         let mut wait: Option<Instant> = None;
         let mut written_progress = had_progress;
         debug!(%cause, handlers = handlers.len(), "processing cause");

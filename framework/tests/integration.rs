@@ -860,3 +860,241 @@ async fn metrics_endpoint_and_no_writes_on_noop_resync() {
     running.stop().await;
     cleanup(&client, &ns).await;
 }
+
+#[tokio::test]
+async fn field_handlers_see_old_and_new_values_and_filters_select_objects() {
+    let Some(client) =
+        client("field_handlers_see_old_and_new_values_and_filters_select_objects").await
+    else {
+        return;
+    };
+    let ns = namespace(&client, "field").await;
+    let seen: Log = log();
+    let s1 = seen.clone();
+    let field = Handler::on_field(
+        "count-changed",
+        "spec.count",
+        move |ctx: Context<FwTest>| {
+            let s = s1.clone();
+            async move {
+                let paths: Vec<String> = ctx.diff.iter().map(|d| d.path.clone()).collect();
+                push(
+                    &s,
+                    format!(
+                        "field:{}:{:?}->{:?}:{}",
+                        ctx.name(),
+                        ctx.old_value(),
+                        ctx.new_value(),
+                        paths.join(",")
+                    ),
+                );
+                Ok(())
+            }
+        },
+    );
+    let s2 = seen.clone();
+    let labelled = Handler::on_create("labelled", move |ctx: Context<FwTest>| {
+        let s = s2.clone();
+        async move {
+            push(&s, format!("labelled:{}", ctx.name()));
+            Ok(())
+        }
+    })
+    .label("pick=yes");
+    let s3 = seen.clone();
+    let predicate = Handler::on_create("predicate", move |ctx: Context<FwTest>| {
+        let s = s3.clone();
+        async move {
+            push(&s, format!("predicate:{}", ctx.name()));
+            Ok(())
+        }
+    })
+    .when(|o: &FwTest| o.spec.value == "go");
+    let op = Operator::new(client.clone(), PREFIX)
+        .config(config())
+        .controller(
+            controller(&client, &ns)
+                .handler(field)
+                .handler(labelled)
+                .handler(predicate),
+        );
+    let running = start(op);
+    let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
+    let mut f = obj("f", "go");
+    f.spec.count = Some(1);
+    f.metadata.labels = Some([("pick".to_string(), "yes".to_string())].into());
+    api.create(&PostParams::default(), &f)
+        .await
+        .expect("create f");
+    api.create(&PostParams::default(), &obj("g", "no"))
+        .await
+        .expect("create g");
+    eventually(Duration::from_secs(20), "f created", || async {
+        annotation(&api.get("f").await.ok()?, "last-handled-configuration").map(|_| ())
+    })
+    .await;
+    api.patch(
+        "f",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"count": 2}})),
+    )
+    .await
+    .expect("patch count");
+    eventually(Duration::from_secs(20), "count change seen", || async {
+        entries(&seen)
+            .iter()
+            .any(|e| e.contains("Some(Number(1))->Some(Number(2))"))
+            .then_some(())
+    })
+    .await;
+    api.patch(
+        "f",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"value": "gone"}})),
+    )
+    .await
+    .expect("patch value");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut e = entries(&seen);
+    e.sort();
+    assert_eq!(
+        e,
+        vec![
+            "field:f:None->Some(Number(1)):spec".to_string(),
+            "field:f:Some(Number(1))->Some(Number(2)):spec.count".to_string(),
+            "labelled:f".to_string(),
+            "predicate:f".to_string(),
+        ]
+    );
+    let g = api.get("g").await.expect("g");
+    assert!(
+        annotation(&g, "last-handled-configuration").is_none()
+            && annotation(&g, "progress").is_none(),
+        "an object no handler applies to is not written to"
+    );
+    running.stop().await;
+    cleanup(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn failing_delete_handlers_cannot_block_deletion() {
+    let Some(client) = client("failing_delete_handlers_cannot_block_deletion").await else {
+        return;
+    };
+    let ns = namespace(&client, "delfail").await;
+    let runs: Log = log();
+    let r = runs.clone();
+    let bad_delete = Handler::on_delete("bad-delete", move |ctx: Context<FwTest>| {
+        let r = r.clone();
+        async move {
+            push(&r, ctx.name());
+            if ctx.name() == "perm" {
+                return Err(HandlerError::permanent("cannot clean up"));
+            }
+            Err(anyhow::anyhow!("still cannot clean up").into())
+        }
+    })
+    .retries(1)
+    .backoff(Duration::from_millis(200), Duration::from_secs(1));
+    let op = Operator::new(client.clone(), PREFIX)
+        .config(config())
+        .controller(controller(&client, &ns).handler(bad_delete));
+    let running = start(op);
+    let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
+    for n in ["perm", "flaky"] {
+        api.create(&PostParams::default(), &obj(n, "x"))
+            .await
+            .expect("create");
+    }
+    for n in ["perm", "flaky"] {
+        eventually(Duration::from_secs(20), "finalizer added", || async {
+            (!api.get(n).await.ok()?.finalizers().is_empty()).then_some(())
+        })
+        .await;
+        api.delete(n, &DeleteParams::default())
+            .await
+            .expect("delete");
+    }
+    for n in ["perm", "flaky"] {
+        eventually(
+            Duration::from_secs(30),
+            "object deleted despite failing delete handler",
+            || async { matches!(api.get_opt(n).await, Ok(None)).then_some(()) },
+        )
+        .await;
+    }
+    let e = entries(&runs);
+    assert_eq!(
+        e.iter().filter(|x| *x == "perm").count(),
+        1,
+        "permanent: one run"
+    );
+    assert_eq!(
+        e.iter().filter(|x| *x == "flaky").count(),
+        2,
+        "retries(1): two runs"
+    );
+    // The give-up is reported as a Warning Event.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
+    let gave_up = eventually(Duration::from_secs(10), "HandlerGaveUp events", || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        let v: Vec<_> = list
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("HandlerGaveUp"))
+            .collect();
+        (v.len() >= 2).then_some(v)
+    })
+    .await;
+    assert!(
+        gave_up
+            .iter()
+            .all(|e| e.type_.as_deref() == Some("Warning"))
+    );
+    running.stop().await;
+    cleanup(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_in_flight_handlers_finish() {
+    let Some(client) = client("graceful_shutdown_lets_in_flight_handlers_finish").await else {
+        return;
+    };
+    let ns = namespace(&client, "shutdown").await;
+    let runs: Log = log();
+    let r = runs.clone();
+    let slow = Handler::on_create("slow", move |ctx: Context<FwTest>| {
+        let r = r.clone();
+        async move {
+            push(&r, format!("start:{}", ctx.name()));
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            push(&r, format!("done:{}", ctx.name()));
+            Ok(())
+        }
+    });
+    let op = Operator::new(client.clone(), PREFIX)
+        .config(config())
+        .controller(controller(&client, &ns).handler(slow));
+    let running = start(op);
+    let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
+    api.create(&PostParams::default(), &obj("s", "x"))
+        .await
+        .expect("create");
+    eventually(Duration::from_secs(20), "handler started", || async {
+        entries(&runs)
+            .contains(&"start:s".to_string())
+            .then_some(())
+    })
+    .await;
+    running.stop().await;
+    assert_eq!(
+        entries(&runs),
+        vec!["start:s".to_string(), "done:s".to_string()]
+    );
+    let o = api.get("s").await.expect("get");
+    assert!(
+        annotation(&o, "last-handled-configuration").is_some(),
+        "the finished handler's result was persisted before exit"
+    );
+    cleanup(&client, &ns).await;
+}
