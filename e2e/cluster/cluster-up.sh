@@ -24,6 +24,13 @@ EOF
 # --- already running? --------------------------------------------------------
 if pid_of kube-apiserver >/dev/null && api_ready && pid_of kubelet >/dev/null; then
   echo "the local cluster is already running"
+  # Bring back the helpers if one of them died.
+  "$HERE/moto-up.sh" || true
+  if ! pid_of hostpath-provisioner >/dev/null; then
+    start hostpath-provisioner env KUBECONFIG="$KUBECONFIG_PATH" RUST_LOG=info \
+      "$("$HERE/build-provisioner.sh")" --class standard --dir "$STATE/volumes"
+    log "restarted hostpath-provisioner"
+  fi
   print_usage
   exit 0
 fi
