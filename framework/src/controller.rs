@@ -257,6 +257,7 @@ where
             store: Arc::new(Mutex::new(HashMap::new())),
             states: Mutex::new(HashMap::new()),
             ready: std::sync::atomic::AtomicBool::new(false),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
         });
         let config = self.config.clone();
         let secondaries = self.secondaries.clone();
@@ -288,6 +289,8 @@ pub(crate) struct Inner<K> {
     store: Store,
     states: Mutex<HashMap<Key, ObjState>>,
     ready: std::sync::atomic::AtomicBool,
+    /// Tasks of due objects waiting for a worker slot.
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 fn rv_of(o: &DynamicObject) -> Option<u64> {
@@ -295,8 +298,11 @@ fn rv_of(o: &DynamicObject) -> Option<u64> {
 }
 
 /// Inserts `obj` into the store unless the store already has a newer version
-/// (resourceVersions compared as integers, as etcd produces them).
-fn store_insert(store: &Store, obj: DynamicObject) {
+/// (resourceVersions compared as integers, as etcd produces them). Only the
+/// watcher adds new keys; writes made by the framework (`only_update`) just
+/// refresh existing entries, so a write answered after the object's deletion
+/// event cannot resurrect it.
+fn store_put(store: &Store, obj: DynamicObject, only_update: bool) {
     let key = Key {
         namespace: obj.metadata.namespace.clone(),
         name: obj.metadata.name.clone().unwrap_or_default(),
@@ -308,8 +314,15 @@ fn store_insert(store: &Store, obj: DynamicObject) {
         {
             return;
         }
+        if only_update && !s.contains_key(&key) {
+            return;
+        }
         s.insert(key, Arc::new(obj));
     }
+}
+
+fn store_insert(store: &Store, obj: DynamicObject) {
+    store_put(store, obj, true);
 }
 
 fn key_of(obj: &DynamicObject) -> Key {
@@ -352,7 +365,7 @@ async fn run_controller<K>(
                         if let Some(seen) = relist.as_mut() {
                             seen.insert(key.clone());
                         }
-                        store_insert(&inner.store, o);
+                        store_put(&inner.store, o, false);
                         let _ = tx.send((key, Instant::now()));
                     }
                     Ok(watcher::Event::Delete(o)) => {
@@ -377,9 +390,9 @@ async fn run_controller<K>(
                                 let _ = tx.send((k, Instant::now()));
                             }
                         }
-                        inner
-                            .ready
-                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                        if !inner.ready.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                            inner.rt.metrics.controller_synced();
+                        }
                     }
                     Err(e) => warn!(error = %e, kind = %inner.kind, "watch error"),
                 }
@@ -465,7 +478,14 @@ async fn run_controller<K>(
             let shutdown2 = shutdown.clone();
             let k2 = key.clone();
             let handle = tasks.spawn(async move {
-                let permit = inner2.rt.slots.clone().acquire_owned().await.ok()?;
+                inner2
+                    .waiting
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let permit = inner2.rt.slots.clone().acquire_owned().await;
+                inner2
+                    .waiting
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                let permit = permit.ok()?;
                 if *shutdown2.borrow() {
                     return None;
                 }
@@ -478,16 +498,10 @@ async fn run_controller<K>(
             });
             task_keys.insert(handle.id(), key);
         }
+        let due_now = due.range(..(Instant::now(), u64::MAX)).count();
         inner.rt.metrics.set_queued(
             &inner.kind,
-            due.range(..(Instant::now(), u64::MAX)).count()
-                + tasks.len().saturating_sub(
-                    inner
-                        .rt
-                        .config
-                        .max_in_flight
-                        .saturating_sub(inner.rt.slots.available_permits()),
-                ),
+            due_now + inner.waiting.load(std::sync::atomic::Ordering::Relaxed),
         );
         let next_due = due.first_key_value().map(|((t, _), _)| *t);
         tokio::select! {
@@ -1441,7 +1455,9 @@ mod tests {
             o.metadata.resource_version = Some(rv.into());
             o
         };
-        store_insert(&store, mk("10"));
+        store_insert(&store, mk("8"));
+        assert!(store.lock().unwrap().is_empty(), "writes do not add keys");
+        store_put(&store, mk("10"), false);
         store_insert(&store, mk("9"));
         let key = Key {
             namespace: Some("ns".into()),

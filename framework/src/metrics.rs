@@ -43,6 +43,7 @@ pub struct Metrics {
     in_flight: AtomicI64,
     leader: AtomicBool,
     ready: AtomicBool,
+    unsynced: AtomicI64,
 }
 
 impl Metrics {
@@ -152,10 +153,18 @@ impl Metrics {
         self.ready.store(v, Ordering::Relaxed);
     }
 
-    /// Whether the operator is ready (watches listed, or standing by for the
-    /// lease).
+    /// Whether the operator is ready: every controller finished its initial
+    /// list (or the replica stands by for the lease).
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.ready.load(Ordering::Relaxed) && self.unsynced.load(Ordering::Relaxed) <= 0
+    }
+
+    pub(crate) fn set_unsynced(&self, n: usize) {
+        self.unsynced.store(n as i64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn controller_synced(&self) {
+        self.unsynced.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Whether this replica currently holds the lease (always `true` without

@@ -180,6 +180,7 @@ impl Operator {
         rt: Arc<Runtime>,
         stop: watch::Receiver<bool>,
     ) -> Vec<tokio::task::JoinHandle<()>> {
+        self.metrics.set_unsynced(self.controllers.len());
         let handles: Vec<_> = self
             .controllers
             .iter()
@@ -197,9 +198,10 @@ impl Operator {
     ) -> Result<(), Error> {
         let mut lease = Lease::new(self.client.clone(), le, self.config.lease_duration);
         let renew = self.config.lease_renew_interval;
-        // Standby replicas are ready (they serve /healthz and wait).
-        self.metrics.set_ready(true);
         loop {
+            // Standby replicas are ready (they serve /healthz and wait).
+            self.metrics.set_unsynced(0);
+            self.metrics.set_ready(true);
             // Candidate: wait for the lease.
             loop {
                 match lease.try_acquire_or_renew().await {
