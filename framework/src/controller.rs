@@ -1045,6 +1045,16 @@ where
                 .map(String::as_str),
             cause.as_str(),
         );
+        if cause == Cause::Update {
+            let d = crate::progress::digest(&new);
+            if progress.essence.as_ref().is_some_and(|e| *e != d) {
+                info!(
+                    "the object changed during its update handling: starting the update handlers over"
+                );
+                progress.handlers.clear();
+            }
+            progress.essence = Some(d);
+        }
         if handlers.is_empty() && !had_progress {
             // E.g. all create handlers are filtered out for this object: do
             // not mark it as handled (no write at all).

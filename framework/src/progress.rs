@@ -17,6 +17,21 @@ pub struct Progress {
     /// One record per handler id.
     #[serde(default)]
     pub handlers: BTreeMap<String, HandlerRecord>,
+    /// For updates: a digest of the essence being handled. When the object
+    /// changes again before all update handlers are done, the records are
+    /// started over so that every handler sees the newest state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub essence: Option<String>,
+}
+
+/// A stable digest (64-bit FNV-1a, hex) of a JSON value's compact form.
+pub fn digest(v: &serde_json::Value) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in v.to_string().bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
 }
 
 /// The progress of one handler on one object.
@@ -77,6 +92,7 @@ impl Progress {
             .unwrap_or_else(|| Progress {
                 cause: cause.to_string(),
                 handlers: BTreeMap::new(),
+                essence: None,
             })
     }
 
@@ -116,6 +132,10 @@ mod tests {
             ..Default::default()
         };
         assert!(done.is_done());
+        let a = digest(&serde_json::json!({"spec": {"a": 1}}));
+        assert_eq!(a, digest(&serde_json::json!({"spec": {"a": 1}})));
+        assert_ne!(a, digest(&serde_json::json!({"spec": {"a": 2}})));
+        assert_eq!(a.len(), 16);
         assert_eq!(done.wait(now), std::time::Duration::ZERO);
     }
 }
