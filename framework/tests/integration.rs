@@ -1098,3 +1098,50 @@ async fn graceful_shutdown_lets_in_flight_handlers_finish() {
     );
     cleanup(&client, &ns).await;
 }
+
+#[tokio::test]
+async fn max_in_flight_limits_objects_processed_at_once() {
+    let Some(client) = client("max_in_flight_limits_objects_processed_at_once").await else {
+        return;
+    };
+    let ns = namespace(&client, "limit").await;
+    let current = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let peak = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let done: Log = log();
+    let (c, p, d) = (current.clone(), peak.clone(), done.clone());
+    let h = Handler::on_create("limited", move |ctx: Context<FwTest>| {
+        let (c, p, d) = (c.clone(), p.clone(), d.clone());
+        async move {
+            let now = c.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            p.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            c.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            push(&d, ctx.name());
+            Ok(())
+        }
+    });
+    let op = Operator::new(client.clone(), PREFIX)
+        .config(OperatorConfig {
+            max_in_flight: 2,
+            ..config()
+        })
+        .controller(controller(&client, &ns).handler(h));
+    let running = start(op);
+    let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
+    for i in 0..6 {
+        api.create(&PostParams::default(), &obj(&format!("o{i}"), "x"))
+            .await
+            .expect("create");
+    }
+    eventually(Duration::from_secs(30), "all six handled", || async {
+        (entries(&done).len() == 6).then_some(())
+    })
+    .await;
+    assert_eq!(
+        peak.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "at most 2 objects at once, and 2 were reached"
+    );
+    running.stop().await;
+    cleanup(&client, &ns).await;
+}
