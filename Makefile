@@ -42,7 +42,8 @@ test: ## Unit tests (no cluster needed).
 test-integration: cluster-up ## Integration tests against the local cluster (framework, mover, example).
 	KUBECONFIG=$(KUBECONFIG_LOCAL) $(CARGO) test --workspace --exclude e2e --tests -- --test-threads=2
 
-test-e2e: cluster-up ## End-to-end tests on the local cluster (or $$KUBECONFIG / kind).
+test-e2e: cluster-up image-load ## End-to-end tests on the local cluster (or $$KUBECONFIG / kind).
+	$(CARGO) build -q -p backup-mover -p backup-operator
 	KUBECONFIG=$${KUBECONFIG:-$(KUBECONFIG_LOCAL)} $(CARGO) test -p e2e -- --test-threads=4
 
 test-all: lint manifests-check test test-integration test-e2e ## Every test: lint, CRDs, unit, integration, e2e (what CI runs).
@@ -80,5 +81,11 @@ docker-push: ## Push the image IMG.
 
 ##@ Benchmarks (print key=value lines)
 .PHONY: bench-framework bench-operator bench-mover
+bench-operator: cluster-up ## One policy over 100 PVCs, then 1,000 policies over 10,000 PVCs (operator as a child process).
+	$(CARGO) build -q --release -p backup-operator --bin backup-operator
+	KUBECONFIG=$${KUBECONFIG:-$(KUBECONFIG_LOCAL)} $(CARGO) run -q --release -p e2e --bin bench-operator -- $(BENCH_ARGS)
+bench-mover: ## Data mover vs restic 0.14: 1 GiB random, 1% changed, 20k small files; local repo + moto S3 (BENCH_ARGS=--no-s3 ...).
+	$(CARGO) build --release -p backup-mover
+	$(CARGO) run --release -q -p backup-mover --bin bench-mover -- $(BENCH_ARGS)
 
 include e2e/cluster/cluster.mk

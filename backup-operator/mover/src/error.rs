@@ -81,7 +81,11 @@ pub fn chain_message(err: &(dyn StdError + 'static)) -> String {
             parts.push(s.trim_start_matches("Error: ").to_string());
             break;
         }
-        let s = e.to_string().replace('\n', " ");
+        // opendal's Display adds request context incl. all response headers.
+        let s = match e.downcast_ref::<opendal::Error>() {
+            Some(o) => format!("{}: {}", o.kind(), o.message()),
+            None => e.to_string(),
+        };
         let s = s.split_whitespace().collect::<Vec<_>>().join(" ");
         if !s.is_empty() && !parts.iter().any(|p| p.contains(&s)) {
             parts.push(s);

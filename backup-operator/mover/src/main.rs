@@ -193,6 +193,7 @@ fn run(cmd: Cmd, r: &mut MoverResult) -> MResult<()> {
                 threads: restore_threads,
                 delete,
                 no_ownership,
+                lock_wait: Duration::from_secs(common.lock_wait_seconds),
             };
             ops::restore(&be, &o, &args, r)
         }

@@ -261,6 +261,7 @@ pub struct RestoreArgs {
     pub threads: usize,
     pub delete: bool,
     pub no_ownership: bool,
+    pub lock_wait: Duration,
 }
 
 fn select_snapshot(repo: &Repository<OpenStatus>, a: &RestoreArgs) -> MResult<SnapshotFile> {
@@ -308,6 +309,8 @@ pub fn restore(
     let started = Instant::now();
     let repo = repo::open_or_init(be, o, false)?;
     let crypto = repo::crypto(&repo)?;
+    // Shared lock, as restic restore takes: keeps prune from deleting packs we read.
+    let guard = lock::acquire(be.raw.clone(), crypto.clone(), false, a.lock_wait)?;
     let snap = select_snapshot(&repo, a)?;
     r.snapshot_id = Some(snap.id.to_string());
     r.time = Some(snap.time.timestamp().to_string());
@@ -351,6 +354,7 @@ pub fn restore(
     .map_err(|_| MoverError::new(ErrorKind::Other, "restoring metadata panicked"))?;
     plan.ctx("restoring metadata")?;
 
+    guard.release();
     if let Some(m) = meta::parse_description(snap.description.as_deref()) {
         meta::apply_root(&a.target, m, !a.no_ownership)?;
     }
