@@ -5,9 +5,9 @@ use crate::api::{BackupPolicy, Destination, JobSettings, POLICY_LABEL, PVC_LABEL
 use crate::naming;
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, EnvVarSource, NFSVolumeSource, PersistentVolumeClaimVolumeSource, PodSecurityContext,
-    PodSpec, PodTemplateSpec, ResourceRequirements, SecretKeySelector, SecurityContext, Volume, VolumeMount,
-    EmptyDirVolumeSource,
+    Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, NFSVolumeSource,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec,
+    ResourceRequirements, SecretKeySelector, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -35,7 +35,10 @@ pub fn labels(policy: &str, pvc: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (POLICY_LABEL.to_string(), policy.to_string()),
         (PVC_LABEL.to_string(), pvc.to_string()),
-        ("app.kubernetes.io/managed-by".to_string(), MANAGER.to_string()),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            MANAGER.to_string(),
+        ),
     ])
 }
 
@@ -44,7 +47,11 @@ pub fn repository(dest: &Destination, namespace: &str, pvc: &str) -> String {
     let sub = naming::repository_subpath(namespace, pvc);
     if let Some(s3) = &dest.s3 {
         let endpoint = s3.endpoint.trim_end_matches('/');
-        let prefix = s3.prefix.as_deref().map(|p| p.trim_matches('/')).filter(|p| !p.is_empty());
+        let prefix = s3
+            .prefix
+            .as_deref()
+            .map(|p| p.trim_matches('/'))
+            .filter(|p| !p.is_empty());
         match prefix {
             Some(p) => format!("s3:{endpoint}/{}/{p}/{sub}", s3.bucket),
             None => format!("s3:{endpoint}/{}/{sub}", s3.bucket),
@@ -58,7 +65,11 @@ fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
     EnvVar {
         name: name.into(),
         value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector { name: secret.into(), key: key.into(), optional: Some(false) }),
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.into(),
+                key: key.into(),
+                optional: Some(false),
+            }),
             ..Default::default()
         }),
         ..Default::default()
@@ -66,7 +77,11 @@ fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
 }
 
 fn plain_env(name: &str, value: &str) -> EnvVar {
-    EnvVar { name: name.into(), value: Some(value.into()), ..Default::default() }
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
 }
 
 /// Environment and volumes that give the mover access to the destination.
@@ -76,18 +91,40 @@ fn destination_access(dest: &Destination) -> (Vec<EnvVar>, Vec<Volume>, Vec<Volu
     let (mut volumes, mut mounts) = (Vec::new(), Vec::new());
     if let Some(s3) = &dest.s3 {
         let c = &s3.credentials_secret_ref;
-        env.push(secret_env("AWS_ACCESS_KEY_ID", &c.name, &c.access_key_id_key));
-        env.push(secret_env("AWS_SECRET_ACCESS_KEY", &c.name, &c.secret_access_key_key));
-        env.push(plain_env("AWS_DEFAULT_REGION", s3.region.as_deref().unwrap_or("us-east-1")));
-        env.push(plain_env("MOVER_S3_PATH_STYLE", if s3.path_style { "true" } else { "false" }));
+        env.push(secret_env(
+            "AWS_ACCESS_KEY_ID",
+            &c.name,
+            &c.access_key_id_key,
+        ));
+        env.push(secret_env(
+            "AWS_SECRET_ACCESS_KEY",
+            &c.name,
+            &c.secret_access_key_key,
+        ));
+        env.push(plain_env(
+            "AWS_DEFAULT_REGION",
+            s3.region.as_deref().unwrap_or("us-east-1"),
+        ));
+        env.push(plain_env(
+            "MOVER_S3_PATH_STYLE",
+            if s3.path_style { "true" } else { "false" },
+        ));
     }
     if let Some(nfs) = &dest.nfs {
         volumes.push(Volume {
             name: "repository".into(),
-            nfs: Some(NFSVolumeSource { server: nfs.server.clone(), path: nfs.path.clone(), read_only: Some(false) }),
+            nfs: Some(NFSVolumeSource {
+                server: nfs.server.clone(),
+                path: nfs.path.clone(),
+                read_only: Some(false),
+            }),
             ..Default::default()
         });
-        mounts.push(VolumeMount { name: "repository".into(), mount_path: NFS_MOUNT.into(), ..Default::default() });
+        mounts.push(VolumeMount {
+            name: "repository".into(),
+            mount_path: NFS_MOUNT.into(),
+            ..Default::default()
+        });
     }
     (env, volumes, mounts)
 }
@@ -99,7 +136,10 @@ pub fn default_resources() -> ResourceRequirements {
             ("cpu".to_string(), Quantity("100m".into())),
             ("memory".to_string(), Quantity("128Mi".into())),
         ])),
-        limits: Some(BTreeMap::from([("memory".to_string(), Quantity("1Gi".into()))])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_string(),
+            Quantity("1Gi".into()),
+        )])),
         ..Default::default()
     }
 }
@@ -117,15 +157,30 @@ fn mover_pod(
 ) -> PodTemplateSpec {
     let mut volumes = volumes;
     let mut mounts = mounts;
-    volumes.push(Volume { name: "tmp".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() });
-    mounts.push(VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..Default::default() });
+    volumes.push(Volume {
+        name: "tmp".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    });
+    mounts.push(VolumeMount {
+        name: "tmp".into(),
+        mount_path: "/tmp".into(),
+        ..Default::default()
+    });
     let mut env = env;
     env.push(plain_env("TMPDIR", "/tmp"));
     PodTemplateSpec {
-        metadata: Some(ObjectMeta { labels: Some(labels), ..Default::default() }),
+        metadata: Some(ObjectMeta {
+            labels: Some(labels),
+            ..Default::default()
+        }),
         spec: Some(PodSpec {
             restart_policy: Some("Never".into()),
-            security_context: Some(PodSecurityContext { run_as_user: Some(0), run_as_group: Some(0), ..Default::default() }),
+            security_context: Some(PodSecurityContext {
+                run_as_user: Some(0),
+                run_as_group: Some(0),
+                ..Default::default()
+            }),
             containers: vec![Container {
                 name: "mover".into(),
                 image: Some(image.into()),
@@ -150,7 +205,11 @@ fn mover_pod(
 }
 
 /// The Job template that backs up `pvc` for `policy`.
-pub fn backup_job_template(policy: &BackupPolicy, pvc: &str, image: &str) -> Result<JobTemplateSpec, DesiredError> {
+pub fn backup_job_template(
+    policy: &BackupPolicy,
+    pvc: &str,
+    image: &str,
+) -> Result<JobTemplateSpec, DesiredError> {
     let name = policy.metadata.name.clone().unwrap_or_default();
     let ns = policy.metadata.namespace.clone().unwrap_or_default();
     let spec = &policy.spec;
@@ -185,13 +244,24 @@ pub fn backup_job_template(policy: &BackupPolicy, pvc: &str, image: &str) -> Res
     let (env, mut volumes, mut mounts) = destination_access(dest);
     volumes.push(Volume {
         name: "data".into(),
-        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource { claim_name: pvc.into(), read_only: Some(true) }),
+        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+            claim_name: pvc.into(),
+            read_only: Some(true),
+        }),
         ..Default::default()
     });
-    mounts.push(VolumeMount { name: "data".into(), mount_path: DATA_MOUNT.into(), read_only: Some(true), ..Default::default() });
+    mounts.push(VolumeMount {
+        name: "data".into(),
+        mount_path: DATA_MOUNT.into(),
+        read_only: Some(true),
+        ..Default::default()
+    });
     let labels = labels(&name, pvc);
     Ok(JobTemplateSpec {
-        metadata: Some(ObjectMeta { labels: Some(labels.clone()), ..Default::default() }),
+        metadata: Some(ObjectMeta {
+            labels: Some(labels.clone()),
+            ..Default::default()
+        }),
         spec: Some(JobSpec {
             backoff_limit: Some(spec.job.backoff_limit),
             active_deadline_seconds: Some(spec.job.active_deadline_seconds),
@@ -227,7 +297,12 @@ pub fn cronjob(policy: &BackupPolicy, pvc: &str, image: &str) -> Result<CronJob,
 }
 
 /// An on-demand Job for one `run-now` value, from the CronJob's template.
-pub fn manual_job(policy: &BackupPolicy, pvc: &str, image: &str, run_now: &str) -> Result<Job, DesiredError> {
+pub fn manual_job(
+    policy: &BackupPolicy,
+    pvc: &str,
+    image: &str,
+    run_now: &str,
+) -> Result<Job, DesiredError> {
     let name = policy.metadata.name.clone().unwrap_or_default();
     let template = backup_job_template(policy, pvc, image)?;
     let mut labels = labels(&name, pvc);
@@ -237,7 +312,10 @@ pub fn manual_job(policy: &BackupPolicy, pvc: &str, image: &str, run_now: &str) 
             name: Some(naming::manual_job_name(&name, pvc, run_now)),
             namespace: policy.metadata.namespace.clone(),
             labels: Some(labels),
-            annotations: Some(BTreeMap::from([(crate::api::RUN_NOW_ANNOTATION.to_string(), run_now.to_string())])),
+            annotations: Some(BTreeMap::from([(
+                crate::api::RUN_NOW_ANNOTATION.to_string(),
+                run_now.to_string(),
+            )])),
             ..Default::default()
         },
         spec: template.spec,
@@ -269,7 +347,10 @@ pub struct RestoreJobInput<'a> {
 /// The Job that restores one snapshot into the target PVC.
 pub fn restore_job(input: &RestoreJobInput<'_>) -> Result<Job, DesiredError> {
     let spec = &input.policy.spec;
-    let dest = spec.destination.as_ref().ok_or_else(|| DesiredError::NoDestination("Restore".into()))?;
+    let dest = spec
+        .destination
+        .as_ref()
+        .ok_or_else(|| DesiredError::NoDestination("Restore".into()))?;
     let mut args: Vec<String> = vec![
         "restore".into(),
         "--repository".into(),
@@ -295,10 +376,17 @@ pub fn restore_job(input: &RestoreJobInput<'_>) -> Result<Job, DesiredError> {
         }),
         ..Default::default()
     });
-    mounts.push(VolumeMount { name: "target".into(), mount_path: RESTORE_MOUNT.into(), ..Default::default() });
+    mounts.push(VolumeMount {
+        name: "target".into(),
+        mount_path: RESTORE_MOUNT.into(),
+        ..Default::default()
+    });
     let labels = BTreeMap::from([
         (RESTORE_LABEL.to_string(), input.restore.to_string()),
-        ("app.kubernetes.io/managed-by".to_string(), MANAGER.to_string()),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            MANAGER.to_string(),
+        ),
     ]);
     let image = spec.job.mover_image.as_deref().unwrap_or(input.image);
     Ok(Job {
@@ -345,11 +433,20 @@ mod tests {
     fn repository_is_per_pvc_and_credential_free() {
         let p = policy();
         let dest = p.spec.destination.as_ref().expect("dest");
-        assert_eq!(repository(dest, "apps", "data"), "s3:http://10.0.0.1:9000/backups/team/apps/data");
+        assert_eq!(
+            repository(dest, "apps", "data"),
+            "s3:http://10.0.0.1:9000/backups/team/apps/data"
+        );
         let nfs = Destination {
             s3: None,
-            nfs: Some(crate::api::NfsDestination { server: "nfs".into(), path: "/export".into() }),
-            repository_password_secret_ref: SecretKeyRef { name: "pw".into(), key: "password".into() },
+            nfs: Some(crate::api::NfsDestination {
+                server: "nfs".into(),
+                path: "/export".into(),
+            }),
+            repository_password_secret_ref: SecretKeyRef {
+                name: "pw".into(),
+                key: "password".into(),
+            },
         };
         assert_eq!(repository(&nfs, "apps", "data"), "/repo/apps/data");
     }
@@ -363,16 +460,39 @@ mod tests {
         assert_eq!(spec.concurrency_policy.as_deref(), Some("Forbid"));
         assert_eq!(spec.suspend, Some(false));
         assert!(cj.metadata.name.expect("name").len() <= naming::CRONJOB_NAME_MAX);
-        let pod = spec.job_template.spec.expect("job").template.spec.expect("pod");
+        let pod = spec
+            .job_template
+            .spec
+            .expect("job")
+            .template
+            .spec
+            .expect("pod");
         let c = &pod.containers[0];
         let args = c.args.clone().expect("args");
-        assert!(args.windows(2).any(|w| w[0] == "--keep-last" && w[1] == "3"));
-        assert!(args.windows(2).any(|w| w[0] == "--keep-within-days" && w[1] == "30"));
+        assert!(
+            args.windows(2)
+                .any(|w| w[0] == "--keep-last" && w[1] == "3")
+        );
+        assert!(
+            args.windows(2)
+                .any(|w| w[0] == "--keep-within-days" && w[1] == "30")
+        );
         let env = c.env.clone().expect("env");
-        let pw = env.iter().find(|e| e.name == "RESTIC_PASSWORD").expect("password env");
+        let pw = env
+            .iter()
+            .find(|e| e.name == "RESTIC_PASSWORD")
+            .expect("password env");
         assert!(pw.value.is_none(), "secrets only by reference");
-        let data = pod.volumes.expect("volumes").into_iter().find(|v| v.name == "data").expect("data volume");
-        assert_eq!(data.persistent_volume_claim.expect("pvc").read_only, Some(true));
+        let data = pod
+            .volumes
+            .expect("volumes")
+            .into_iter()
+            .find(|v| v.name == "data")
+            .expect("data volume");
+        assert_eq!(
+            data.persistent_volume_claim.expect("pvc").read_only,
+            Some(true)
+        );
         assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
     }
 
@@ -387,6 +507,9 @@ mod tests {
     fn snapshot_only_policy_has_no_copy_job() {
         let mut p = policy();
         p.spec.destination = None;
-        assert!(matches!(cronjob(&p, "data", "img"), Err(DesiredError::NoDestination(_))));
+        assert!(matches!(
+            cronjob(&p, "data", "img"),
+            Err(DesiredError::NoDestination(_))
+        ));
     }
 }

@@ -6,16 +6,16 @@
 
 pub mod api;
 pub mod desired;
+pub mod handlers;
 pub mod manifests;
 pub mod naming;
-pub mod results;
 pub mod restore_plan;
+pub mod results;
 pub mod retention;
 pub mod schedule;
 pub mod snapshot;
 pub mod status;
 pub mod targets;
-pub mod handlers;
 
 /// Mover image used when neither the operator flag nor the policy names one.
 pub const DEFAULT_MOVER_IMAGE: &str = "localhost/backup-operator:dev";

@@ -15,7 +15,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(version, about = "Backs up Kubernetes PVCs on a schedule to S3, NFS or CSI snapshots")]
+#[command(
+    version,
+    about = "Backs up Kubernetes PVCs on a schedule to S3, NFS or CSI snapshots"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -52,6 +55,9 @@ struct RunArgs {
     /// Objects handled at once.
     #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 16)]
     max_in_flight: usize,
+    /// Seconds between periodic re-checks of every object.
+    #[arg(long, env = "RESYNC_SECONDS", default_value_t = 300)]
+    resync_seconds: u64,
     /// Log format: text or json.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -69,10 +75,12 @@ async fn main() -> anyhow::Result<()> {
         }
         Some(Command::Manifests { dirs }) => {
             for dir in dirs {
-                std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
                 for (name, yaml) in backup_operator::manifests::crds()? {
                     let path = dir.join(name);
-                    std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
+                    std::fs::write(&path, yaml)
+                        .with_context(|| format!("writing {}", path.display()))?;
                 }
             }
             Ok(())
@@ -83,7 +91,8 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,kube=warn".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if format == "json" {
         builder.json().init();
@@ -94,39 +103,65 @@ fn init_logging(format: &str) {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logging(&args.log_format);
-    handlers::init(Settings { mover_image: args.mover_image.clone() });
-    let client = Client::try_default().await.context("connecting to the Kubernetes API (is KUBECONFIG set?)")?;
+    let client = Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (is KUBECONFIG set?)")?;
+    handlers::init(Settings {
+        mover_image: args.mover_image.clone(),
+    });
+    handlers::start_pvc_cache(client.clone());
     let leader_election = args.leader_elect.then(|| LeaderElection {
         lease_name: "backup-operator-leader".into(),
         lease_namespace: args.lease_namespace.clone(),
-        identity: std::env::var("POD_NAME").unwrap_or_else(|_| format!("backup-operator-{}", std::process::id())),
+        identity: std::env::var("POD_NAME")
+            .unwrap_or_else(|_| format!("backup-operator-{}", std::process::id())),
     });
     let config = OperatorConfig {
         max_in_flight: args.max_in_flight,
         metrics_addr: Some(args.metrics_addr),
         leader_election,
-        resync: Duration::from_secs(300),
+        resync: Duration::from_secs(args.resync_seconds),
         ..Default::default()
     };
 
-    let policies = Controller::new(Api::<BackupPolicy>::all(client.clone()), watcher::Config::default())
-        .handler(handlers::policy::reconcile())
-        .handler(handlers::policy::schedule_changed())
-        .owns::<CronJob>(Api::all(client.clone()))
-        .watches::<Job, _>(Api::all(client.clone()), |job: &Job| {
-            let ns = job.namespace().unwrap_or_default();
-            job.labels().get(POLICY_LABEL).map(|p| ObjectRef::new(p).within(&ns)).into_iter().collect()
-        })
-        .watches::<PersistentVolumeClaim, _>(Api::all(client.clone()), |pvc: &PersistentVolumeClaim| {
+    let policies = Controller::new(
+        Api::<BackupPolicy>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .handler(handlers::policy::reconcile())
+    .handler(handlers::policy::schedule_changed())
+    .owns::<CronJob>(Api::all(client.clone()))
+    .watches::<Job, _>(Api::all(client.clone()), |job: &Job| {
+        let ns = job.namespace().unwrap_or_default();
+        job.labels()
+            .get(POLICY_LABEL)
+            .map(|p| ObjectRef::new(p).within(&ns))
+            .into_iter()
+            .collect()
+    })
+    .watches::<PersistentVolumeClaim, _>(
+        Api::all(client.clone()),
+        |pvc: &PersistentVolumeClaim| {
             let ns = pvc.namespace().unwrap_or_default();
-            handlers::policies_in(&ns).into_iter().map(|p| ObjectRef::new(&p).within(&ns)).collect()
-        });
-    let restores = Controller::new(Api::<Restore>::all(client.clone()), watcher::Config::default())
-        .handler(handlers::restore::reconcile())
-        .watches::<Job, _>(Api::all(client.clone()), |job: &Job| {
-            let ns = job.namespace().unwrap_or_default();
-            job.labels().get(RESTORE_LABEL).map(|r| ObjectRef::new(r).within(&ns)).into_iter().collect()
-        });
+            handlers::policies_in(&ns)
+                .into_iter()
+                .map(|p| ObjectRef::new(&p).within(&ns))
+                .collect()
+        },
+    );
+    let restores = Controller::new(
+        Api::<Restore>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .handler(handlers::restore::reconcile())
+    .watches::<Job, _>(Api::all(client.clone()), |job: &Job| {
+        let ns = job.namespace().unwrap_or_default();
+        job.labels()
+            .get(RESTORE_LABEL)
+            .map(|r| ObjectRef::new(r).within(&ns))
+            .into_iter()
+            .collect()
+    });
 
     tracing::info!(mover_image = %args.mover_image, metrics = %args.metrics_addr, "starting backup-operator");
     Operator::new(client, "backup.backup.example.com")

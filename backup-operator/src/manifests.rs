@@ -9,7 +9,14 @@ pub fn crds() -> anyhow::Result<Vec<(String, String)>> {
     for crd in [BackupPolicy::crd(), Restore::crd()] {
         let name = crd.metadata.name.clone().unwrap_or_default();
         let yaml = serde_saphyr::to_string(&crd)?;
-        out.push((format!("{}_{}.yaml", crate::api::GROUP, name.split('.').next().unwrap_or(&name)), yaml));
+        out.push((
+            format!(
+                "{}_{}.yaml",
+                crate::api::GROUP,
+                name.split('.').next().unwrap_or(&name)
+            ),
+            yaml,
+        ));
     }
     Ok(out)
 }

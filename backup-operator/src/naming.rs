@@ -18,7 +18,11 @@ pub fn short_hash(parts: &[&str]) -> String {
         h.update(p.as_bytes());
         h.update([0u8]);
     }
-    h.finalize().iter().take(4).map(|b| format!("{b:02x}")).collect()
+    h.finalize()
+        .iter()
+        .take(4)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// `<readable>-<hash>` within `max` characters, a valid DNS-1123 label.
@@ -26,18 +30,32 @@ fn hashed_name(readable: &str, hash: &str, max: usize) -> String {
     let room = max - hash.len() - 1;
     let mut head: String = readable
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .take(room)
         .collect();
     while head.ends_with('-') {
         head.pop();
     }
-    if head.is_empty() { hash.to_string() } else { format!("{head}-{hash}") }
+    if head.is_empty() {
+        hash.to_string()
+    } else {
+        format!("{head}-{hash}")
+    }
 }
 
 /// Name of the CronJob that backs up `pvc` for `policy`.
 pub fn cronjob_name(policy: &str, pvc: &str) -> String {
-    hashed_name(&format!("{policy}-{pvc}"), &short_hash(&[policy, pvc]), CRONJOB_NAME_MAX)
+    hashed_name(
+        &format!("{policy}-{pvc}"),
+        &short_hash(&[policy, pvc]),
+        CRONJOB_NAME_MAX,
+    )
 }
 
 /// Name of the on-demand Job started for a `run-now` annotation value.
@@ -48,7 +66,11 @@ pub fn manual_job_name(policy: &str, pvc: &str, run_now: &str) -> String {
 
 /// Name of the Job that performs a restore.
 pub fn restore_job_name(restore: &str) -> String {
-    hashed_name(&format!("restore-{restore}"), &short_hash(&[restore]), NAME_MAX)
+    hashed_name(
+        &format!("restore-{restore}"),
+        &short_hash(&[restore]),
+        NAME_MAX,
+    )
 }
 
 /// Name of a VolumeSnapshot taken for `pvc` at `unix_minutes`.
@@ -71,7 +93,8 @@ mod tests {
     fn is_dns_label(s: &str) -> bool {
         !s.is_empty()
             && s.len() <= 63
-            && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
             && !s.starts_with('-')
             && !s.ends_with('-')
     }
@@ -109,7 +132,10 @@ mod tests {
     fn manual_and_restore_names_are_labels() {
         let m = manual_job_name(&"p".repeat(100), "pvc", "2026-01-01");
         assert!(is_dns_label(&m) && m.len() <= NAME_MAX, "{m}");
-        assert_ne!(manual_job_name("p", "v", "1"), manual_job_name("p", "v", "2"));
+        assert_ne!(
+            manual_job_name("p", "v", "1"),
+            manual_job_name("p", "v", "2")
+        );
         let r = restore_job_name(&"r".repeat(253));
         assert!(is_dns_label(&r), "{r}");
         let s = snapshot_name(&"p".repeat(100), "v", 29_000_000);

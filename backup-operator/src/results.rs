@@ -118,19 +118,36 @@ pub enum JobOutcome {
 
 /// Classifies a Job, using the mover's result when there is one.
 pub fn job_outcome(job: &Job, result: Option<&MoverResult>) -> JobOutcome {
-    let conditions = job.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
-    let is = |t: &str| conditions.iter().any(|c| c.type_ == t && c.status == "True");
+    let conditions = job
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let is = |t: &str| {
+        conditions
+            .iter()
+            .any(|c| c.type_ == t && c.status == "True")
+    };
     if is("Complete") || is("SuccessCriteriaMet") {
         return JobOutcome::Succeeded;
     }
     if is("Failed") || is("FailureTarget") {
         if let Some(err) = result.and_then(|r| r.error.clone()) {
-            return JobOutcome::Failed { reason: err.kind, message: err.message };
+            return JobOutcome::Failed {
+                reason: err.kind,
+                message: err.message,
+            };
         }
-        let cond = conditions.iter().find(|c| (c.type_ == "Failed" || c.type_ == "FailureTarget") && c.status == "True");
+        let cond = conditions
+            .iter()
+            .find(|c| (c.type_ == "Failed" || c.type_ == "FailureTarget") && c.status == "True");
         return JobOutcome::Failed {
-            reason: cond.and_then(|c| c.reason.clone()).unwrap_or_else(|| "JobFailed".into()),
-            message: cond.and_then(|c| c.message.clone()).unwrap_or_else(|| "the backup Job failed".into()),
+            reason: cond
+                .and_then(|c| c.reason.clone())
+                .unwrap_or_else(|| "JobFailed".into()),
+            message: cond
+                .and_then(|c| c.message.clone())
+                .unwrap_or_else(|| "the backup Job failed".into()),
         };
     }
     JobOutcome::Running
@@ -166,7 +183,10 @@ mod tests {
         assert_eq!(sb[0].name, "data-abcdef01");
         assert_eq!(sb[0].size, 10);
         assert_eq!(sb[0].location, "s3:http://x/b/ns/data");
-        assert_eq!(job_outcome(&job("Complete", None), Some(&r)), JobOutcome::Succeeded);
+        assert_eq!(
+            job_outcome(&job("Complete", None), Some(&r)),
+            JobOutcome::Succeeded
+        );
     }
 
     #[test]
@@ -174,7 +194,10 @@ mod tests {
         let r = parse_result(r#"{"ok":false,"error":{"kind":"WrongPassword","message":"wrong repository password"}}"#).expect("parsed");
         assert_eq!(
             job_outcome(&job("Failed", Some("BackoffLimitExceeded")), Some(&r)),
-            JobOutcome::Failed { reason: "WrongPassword".into(), message: "wrong repository password".into() }
+            JobOutcome::Failed {
+                reason: "WrongPassword".into(),
+                message: "wrong repository password".into()
+            }
         );
         match job_outcome(&job("Failed", Some("DeadlineExceeded")), None) {
             JobOutcome::Failed { reason, .. } => assert_eq!(reason, "DeadlineExceeded"),

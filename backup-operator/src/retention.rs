@@ -8,7 +8,11 @@ use std::collections::BTreeMap;
 /// Splits `backups` into (kept, expired). Kept entries are grouped by PVC
 /// (alphabetical) and newest first within a PVC. Entries whose timestamp
 /// cannot be read are kept: retention never deletes what it cannot date.
-pub fn apply(backups: Vec<StoredBackup>, retention: &Retention, now: Timestamp) -> (Vec<StoredBackup>, Vec<StoredBackup>) {
+pub fn apply(
+    backups: Vec<StoredBackup>,
+    retention: &Retention,
+    now: Timestamp,
+) -> (Vec<StoredBackup>, Vec<StoredBackup>) {
     let oldest_allowed = retention
         .max_days
         .map(|d| now - SignedDuration::from_hours(24 * i64::from(d)));
@@ -73,7 +77,10 @@ mod tests {
             backup("a", "a2", "2026-06-02T00:00:00Z"),
             backup("b", "b1", "2026-06-01T00:00:00Z"),
         ];
-        let r = Retention { max_backups: 2, max_days: None };
+        let r = Retention {
+            max_backups: 2,
+            max_days: None,
+        };
         let (kept, expired) = apply(all, &r, NOW.parse().expect("ts"));
         assert_eq!(names(&kept), ["a3", "a2", "b1"]);
         assert_eq!(names(&expired), ["a1"]);
@@ -81,8 +88,14 @@ mod tests {
 
     #[test]
     fn drops_backups_older_than_max_days() {
-        let all = vec![backup("a", "new", "2026-06-09T00:00:00Z"), backup("a", "old", "2026-05-01T00:00:00Z")];
-        let r = Retention { max_backups: 10, max_days: Some(7) };
+        let all = vec![
+            backup("a", "new", "2026-06-09T00:00:00Z"),
+            backup("a", "old", "2026-05-01T00:00:00Z"),
+        ];
+        let r = Retention {
+            max_backups: 10,
+            max_days: Some(7),
+        };
         let (kept, expired) = apply(all, &r, NOW.parse().expect("ts"));
         assert_eq!(names(&kept), ["new"]);
         assert_eq!(names(&expired), ["old"]);
@@ -98,7 +111,10 @@ mod tests {
             backup("a", "good", "2026-06-09T00:00:00Z"),
             backup("a", "older", "2026-06-08T00:00:00Z"),
         ];
-        let r = Retention { max_backups: 2, max_days: None };
+        let r = Retention {
+            max_backups: 2,
+            max_days: None,
+        };
         let (kept, expired) = apply(all, &r, NOW.parse().expect("ts"));
         assert_eq!(names(&kept), ["undated", "failed", "good"]);
         assert_eq!(names(&expired), ["older"]);

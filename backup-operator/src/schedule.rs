@@ -44,11 +44,15 @@ impl Schedule {
         }
         let upper = trimmed.to_ascii_uppercase();
         if upper.starts_with("CRON_TZ=") || upper.starts_with("TZ=") {
-            return Err(invalid("time zones inside the schedule are not supported; set spec.timeZone"));
+            return Err(invalid(
+                "time zones inside the schedule are not supported; set spec.timeZone",
+            ));
         }
         let pattern = match upper.as_str() {
             "@MIDNIGHT" => "0 0 * * *".to_string(),
-            "@YEARLY" | "@ANNUALLY" | "@MONTHLY" | "@WEEKLY" | "@DAILY" | "@HOURLY" => upper.clone(),
+            "@YEARLY" | "@ANNUALLY" | "@MONTHLY" | "@WEEKLY" | "@DAILY" | "@HOURLY" => {
+                upper.clone()
+            }
             other if other.starts_with('@') => {
                 return Err(invalid(
                     "unknown macro; use @yearly, @annually, @monthly, @weekly, @daily, @midnight or @hourly",
@@ -62,7 +66,9 @@ impl Schedule {
                     )));
                 }
                 if other.contains(['L', 'W', '#']) && !has_only_names(other) {
-                    return Err(invalid("L, W and # are not supported by Kubernetes CronJobs"));
+                    return Err(invalid(
+                        "L, W and # are not supported by Kubernetes CronJobs",
+                    ));
                 }
                 other.to_string()
             }
@@ -76,7 +82,9 @@ impl Schedule {
             .map_err(|e| invalid(&e.to_string()))?;
         let tz = match time_zone {
             None | Some("") | Some("UTC") | Some("Etc/UTC") => TimeZone::UTC,
-            Some(name) => TimeZone::get(name).map_err(|_| ScheduleError::UnknownTimeZone(name.to_string()))?,
+            Some(name) => {
+                TimeZone::get(name).map_err(|_| ScheduleError::UnknownTimeZone(name.to_string()))?
+            }
         };
         Ok(Self { cron, tz })
     }
@@ -102,7 +110,11 @@ impl Schedule {
     /// decide whether a run was missed (at most one catch-up, never a burst).
     pub fn last_due(&self, not_before: Timestamp, at: Timestamp) -> Option<Timestamp> {
         let start = at.to_zoned(self.tz.clone());
-        let prev = self.cron.find_previous_occurrence(&start, true).ok()?.timestamp();
+        let prev = self
+            .cron
+            .find_previous_occurrence(&start, true)
+            .ok()?
+            .timestamp();
         (prev > not_before).then_some(prev)
     }
 }
@@ -111,8 +123,8 @@ impl Schedule {
 /// (`WED`, `JUL`, ...), which Kubernetes accepts.
 fn has_only_names(pattern: &str) -> bool {
     const NAMES: [&str; 19] = [
-        "SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT", "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG",
-        "SEP", "OCT", "NOV", "DEC",
+        "SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT", "JAN", "FEB", "MAR", "APR", "MAY", "JUN",
+        "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
     ];
     let mut rest = pattern.to_string();
     for name in NAMES {
@@ -139,45 +151,97 @@ mod tests {
 
     #[test]
     fn five_fields_in_utc() {
-        assert_eq!(next("0 2 * * *", None, "2026-01-01T03:00:00Z"), "2026-01-02T02:00:00Z");
-        assert_eq!(next("*/15 * * * *", None, "2026-01-01T03:00:00Z"), "2026-01-01T03:15:00Z");
+        assert_eq!(
+            next("0 2 * * *", None, "2026-01-01T03:00:00Z"),
+            "2026-01-02T02:00:00Z"
+        );
+        assert_eq!(
+            next("*/15 * * * *", None, "2026-01-01T03:00:00Z"),
+            "2026-01-01T03:15:00Z"
+        );
     }
 
     #[test]
     fn macros() {
-        assert_eq!(next("@daily", None, "2026-01-01T03:00:00Z"), "2026-01-02T00:00:00Z");
-        assert_eq!(next("@midnight", None, "2026-01-01T03:00:00Z"), "2026-01-02T00:00:00Z");
-        assert_eq!(next("@hourly", None, "2026-01-01T03:10:00Z"), "2026-01-01T04:00:00Z");
-        assert_eq!(next("@weekly", None, "2026-01-01T03:10:00Z"), "2026-01-04T00:00:00Z");
-        assert_eq!(next("@monthly", None, "2026-01-01T03:10:00Z"), "2026-02-01T00:00:00Z");
-        assert_eq!(next("@yearly", None, "2026-01-01T03:10:00Z"), "2027-01-01T00:00:00Z");
+        assert_eq!(
+            next("@daily", None, "2026-01-01T03:00:00Z"),
+            "2026-01-02T00:00:00Z"
+        );
+        assert_eq!(
+            next("@midnight", None, "2026-01-01T03:00:00Z"),
+            "2026-01-02T00:00:00Z"
+        );
+        assert_eq!(
+            next("@hourly", None, "2026-01-01T03:10:00Z"),
+            "2026-01-01T04:00:00Z"
+        );
+        assert_eq!(
+            next("@weekly", None, "2026-01-01T03:10:00Z"),
+            "2026-01-04T00:00:00Z"
+        );
+        assert_eq!(
+            next("@monthly", None, "2026-01-01T03:10:00Z"),
+            "2026-02-01T00:00:00Z"
+        );
+        assert_eq!(
+            next("@yearly", None, "2026-01-01T03:10:00Z"),
+            "2027-01-01T00:00:00Z"
+        );
     }
 
     #[test]
     fn sunday_is_zero_and_seven() {
         // 2026-01-01 is a Thursday; the next Sunday is the 4th.
-        assert_eq!(next("0 0 * * 0", None, "2026-01-01T00:00:00Z"), "2026-01-04T00:00:00Z");
-        assert_eq!(next("0 0 * * 7", None, "2026-01-01T00:00:00Z"), "2026-01-04T00:00:00Z");
-        assert_eq!(next("0 0 * * MON", None, "2026-01-01T00:00:00Z"), "2026-01-05T00:00:00Z");
+        assert_eq!(
+            next("0 0 * * 0", None, "2026-01-01T00:00:00Z"),
+            "2026-01-04T00:00:00Z"
+        );
+        assert_eq!(
+            next("0 0 * * 7", None, "2026-01-01T00:00:00Z"),
+            "2026-01-04T00:00:00Z"
+        );
+        assert_eq!(
+            next("0 0 * * MON", None, "2026-01-01T00:00:00Z"),
+            "2026-01-05T00:00:00Z"
+        );
     }
 
     #[test]
     fn day_of_month_or_day_of_week_like_vixie_cron() {
         // Both restricted: either matches (the 15th, or any Monday).
-        assert_eq!(next("0 0 15 * 1", None, "2026-01-01T00:00:00Z"), "2026-01-05T00:00:00Z");
+        assert_eq!(
+            next("0 0 15 * 1", None, "2026-01-01T00:00:00Z"),
+            "2026-01-05T00:00:00Z"
+        );
     }
 
     #[test]
     fn time_zone_shifts_the_run() {
-        assert_eq!(next("0 2 * * *", Some("Europe/Berlin"), "2026-01-01T03:00:00Z"), "2026-01-02T01:00:00Z");
-        assert_eq!(next("0 2 * * *", Some("America/New_York"), "2026-07-01T00:00:00Z"), "2026-07-01T06:00:00Z");
+        assert_eq!(
+            next("0 2 * * *", Some("Europe/Berlin"), "2026-01-01T03:00:00Z"),
+            "2026-01-02T01:00:00Z"
+        );
+        assert_eq!(
+            next(
+                "0 2 * * *",
+                Some("America/New_York"),
+                "2026-07-01T00:00:00Z"
+            ),
+            "2026-07-01T06:00:00Z"
+        );
     }
 
     #[test]
     fn dst_spring_forward_skips_the_missing_hour() {
         // 2026-03-29 02:30 does not exist in Berlin; the next run is on the 30th.
-        assert_eq!(next("30 2 * * *", Some("Europe/Berlin"), "2026-03-28T02:00:00Z"), "2026-03-30T00:30:00Z");
-        assert_eq!(next("30 2 * * *", Some("Europe/Berlin"), "2026-03-29T02:00:00Z"), "2026-03-30T00:30:00Z");
+        assert_eq!(
+            next("30 2 * * *", Some("Europe/Berlin"), "2026-03-28T02:00:00Z"),
+            "2026-03-30T00:30:00Z"
+        );
+        assert_eq!(
+            next("30 2 * * *", Some("Europe/Berlin"), "2026-03-29T02:00:00Z"),
+            "2026-03-30T00:30:00Z"
+        );
     }
 
     #[test]
@@ -192,9 +256,22 @@ mod tests {
 
     #[test]
     fn invalid_input_is_refused_with_a_reason() {
-        for bad in ["", "* * * *", "0 0 * * * *", "61 * * * *", "CRON_TZ=UTC 0 0 * * *", "@every 1h", "0 0 L * *", "0 0 * * 5#2", "nonsense"] {
+        for bad in [
+            "",
+            "* * * *",
+            "0 0 * * * *",
+            "61 * * * *",
+            "CRON_TZ=UTC 0 0 * * *",
+            "@every 1h",
+            "0 0 L * *",
+            "0 0 * * 5#2",
+            "nonsense",
+        ] {
             let err = Schedule::parse(bad, None).expect_err(bad);
-            assert!(matches!(err, ScheduleError::InvalidCron { .. }), "{bad}: {err}");
+            assert!(
+                matches!(err, ScheduleError::InvalidCron { .. }),
+                "{bad}: {err}"
+            );
             assert!(!err.to_string().is_empty());
         }
     }
@@ -210,6 +287,9 @@ mod tests {
         let s = Schedule::parse("0 * * * *", None).expect("valid");
         let due = s.last_due(ts("2026-01-01T00:30:00Z"), ts("2026-01-01T03:10:00Z"));
         assert_eq!(due, Some(ts("2026-01-01T03:00:00Z")));
-        assert_eq!(s.last_due(ts("2026-01-01T03:00:00Z"), ts("2026-01-01T03:10:00Z")), None);
+        assert_eq!(
+            s.last_due(ts("2026-01-01T03:00:00Z"), ts("2026-01-01T03:10:00Z")),
+            None
+        );
     }
 }

@@ -68,7 +68,12 @@ pub struct ConditionUpdate {
 
 impl ConditionUpdate {
     fn new(type_: &'static str, status: bool, reason: &str, message: impl Into<String>) -> Self {
-        Self { type_, status, reason: reason.into(), message: message.into() }
+        Self {
+            type_,
+            status,
+            reason: reason.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -114,7 +119,10 @@ pub fn compute(policy: &BackupPolicy, prev: &BackupPolicyStatus, obs: &Observati
     } else if let Err(e) = &obs.targets {
         blocking = Some(("InvalidSelector", e.to_string()));
     } else if !obs.missing_secrets.is_empty() {
-        blocking = Some(("SecretMissing", format!("Secret(s) not found: {}", obs.missing_secrets.join(", "))));
+        blocking = Some((
+            "SecretMissing",
+            format!("Secret(s) not found: {}", obs.missing_secrets.join(", ")),
+        ));
     }
 
     status.next_run_time = match (&obs.schedule, spec.suspend) {
@@ -124,13 +132,21 @@ pub fn compute(policy: &BackupPolicy, prev: &BackupPolicyStatus, obs: &Observati
     if let Ok(r) = &obs.targets {
         status.target_pvcs = r.selected.clone();
         if r.missing.is_empty() {
-            conds.push(ConditionUpdate::new(condition::TARGETS_RESOLVED, true, "Resolved", format!("{} PVC(s) selected", r.selected.len())));
+            conds.push(ConditionUpdate::new(
+                condition::TARGETS_RESOLVED,
+                true,
+                "Resolved",
+                format!("{} PVC(s) selected", r.selected.len()),
+            ));
         } else {
             conds.push(ConditionUpdate::new(
                 condition::TARGETS_RESOLVED,
                 false,
                 "PVCNotFound",
-                format!("PVC(s) in targets.names not found: {}", r.missing.join(", ")),
+                format!(
+                    "PVC(s) in targets.names not found: {}",
+                    r.missing.join(", ")
+                ),
             ));
         }
     }
@@ -147,7 +163,12 @@ pub fn compute(policy: &BackupPolicy, prev: &BackupPolicyStatus, obs: &Observati
                     stored.extend(results::stored_backups(r, pvc));
                 }
             }
-            JobOutcome::Failed { reason, message } => failures.push((pvc.to_string(), reason.clone(), message.clone(), job.name.clone())),
+            JobOutcome::Failed { reason, message } => failures.push((
+                pvc.to_string(),
+                reason.clone(),
+                message.clone(),
+                job.name.clone(),
+            )),
             JobOutcome::Running => {}
         }
     }
@@ -158,7 +179,11 @@ pub fn compute(policy: &BackupPolicy, prev: &BackupPolicyStatus, obs: &Observati
         .filter_map(|j| j.finished)
         .max();
     if let Some(t) = newest_success {
-        if status.last_backup_time.as_ref().is_none_or(|prev| prev.0 < t) {
+        if status
+            .last_backup_time
+            .as_ref()
+            .is_none_or(|prev| prev.0 < t)
+        {
             status.last_backup_time = Some(Time(t));
         }
     }
@@ -166,7 +191,12 @@ pub fn compute(policy: &BackupPolicy, prev: &BackupPolicyStatus, obs: &Observati
     status.stored_backups = kept;
 
     if failures.is_empty() {
-        conds.push(ConditionUpdate::new(condition::BACKUP_FAILED, false, "BackupsSucceeded", "the newest backup of every PVC succeeded"));
+        conds.push(ConditionUpdate::new(
+            condition::BACKUP_FAILED,
+            false,
+            "BackupsSucceeded",
+            "the newest backup of every PVC succeeded",
+        ));
     } else {
         let reason = failures[0].1.clone();
         let message = failures
@@ -174,25 +204,60 @@ pub fn compute(policy: &BackupPolicy, prev: &BackupPolicyStatus, obs: &Observati
             .map(|(pvc, reason, msg, job)| format!("PVC {pvc}: {reason}: {msg} (Job {job})"))
             .collect::<Vec<_>>()
             .join("; ");
-        conds.push(ConditionUpdate::new(condition::BACKUP_FAILED, true, &reason, message));
+        conds.push(ConditionUpdate::new(
+            condition::BACKUP_FAILED,
+            true,
+            &reason,
+            message,
+        ));
     }
 
     let apply_failed = !obs.apply_errors.is_empty();
     let (phase, ready) = match &blocking {
-        Some((reason, msg)) => (Phase::Error, ConditionUpdate::new(condition::READY, false, reason, msg.clone())),
+        Some((reason, msg)) => (
+            Phase::Error,
+            ConditionUpdate::new(condition::READY, false, reason, msg.clone()),
+        ),
         None if apply_failed => {
-            let msg = obs.apply_errors.iter().map(|(p, e)| format!("PVC {p}: {e}")).collect::<Vec<_>>().join("; ");
-            (Phase::Error, ConditionUpdate::new(condition::READY, false, "CronJobApplyFailed", msg))
+            let msg = obs
+                .apply_errors
+                .iter()
+                .map(|(p, e)| format!("PVC {p}: {e}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            (
+                Phase::Error,
+                ConditionUpdate::new(condition::READY, false, "CronJobApplyFailed", msg),
+            )
         }
-        None if spec.suspend => (Phase::Suspended, ConditionUpdate::new(condition::READY, true, "Suspended", "spec.suspend is true; no backups run")),
+        None if spec.suspend => (
+            Phase::Suspended,
+            ConditionUpdate::new(
+                condition::READY,
+                true,
+                "Suspended",
+                "spec.suspend is true; no backups run",
+            ),
+        ),
         None => {
             let n = status.target_pvcs.len();
-            (Phase::Active, ConditionUpdate::new(condition::READY, true, "Scheduled", format!("{n} PVC(s) scheduled")))
+            (
+                Phase::Active,
+                ConditionUpdate::new(
+                    condition::READY,
+                    true,
+                    "Scheduled",
+                    format!("{n} PVC(s) scheduled"),
+                ),
+            )
         }
     };
     status.phase = Some(phase);
     conds.insert(0, ready);
-    Computed { status, conditions: conds }
+    Computed {
+        status,
+        conditions: conds,
+    }
 }
 
 #[cfg(test)]
@@ -227,7 +292,10 @@ mod tests {
         Observation {
             now: now(),
             schedule: Schedule::parse("0 * * * *", None),
-            targets: Ok(Resolution { selected: vec!["a".into(), "b".into()], missing: vec![] }),
+            targets: Ok(Resolution {
+                selected: vec!["a".into(), "b".into()],
+                missing: vec![],
+            }),
             missing_secrets: vec![],
             apply_errors: vec![],
             jobs,
@@ -244,24 +312,60 @@ mod tests {
             result: Some(MoverResult {
                 ok: true,
                 location: Some("s3:http://s3/b/ns/a".into()),
-                snapshots: snaps.iter().map(|(id, t)| SnapshotSummary { id: id.to_string(), time: t.to_string(), size: 5 }).collect(),
+                snapshots: snaps
+                    .iter()
+                    .map(|(id, t)| SnapshotSummary {
+                        id: id.to_string(),
+                        time: t.to_string(),
+                        size: 5,
+                    })
+                    .collect(),
                 ..Default::default()
             }),
         }
     }
 
     fn cond<'a>(c: &'a Computed, t: &str) -> &'a ConditionUpdate {
-        c.conditions.iter().find(|x| x.type_ == t).expect("condition present")
+        c.conditions
+            .iter()
+            .find(|x| x.type_ == t)
+            .expect("condition present")
     }
 
     #[test]
     fn active_policy_records_results_and_next_run() {
-        let c = compute(&policy(serde_json::json!({})), &Default::default(), &obs(vec![ok_job("a", "j1", "2026-01-01T10:00:05Z", &[("s2", "2026-01-01T10:00:00Z"), ("s1", "2026-01-01T09:00:00Z")])]));
+        let c = compute(
+            &policy(serde_json::json!({})),
+            &Default::default(),
+            &obs(vec![ok_job(
+                "a",
+                "j1",
+                "2026-01-01T10:00:05Z",
+                &[
+                    ("s2", "2026-01-01T10:00:00Z"),
+                    ("s1", "2026-01-01T09:00:00Z"),
+                ],
+            )]),
+        );
         assert_eq!(c.status.phase, Some(Phase::Active));
         assert_eq!(c.status.observed_generation, Some(3));
-        assert_eq!(c.status.next_run_time.as_ref().map(|t| t.0.to_string()).as_deref(), Some("2026-01-01T11:00:00Z"));
+        assert_eq!(
+            c.status
+                .next_run_time
+                .as_ref()
+                .map(|t| t.0.to_string())
+                .as_deref(),
+            Some("2026-01-01T11:00:00Z")
+        );
         assert_eq!(c.status.stored_backups.len(), 2);
-        assert_eq!(c.status.last_backup_time.as_ref().map(|t| t.0.to_string()).as_deref(), Some("2026-01-01T10:00:05Z"));
+        assert_eq!(
+            c.status
+                .last_backup_time
+                .as_ref()
+                .map(|t| t.0.to_string())
+                .as_deref(),
+            Some("2026-01-01T10:00:05Z")
+        );
         assert!(cond(&c, condition::READY).status);
         assert!(!cond(&c, condition::BACKUP_FAILED).status);
     }
@@ -285,28 +389,58 @@ mod tests {
             pvc: "b".into(),
             created: None,
             finished: Some("2026-01-01T10:00:05Z".parse().expect("ts")),
-            outcome: JobOutcome::Failed { reason: "WrongPassword".into(), message: "wrong repository password".into() },
-            result: Some(MoverResult { ok: false, error: Some(MoverError { kind: "WrongPassword".into(), message: "x".into() }), ..Default::default() }),
+            outcome: JobOutcome::Failed {
+                reason: "WrongPassword".into(),
+                message: "wrong repository password".into(),
+            },
+            result: Some(MoverResult {
+                ok: false,
+                error: Some(MoverError {
+                    kind: "WrongPassword".into(),
+                    message: "x".into(),
+                }),
+                ..Default::default()
+            }),
         };
-        let c = compute(&policy(serde_json::json!({})), &Default::default(), &obs(vec![failed.clone()]));
+        let c = compute(
+            &policy(serde_json::json!({})),
+            &Default::default(),
+            &obs(vec![failed.clone()]),
+        );
         let bf = cond(&c, condition::BACKUP_FAILED);
         assert!(bf.status);
         assert_eq!(bf.reason, "WrongPassword");
         assert!(bf.message.contains("PVC b"), "{}", bf.message);
-        let fixed = ok_job("b", "j-ok", "2026-01-01T10:10:00Z", &[("s9", "2026-01-01T10:09:00Z")]);
-        let c2 = compute(&policy(serde_json::json!({})), &c.status, &obs(vec![failed, fixed]));
+        let fixed = ok_job(
+            "b",
+            "j-ok",
+            "2026-01-01T10:10:00Z",
+            &[("s9", "2026-01-01T10:09:00Z")],
+        );
+        let c2 = compute(
+            &policy(serde_json::json!({})),
+            &c.status,
+            &obs(vec![failed, fixed]),
+        );
         assert!(!cond(&c2, condition::BACKUP_FAILED).status);
         assert_eq!(c2.status.stored_backups.len(), 1);
     }
 
     #[test]
     fn suspended_and_missing_things() {
-        let c = compute(&policy(serde_json::json!({"suspend": true})), &Default::default(), &obs(vec![]));
+        let c = compute(
+            &policy(serde_json::json!({"suspend": true})),
+            &Default::default(),
+            &obs(vec![]),
+        );
         assert_eq!(c.status.phase, Some(Phase::Suspended));
         assert!(c.status.next_run_time.is_none());
         let mut o = obs(vec![]);
         o.missing_secrets = vec!["pw".into()];
-        o.targets = Ok(Resolution { selected: vec!["a".into()], missing: vec!["b".into()] });
+        o.targets = Ok(Resolution {
+            selected: vec!["a".into()],
+            missing: vec!["b".into()],
+        });
         let c = compute(&policy(serde_json::json!({})), &Default::default(), &o);
         assert_eq!(c.status.phase, Some(Phase::Error));
         assert_eq!(cond(&c, condition::READY).reason, "SecretMissing");
@@ -317,9 +451,27 @@ mod tests {
 
     #[test]
     fn retention_trims_status_to_max_backups() {
-        let job = ok_job("a", "j", "2026-01-01T10:00:05Z", &[("s3", "2026-01-01T10:00:00Z"), ("s2", "2026-01-01T09:00:00Z"), ("s1", "2026-01-01T08:00:00Z")]);
-        let c = compute(&policy(serde_json::json!({})), &Default::default(), &obs(vec![job]));
-        let ids: Vec<_> = c.status.stored_backups.iter().filter_map(|b| b.snapshot_id.clone()).collect();
+        let job = ok_job(
+            "a",
+            "j",
+            "2026-01-01T10:00:05Z",
+            &[
+                ("s3", "2026-01-01T10:00:00Z"),
+                ("s2", "2026-01-01T09:00:00Z"),
+                ("s1", "2026-01-01T08:00:00Z"),
+            ],
+        );
+        let c = compute(
+            &policy(serde_json::json!({})),
+            &Default::default(),
+            &obs(vec![job]),
+        );
+        let ids: Vec<_> = c
+            .status
+            .stored_backups
+            .iter()
+            .filter_map(|b| b.snapshot_id.clone())
+            .collect();
         assert_eq!(ids, ["s3", "s2"]);
     }
 }

@@ -51,11 +51,17 @@ pub fn resolve(targets: &Targets, pvcs: &[PvcInfo]) -> Result<Resolution, Select
     }
     missing.sort();
     missing.dedup();
-    Ok(Resolution { selected: selected.into_iter().collect(), missing })
+    Ok(Resolution {
+        selected: selected.into_iter().collect(),
+        missing,
+    })
 }
 
 /// Evaluates a metav1.LabelSelector (matchLabels AND every matchExpression).
-pub fn matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> Result<bool, SelectorError> {
+pub fn matches(
+    sel: &LabelSelector,
+    labels: &BTreeMap<String, String>,
+) -> Result<bool, SelectorError> {
     if let Some(ml) = &sel.match_labels {
         if ml.iter().any(|(k, v)| labels.get(k) != Some(v)) {
             return Ok(false);
@@ -65,13 +71,22 @@ pub fn matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> Result
         let values = e.values.clone().unwrap_or_default();
         let value = labels.get(&e.key);
         let ok = match e.operator.as_str() {
-            "In" if values.is_empty() => return Err(SelectorError(format!("{}: In needs values", e.key))),
-            "NotIn" if values.is_empty() => return Err(SelectorError(format!("{}: NotIn needs values", e.key))),
+            "In" if values.is_empty() => {
+                return Err(SelectorError(format!("{}: In needs values", e.key)));
+            }
+            "NotIn" if values.is_empty() => {
+                return Err(SelectorError(format!("{}: NotIn needs values", e.key)));
+            }
             "In" => value.is_some_and(|v| values.contains(v)),
             "NotIn" => value.is_none_or(|v| !values.contains(v)),
             "Exists" => value.is_some(),
             "DoesNotExist" => value.is_none(),
-            other => return Err(SelectorError(format!("{}: unknown operator {other:?}", e.key))),
+            other => {
+                return Err(SelectorError(format!(
+                    "{}: unknown operator {other:?}",
+                    e.key
+                )));
+            }
         };
         if !ok {
             return Ok(false);
@@ -88,22 +103,38 @@ mod tests {
     fn pvc(name: &str, labels: &[(&str, &str)]) -> PvcInfo {
         PvcInfo {
             name: name.into(),
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             terminating: false,
         }
     }
 
     fn sel(labels: &[(&str, &str)], exprs: Vec<LabelSelectorRequirement>) -> LabelSelector {
         LabelSelector {
-            match_labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            match_labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
             match_expressions: Some(exprs),
         }
     }
 
     #[test]
     fn names_and_selector_union() {
-        let pvcs = vec![pvc("a", &[("app", "demo")]), pvc("b", &[]), pvc("c", &[("app", "demo")]), pvc("d", &[("app", "x")])];
-        let t = Targets { names: vec!["b".into(), "ghost".into()], selector: Some(sel(&[("app", "demo")], vec![])) };
+        let pvcs = vec![
+            pvc("a", &[("app", "demo")]),
+            pvc("b", &[]),
+            pvc("c", &[("app", "demo")]),
+            pvc("d", &[("app", "x")]),
+        ];
+        let t = Targets {
+            names: vec!["b".into(), "ghost".into()],
+            selector: Some(sel(&[("app", "demo")], vec![])),
+        };
         let r = resolve(&t, &pvcs).expect("valid");
         assert_eq!(r.selected, ["a", "b", "c"]);
         assert_eq!(r.missing, ["ghost"]);
@@ -117,7 +148,13 @@ mod tests {
             values: Some(values.iter().map(|s| s.to_string()).collect()),
         };
         let labels: BTreeMap<_, _> = [("tier".to_string(), "db".to_string())].into();
-        assert!(matches(&sel(&[], vec![req("tier", "In", &["db", "cache"])]), &labels).expect("ok"));
+        assert!(
+            matches(
+                &sel(&[], vec![req("tier", "In", &["db", "cache"])]),
+                &labels
+            )
+            .expect("ok")
+        );
         assert!(!matches(&sel(&[], vec![req("tier", "NotIn", &["db"])]), &labels).expect("ok"));
         assert!(matches(&sel(&[], vec![req("tier", "Exists", &[])]), &labels).expect("ok"));
         assert!(matches(&sel(&[], vec![req("zone", "DoesNotExist", &[])]), &labels).expect("ok"));
@@ -128,7 +165,10 @@ mod tests {
     fn terminating_pvcs_are_not_selected() {
         let mut p = pvc("a", &[("app", "demo")]);
         p.terminating = true;
-        let t = Targets { names: vec!["a".into()], selector: Some(sel(&[("app", "demo")], vec![])) };
+        let t = Targets {
+            names: vec!["a".into()],
+            selector: Some(sel(&[("app", "demo")], vec![])),
+        };
         let r = resolve(&t, &[p]).expect("valid");
         assert!(r.selected.is_empty() && r.missing.is_empty());
     }

@@ -70,7 +70,9 @@ pub struct Targets {
 }
 
 /// How a backup captures data.
-#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
 pub enum BackupMethod {
     /// A mover Job reads the PVC and stores it in a restic repository.
     #[default]
@@ -101,7 +103,10 @@ fn default_max_backups() -> u32 {
 
 impl Default for Retention {
     fn default() -> Self {
-        Self { max_backups: default_max_backups(), max_days: None }
+        Self {
+            max_backups: default_max_backups(),
+            max_days: None,
+        }
     }
 }
 

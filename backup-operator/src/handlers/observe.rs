@@ -10,25 +10,35 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use kube::api::ListParams;
 use kube::{Api, Client};
 
+fn pvc_info(p: &PersistentVolumeClaim) -> PvcInfo {
+    PvcInfo {
+        name: p.metadata.name.clone().unwrap_or_default(),
+        labels: p.metadata.labels.clone().unwrap_or_default(),
+        terminating: p.metadata.deletion_timestamp.is_some(),
+    }
+}
+
+/// The PVCs of a namespace, from the watch cache once it has synced.
 pub(crate) async fn pvcs(client: &Client, ns: &str) -> anyhow::Result<Vec<PvcInfo>> {
+    if let Some(cached) = super::cached_pvcs(ns) {
+        return Ok(cached.iter().map(|p| pvc_info(p)).collect());
+    }
     let list = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
         .list(&ListParams::default())
         .await
         .with_context(|| format!("listing PVCs in {ns}"))?;
-    Ok(list
-        .items
-        .into_iter()
-        .map(|p| PvcInfo {
-            name: p.metadata.name.unwrap_or_default(),
-            labels: p.metadata.labels.unwrap_or_default(),
-            terminating: p.metadata.deletion_timestamp.is_some(),
-        })
-        .collect())
+    Ok(list.items.iter().map(pvc_info).collect())
 }
 
 /// Names of the policy's referenced Secrets that do not exist.
-pub(crate) async fn missing_secrets(client: &Client, policy: &BackupPolicy, ns: &str) -> anyhow::Result<Vec<String>> {
-    let Some(dest) = &policy.spec.destination else { return Ok(vec![]) };
+pub(crate) async fn missing_secrets(
+    client: &Client,
+    policy: &BackupPolicy,
+    ns: &str,
+) -> anyhow::Result<Vec<String>> {
+    let Some(dest) = &policy.spec.destination else {
+        return Ok(vec![]);
+    };
     let mut names = vec![dest.repository_password_secret_ref.name.clone()];
     if let Some(s3) = &dest.s3 {
         names.push(s3.credentials_secret_ref.name.clone());
@@ -39,7 +49,12 @@ pub(crate) async fn missing_secrets(client: &Client, policy: &BackupPolicy, ns: 
     let mut missing = Vec::new();
     for n in names {
         // Only existence is checked; the data never leaves the API server here.
-        if api.get_metadata_opt(&n).await.with_context(|| format!("reading Secret {ns}/{n}"))?.is_none() {
+        if api
+            .get_metadata_opt(&n)
+            .await
+            .with_context(|| format!("reading Secret {ns}/{n}"))?
+            .is_none()
+        {
             missing.push(n);
         }
     }
@@ -47,7 +62,11 @@ pub(crate) async fn missing_secrets(client: &Client, policy: &BackupPolicy, ns: 
 }
 
 /// The mover result of a finished Job: the termination message of its newest pod.
-pub(crate) async fn job_result(client: &Client, ns: &str, job: &str) -> anyhow::Result<Option<MoverResult>> {
+pub(crate) async fn job_result(
+    client: &Client,
+    ns: &str,
+    job: &str,
+) -> anyhow::Result<Option<MoverResult>> {
     let pods = Api::<Pod>::namespaced(client.clone(), ns)
         .list(&ListParams::default().labels(&format!("job-name={job}")))
         .await
@@ -55,7 +74,10 @@ pub(crate) async fn job_result(client: &Client, ns: &str, job: &str) -> anyhow::
     let mut newest: Option<(Option<jiff::Timestamp>, MoverResult)> = None;
     for pod in pods.items {
         let created = pod.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        let statuses = pod.status.and_then(|s| s.container_statuses).unwrap_or_default();
+        let statuses = pod
+            .status
+            .and_then(|s| s.container_statuses)
+            .unwrap_or_default();
         for cs in statuses {
             let msg = cs.state.and_then(|s| s.terminated).and_then(|t| t.message);
             if let Some(r) = msg.as_deref().and_then(results::parse_result) {
@@ -69,7 +91,11 @@ pub(crate) async fn job_result(client: &Client, ns: &str, job: &str) -> anyhow::
 }
 
 /// Backup Jobs of a policy with their outcome and mover result.
-pub(crate) async fn backup_jobs(client: &Client, ns: &str, policy: &str) -> anyhow::Result<Vec<JobRecord>> {
+pub(crate) async fn backup_jobs(
+    client: &Client,
+    ns: &str,
+    policy: &str,
+) -> anyhow::Result<Vec<JobRecord>> {
     let jobs = Api::<Job>::namespaced(client.clone(), ns)
         .list(&ListParams::default().labels(&format!("{POLICY_LABEL}={policy}")))
         .await
@@ -77,9 +103,18 @@ pub(crate) async fn backup_jobs(client: &Client, ns: &str, policy: &str) -> anyh
     let mut out = Vec::new();
     for job in jobs.items {
         let name = job.metadata.name.clone().unwrap_or_default();
-        let pvc = job.metadata.labels.as_ref().and_then(|l| l.get(PVC_LABEL).cloned()).unwrap_or_default();
+        let pvc = job
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(PVC_LABEL).cloned())
+            .unwrap_or_default();
         let finished_outcome = results::job_outcome(&job, None);
-        let result = if finished_outcome == JobOutcome::Running { None } else { job_result(client, ns, &name).await? };
+        let result = if finished_outcome == JobOutcome::Running {
+            None
+        } else {
+            job_result(client, ns, &name).await?
+        };
         let outcome = results::job_outcome(&job, result.as_ref());
         let status = job.status.as_ref();
         let finished = status
@@ -87,7 +122,9 @@ pub(crate) async fn backup_jobs(client: &Client, ns: &str, policy: &str) -> anyh
             .or_else(|| {
                 status.and_then(|s| s.conditions.as_ref()).and_then(|cs| {
                     cs.iter()
-                        .filter(|c| c.status == "True" && (c.type_ == "Failed" || c.type_ == "Complete"))
+                        .filter(|c| {
+                            c.status == "True" && (c.type_ == "Failed" || c.type_ == "Complete")
+                        })
                         .filter_map(|c| c.last_transition_time.as_ref().map(|t| t.0))
                         .max()
                 })
@@ -96,7 +133,11 @@ pub(crate) async fn backup_jobs(client: &Client, ns: &str, policy: &str) -> anyh
             name,
             pvc,
             created: job.metadata.creation_timestamp.as_ref().map(|t| t.0),
-            finished: if outcome == JobOutcome::Running { None } else { finished },
+            finished: if outcome == JobOutcome::Running {
+                None
+            } else {
+                finished
+            },
             outcome,
             result,
         });

@@ -8,14 +8,21 @@ use crate::{desired, targets};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use kube::api::PostParams;
 use kube::{Api, ResourceExt};
-use operator_framework::{Context, EventType, HandlerError, HandlerResult, conditions, on_event, on_field};
+use operator_framework::{
+    Context, EventType, HandlerError, HandlerResult, conditions, on_event, on_field,
+};
 
 /// Brings CronJobs and status in line with the spec and the finished Jobs.
 ///
 /// Runs on every change of the policy, of its CronJobs and Jobs, of PVCs in
 /// its namespace, and on the periodic resync. Writes nothing when nothing
 /// changed.
-#[on_event(id = "reconcile", backoff_base = "2s", backoff_max = "5m", timeout = "120s")]
+#[on_event(
+    id = "reconcile",
+    backoff_base = "2s",
+    backoff_max = "5m",
+    timeout = "120s"
+)]
 pub async fn reconcile(ctx: Context<BackupPolicy>) -> HandlerResult {
     let policy = ctx.object.clone();
     let name = policy.name_any();
@@ -71,8 +78,17 @@ pub async fn reconcile(ctx: Context<BackupPolicy>) -> HandlerResult {
     for c in &computed.conditions {
         let old = conditions::find(&prev.conditions, c.type_).cloned();
         let status_str = if c.status { "True" } else { "False" };
-        conditions::upsert(&mut new_status.conditions, c.type_, status_str, &c.reason, &c.message, generation);
-        let changed = old.as_ref().is_none_or(|o| o.status != status_str || o.message != c.message);
+        conditions::upsert(
+            &mut new_status.conditions,
+            c.type_,
+            status_str,
+            &c.reason,
+            &c.message,
+            generation,
+        );
+        let changed = old
+            .as_ref()
+            .is_none_or(|o| o.status != status_str || o.message != c.message);
         let bad = (c.type_ == condition::READY && !c.status)
             || (c.type_ == condition::BACKUP_FAILED && c.status)
             || (c.type_ == condition::TARGETS_RESOLVED && !c.status);
@@ -84,7 +100,10 @@ pub async fn reconcile(ctx: Context<BackupPolicy>) -> HandlerResult {
     if let Some(sb) = new_status.stored_backups.first() {
         let first_seen = !prev.stored_backups.iter().any(|p| p.name == sb.name);
         if first_seen {
-            let note = format!("stored backup {} of PVC {} ({} bytes) at {}", sb.name, sb.pvc_name, sb.size, sb.location);
+            let note = format!(
+                "stored backup {} of PVC {} ({} bytes) at {}",
+                sb.name, sb.pvc_name, sb.size, sb.location
+            );
             ctx.event(EventType::Normal, "BackupStored", &note).await?;
         }
     }
@@ -103,10 +122,17 @@ pub async fn reconcile(ctx: Context<BackupPolicy>) -> HandlerResult {
 }
 
 async fn write_status(ctx: &Context<BackupPolicy>, status: &BackupPolicyStatus) -> HandlerResult {
-    let mut value = serde_json::to_value(status).map_err(|e| HandlerError::permanent(format!("encoding status: {e}")))?;
+    let mut value = serde_json::to_value(status)
+        .map_err(|e| HandlerError::permanent(format!("encoding status: {e}")))?;
     // A merge patch keeps fields it does not mention: clear the unset ones.
     if let Some(map) = value.as_object_mut() {
-        for key in ["phase", "lastBackupTime", "nextRunTime", "observedGeneration", "lastRunNow"] {
+        for key in [
+            "phase",
+            "lastBackupTime",
+            "nextRunTime",
+            "observedGeneration",
+            "lastRunNow",
+        ] {
             map.entry(key).or_insert(serde_json::Value::Null);
         }
     }
@@ -116,8 +142,13 @@ async fn write_status(ctx: &Context<BackupPolicy>, status: &BackupPolicyStatus) 
 
 /// Starts one Job per selected PVC for a new value of the run-now annotation;
 /// returns the value acted on, to be recorded in `status.lastRunNow`.
-async fn run_now(ctx: &Context<BackupPolicy>, policy: &BackupPolicy) -> Result<Option<String>, HandlerError> {
-    let Some(value) = policy.annotations().get(RUN_NOW_ANNOTATION).cloned() else { return Ok(None) };
+async fn run_now(
+    ctx: &Context<BackupPolicy>,
+    policy: &BackupPolicy,
+) -> Result<Option<String>, HandlerError> {
+    let Some(value) = policy.annotations().get(RUN_NOW_ANNOTATION).cloned() else {
+        return Ok(None);
+    };
     let prev = policy.status.as_ref().and_then(|s| s.last_run_now.clone());
     if prev.as_deref() == Some(value.as_str()) || policy.spec.method == BackupMethod::Snapshot {
         return Ok(None);
@@ -125,7 +156,9 @@ async fn run_now(ctx: &Context<BackupPolicy>, policy: &BackupPolicy) -> Result<O
     let ns = policy.namespace().unwrap_or_default();
     let client = ctx.client();
     let pvcs = observe::pvcs(&client, &ns).await?;
-    let Ok(res) = targets::resolve(&policy.spec.targets, &pvcs) else { return Ok(None) };
+    let Ok(res) = targets::resolve(&policy.spec.targets, &pvcs) else {
+        return Ok(None);
+    };
     let api = Api::<Job>::namespaced(client, &ns);
     for pvc in &res.selected {
         let mut job = match desired::manual_job(policy, pvc, &settings().mover_image, &value) {
@@ -139,7 +172,10 @@ async fn run_now(ctx: &Context<BackupPolicy>, policy: &BackupPolicy) -> Result<O
             Err(e) => return Err(e.into()),
         }
     }
-    let note = format!("started on-demand backup of {} PVC(s) for run-now={value}", res.selected.len());
+    let note = format!(
+        "started on-demand backup of {} PVC(s) for run-now={value}",
+        res.selected.len()
+    );
     ctx.event(EventType::Normal, "BackupStarted", &note).await?;
     Ok(Some(value))
 }
@@ -147,10 +183,21 @@ async fn run_now(ctx: &Context<BackupPolicy>, policy: &BackupPolicy) -> Result<O
 /// Tells the user when the schedule changes (the reconcile does the work).
 #[on_field(id = "schedule-changed", path = "spec.schedule")]
 pub async fn schedule_changed(ctx: Context<BackupPolicy>) -> HandlerResult {
-    let old = ctx.old_value().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-    let new = ctx.new_value().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+    let old = ctx
+        .old_value()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let new = ctx
+        .new_value()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
     if !old.is_empty() && old != new {
-        ctx.event(EventType::Normal, "ScheduleChanged", &format!("schedule changed from {old:?} to {new:?}")).await?;
+        ctx.event(
+            EventType::Normal,
+            "ScheduleChanged",
+            &format!("schedule changed from {old:?} to {new:?}"),
+        )
+        .await?;
     }
     Ok(())
 }

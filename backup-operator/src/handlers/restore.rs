@@ -16,19 +16,39 @@ use std::time::Duration;
 const READY: &str = "Ready";
 
 /// Drives a Restore from Pending to Succeeded or Failed.
-#[on_event(id = "restore", backoff_base = "2s", backoff_max = "2m", timeout = "120s")]
+#[on_event(
+    id = "restore",
+    backoff_base = "2s",
+    backoff_max = "2m",
+    timeout = "120s"
+)]
 pub async fn reconcile(ctx: Context<Restore>) -> HandlerResult {
     let restore = ctx.object.clone();
     let prev = restore.status.clone().unwrap_or_default();
-    if matches!(prev.phase, Some(RestorePhase::Succeeded | RestorePhase::Failed)) || restore.metadata.deletion_timestamp.is_some() {
+    if matches!(
+        prev.phase,
+        Some(RestorePhase::Succeeded | RestorePhase::Failed)
+    ) || restore.metadata.deletion_timestamp.is_some()
+    {
         return Ok(());
     }
     let ns = restore.namespace().unwrap_or_default();
     let client = ctx.client();
     let policy_name = &restore.spec.policy_name;
-    let Some(policy) = Api::<BackupPolicy>::namespaced(client.clone(), &ns).get_opt(policy_name).await? else {
+    let Some(policy) = Api::<BackupPolicy>::namespaced(client.clone(), &ns)
+        .get_opt(policy_name)
+        .await?
+    else {
         let msg = format!("BackupPolicy {policy_name} not found in {ns}");
-        set(&ctx, &prev, RestorePhase::Pending, "PolicyNotFound", &msg, |_| {}).await?;
+        set(
+            &ctx,
+            &prev,
+            RestorePhase::Pending,
+            "PolicyNotFound",
+            &msg,
+            |_| {},
+        )
+        .await?;
         return Err(HandlerError::temporary(msg, Some(Duration::from_secs(30))));
     };
     let source = match restore_plan::source(&restore, &policy) {
@@ -52,22 +72,50 @@ pub async fn reconcile(ctx: Context<Restore>) -> HandlerResult {
         .is_some_and(|r| r == restore.name_any());
     match (&existing, target.create) {
         (Some(_), true) if !ours => {
-            let msg = format!("PVC {} already exists; set target.create=false and target.overwrite=true to write into it", target.pvc_name);
+            let msg = format!(
+                "PVC {} already exists; set target.create=false and target.overwrite=true to write into it",
+                target.pvc_name
+            );
             return fail(&ctx, &prev, "TargetExists", &msg).await;
         }
         (None, false) => {
-            let msg = format!("PVC {} does not exist and target.create is false", target.pvc_name);
-            set(&ctx, &prev, RestorePhase::Pending, "TargetNotFound", &msg, |_| {}).await?;
+            let msg = format!(
+                "PVC {} does not exist and target.create is false",
+                target.pvc_name
+            );
+            set(
+                &ctx,
+                &prev,
+                RestorePhase::Pending,
+                "TargetNotFound",
+                &msg,
+                |_| {},
+            )
+            .await?;
             return Err(HandlerError::temporary(msg, Some(Duration::from_secs(30))));
         }
         (Some(_), false) if !target.overwrite => {
-            let msg = format!("PVC {} exists; restoring into it needs target.overwrite=true", target.pvc_name);
+            let msg = format!(
+                "PVC {} exists; restoring into it needs target.overwrite=true",
+                target.pvc_name
+            );
             return fail(&ctx, &prev, "OverwriteNotAllowed", &msg).await;
         }
         (Some(_), false) => {
             if let Some(pod) = pod_using(&client, &ns, &target.pvc_name).await? {
-                let msg = format!("PVC {} is mounted by running pod {pod}; stop it first", target.pvc_name);
-                set(&ctx, &prev, RestorePhase::Pending, "TargetInUse", &msg, |_| {}).await?;
+                let msg = format!(
+                    "PVC {} is mounted by running pod {pod}; stop it first",
+                    target.pvc_name
+                );
+                set(
+                    &ctx,
+                    &prev,
+                    RestorePhase::Pending,
+                    "TargetInUse",
+                    &msg,
+                    |_| {},
+                )
+                .await?;
                 return Err(HandlerError::temporary(msg, Some(Duration::from_secs(20))));
             }
         }
@@ -106,36 +154,67 @@ pub async fn reconcile(ctx: Context<Restore>) -> HandlerResult {
     ctx.adopt(&mut job);
     match jobs.create(&PostParams::default(), &job).await {
         Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
         Err(e) => return Err(e.into()),
     }
-    let msg = format!("restoring {} of PVC {} into PVC {}", source.snapshot, source.pvc, target.pvc_name);
+    let msg = format!(
+        "restoring {} of PVC {} into PVC {}",
+        source.snapshot, source.pvc, target.pvc_name
+    );
     ctx.event(EventType::Normal, "RestoreStarted", &msg).await?;
-    set(&ctx, &prev, RestorePhase::Running, "JobRunning", &msg, |s| {
-        s.start_time = Some(Time(jiff::Timestamp::now()));
-    })
+    set(
+        &ctx,
+        &prev,
+        RestorePhase::Running,
+        "JobRunning",
+        &msg,
+        |s| {
+            s.start_time = Some(Time(jiff::Timestamp::now()));
+        },
+    )
     .await
 }
 
-async fn follow_job(ctx: &Context<Restore>, prev: &RestoreStatus, ns: &str, job: &Job) -> HandlerResult {
+async fn follow_job(
+    ctx: &Context<Restore>,
+    prev: &RestoreStatus,
+    ns: &str,
+    job: &Job,
+) -> HandlerResult {
     let client = ctx.client();
     let name = job.name_any();
     let running = results::job_outcome(job, None) == JobOutcome::Running;
-    let result = if running { None } else { observe::job_result(&client, ns, &name).await? };
+    let result = if running {
+        None
+    } else {
+        observe::job_result(&client, ns, &name).await?
+    };
     match results::job_outcome(job, result.as_ref()) {
         JobOutcome::Running => {
             let start = job.status.as_ref().and_then(|s| s.start_time.clone());
-            set(ctx, prev, RestorePhase::Running, "JobRunning", &format!("restore Job {name} is running"), |s| {
-                if s.start_time.is_none() {
-                    s.start_time = start;
-                }
-            })
+            set(
+                ctx,
+                prev,
+                RestorePhase::Running,
+                "JobRunning",
+                &format!("restore Job {name} is running"),
+                |s| {
+                    if s.start_time.is_none() {
+                        s.start_time = start;
+                    }
+                },
+            )
             .await
         }
         JobOutcome::Succeeded => {
             let r = result.unwrap_or_default();
-            let msg = format!("restored snapshot {} ({} bytes)", r.snapshot_id.clone().unwrap_or_default(), r.bytes_restored.unwrap_or(0));
-            ctx.event(EventType::Normal, "RestoreSucceeded", &msg).await?;
+            let msg = format!(
+                "restored snapshot {} ({} bytes)",
+                r.snapshot_id.clone().unwrap_or_default(),
+                r.bytes_restored.unwrap_or(0)
+            );
+            ctx.event(EventType::Normal, "RestoreSucceeded", &msg)
+                .await?;
             let completion = job.status.as_ref().and_then(|s| s.completion_time.clone());
             set(ctx, prev, RestorePhase::Succeeded, "Restored", &msg, |s| {
                 s.completion_time = completion.or_else(|| Some(Time(jiff::Timestamp::now())));
@@ -144,25 +223,50 @@ async fn follow_job(ctx: &Context<Restore>, prev: &RestoreStatus, ns: &str, job:
             })
             .await
         }
-        JobOutcome::Failed { reason, message } => fail(ctx, prev, &reason, &format!("restore Job {name} failed: {message}")).await,
+        JobOutcome::Failed { reason, message } => {
+            fail(
+                ctx,
+                prev,
+                &reason,
+                &format!("restore Job {name} failed: {message}"),
+            )
+            .await
+        }
     }
 }
 
 /// A pod (not Succeeded/Failed) that mounts the PVC.
 async fn pod_using(client: &kube::Client, ns: &str, pvc: &str) -> anyhow::Result<Option<String>> {
-    let pods = Api::<Pod>::namespaced(client.clone(), ns).list(&ListParams::default()).await?;
+    let pods = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await?;
     Ok(pods.items.into_iter().find_map(|p| {
-        let phase = p.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+        let phase = p
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.clone())
+            .unwrap_or_default();
         let mounts = p
             .spec
             .as_ref()
             .and_then(|s| s.volumes.as_ref())
-            .is_some_and(|vs| vs.iter().any(|v| v.persistent_volume_claim.as_ref().is_some_and(|c| c.claim_name == pvc)));
+            .is_some_and(|vs| {
+                vs.iter().any(|v| {
+                    v.persistent_volume_claim
+                        .as_ref()
+                        .is_some_and(|c| c.claim_name == pvc)
+                })
+            });
         (mounts && phase != "Succeeded" && phase != "Failed").then(|| p.name_any())
     }))
 }
 
-async fn fail(ctx: &Context<Restore>, prev: &RestoreStatus, reason: &str, msg: &str) -> HandlerResult {
+async fn fail(
+    ctx: &Context<Restore>,
+    prev: &RestoreStatus,
+    reason: &str,
+    msg: &str,
+) -> HandlerResult {
     ctx.event(EventType::Warning, reason, msg).await?;
     set(ctx, prev, RestorePhase::Failed, reason, msg, |s| {
         s.completion_time = Some(Time(jiff::Timestamp::now()));
@@ -182,10 +286,18 @@ async fn set(
     let mut status = prev.clone();
     status.phase = Some(phase);
     let ok = matches!(phase, RestorePhase::Succeeded);
-    conditions::upsert(&mut status.conditions, READY, if ok { "True" } else { "False" }, reason, msg, ctx.object.metadata.generation);
+    conditions::upsert(
+        &mut status.conditions,
+        READY,
+        if ok { "True" } else { "False" },
+        reason,
+        msg,
+        ctx.object.metadata.generation,
+    );
     extra(&mut status);
     if &status != prev {
-        let value = serde_json::to_value(&status).map_err(|e| HandlerError::permanent(format!("encoding status: {e}")))?;
+        let value = serde_json::to_value(&status)
+            .map_err(|e| HandlerError::permanent(format!("encoding status: {e}")))?;
         ctx.patch_status(value).await?;
     }
     Ok(())

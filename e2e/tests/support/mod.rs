@@ -1,0 +1,279 @@
+//! Shared pieces of the backup-operator e2e scenarios: the deployed operator,
+//! S3 fixtures, policy builders and waits on policy status.
+#![allow(dead_code)]
+
+use anyhow::{Context, Result, bail};
+use backup_operator::api::{BackupPolicy, BackupPolicySpec, RUN_NOW_ANNOTATION, StoredBackup};
+use e2e::{Cluster, ClusterKind, TestNamespace, wait_for};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+use tokio::sync::OnceCell;
+
+pub const OPERATOR_NS: &str = "backup-operator-system";
+pub const OPERATOR_DEPLOYMENT: &str = "backup-operator-controller-manager";
+
+/// The repository root (for `make` calls).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Runs `make <args>` in the repository with this cluster's kubeconfig.
+pub fn make(cluster: &Cluster, args: &[&str]) -> Result<()> {
+    let mut cmd = Command::new("make");
+    cmd.current_dir(repo_root()).args(args);
+    if let Some(kc) = &cluster.kubeconfig {
+        cmd.env("KUBECONFIG", kc);
+    }
+    let out = cmd
+        .output()
+        .with_context(|| format!("running make {args:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "make {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+static DEPLOYED: OnceCell<()> = OnceCell::const_new();
+
+/// Deploys the operator with `make deploy` (the local cluster uses the
+/// `config/local` overlay) once per test binary, and waits until it is available.
+pub async fn deployed_operator(cluster: &Cluster) -> Result<()> {
+    DEPLOYED
+        .get_or_try_init(|| async {
+            let img = format!("IMG={}", e2e::operator_image());
+            let target = if cluster.kind == ClusterKind::Local {
+                "deploy-local"
+            } else {
+                "deploy"
+            };
+            make(cluster, &[target, &img])?;
+            scale_operator(cluster, 1).await?;
+            wait_operator_available(cluster).await
+        })
+        .await
+        .map(|_| ())
+}
+
+/// Sets the operator Deployment's replicas.
+pub async fn scale_operator(cluster: &Cluster, replicas: i32) -> Result<()> {
+    let api: Api<Deployment> = Api::namespaced(cluster.client.clone(), OPERATOR_NS);
+    api.patch(
+        OPERATOR_DEPLOYMENT,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"replicas": replicas}})),
+    )
+    .await
+    .context("scaling the operator Deployment")?;
+    Ok(())
+}
+
+/// Waits until the operator Deployment has an available replica.
+pub async fn wait_operator_available(cluster: &Cluster) -> Result<()> {
+    let api: Api<Deployment> = Api::namespaced(cluster.client.clone(), OPERATOR_NS);
+    wait_for(
+        "operator Deployment available",
+        Duration::from_secs(180),
+        || async {
+            let d = api.get(OPERATOR_DEPLOYMENT).await?;
+            let ready = d
+                .status
+                .as_ref()
+                .and_then(|s| s.available_replicas)
+                .unwrap_or(0);
+            Ok((ready >= 1).then_some(()))
+        },
+    )
+    .await
+}
+
+/// An S3 bucket on moto plus the Secrets a policy needs in `ns`.
+pub struct S3Fixture {
+    pub endpoint: String,
+    pub bucket: String,
+}
+
+pub async fn s3_fixture(
+    cluster: &Cluster,
+    ns: &TestNamespace,
+    password: &str,
+) -> Result<S3Fixture> {
+    let endpoint = cluster.s3_endpoint()?;
+    let bucket = e2e::unique_bucket("e2e");
+    e2e::create_bucket(&endpoint, &bucket).await?;
+    put_secret(
+        ns,
+        "s3-creds",
+        &[
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ],
+    )
+    .await?;
+    put_secret(ns, "repo-password", &[("password", password)]).await?;
+    Ok(S3Fixture { endpoint, bucket })
+}
+
+/// Creates or replaces a Secret.
+pub async fn put_secret(ns: &TestNamespace, name: &str, data: &[(&str, &str)]) -> Result<()> {
+    let api: Api<Secret> = ns.api();
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        string_data: Some(
+            data.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+        ),
+        ..Default::default()
+    };
+    api.patch(
+        name,
+        &PatchParams::apply("e2e").force(),
+        &Patch::Apply(&secret),
+    )
+    .await
+    .with_context(|| format!("applying Secret {name}"))?;
+    Ok(())
+}
+
+/// A policy spec backing up `targets` to the fixture's bucket.
+pub fn s3_spec(
+    s3: &S3Fixture,
+    targets: serde_json::Value,
+    schedule: &str,
+    max_backups: u32,
+) -> BackupPolicySpec {
+    serde_json::from_value(serde_json::json!({
+        "targets": targets,
+        "schedule": schedule,
+        "retention": {"maxBackups": max_backups},
+        "destination": {
+            "s3": {"endpoint": s3.endpoint, "bucket": s3.bucket, "credentialsSecretRef": {"name": "s3-creds"}},
+            "repositoryPasswordSecretRef": {"name": "repo-password"}
+        },
+        "job": {"backoffLimit": 0, "activeDeadlineSeconds": 600}
+    }))
+    .expect("a valid policy spec")
+}
+
+pub async fn create_policy(
+    ns: &TestNamespace,
+    name: &str,
+    spec: BackupPolicySpec,
+) -> Result<BackupPolicy> {
+    let api: Api<BackupPolicy> = ns.api();
+    api.create(&PostParams::default(), &BackupPolicy::new(name, spec))
+        .await
+        .with_context(|| format!("creating BackupPolicy {name}"))
+}
+
+/// Sets the run-now annotation to `value` (starts one on-demand backup per PVC).
+pub async fn run_now(ns: &TestNamespace, policy: &str, value: &str) -> Result<()> {
+    let api: Api<BackupPolicy> = ns.api();
+    api.patch(
+        policy,
+        &PatchParams::default(),
+        &Patch::Merge(
+            serde_json::json!({"metadata": {"annotations": {RUN_NOW_ANNOTATION: value}}}),
+        ),
+    )
+    .await
+    .context("annotating run-now")?;
+    Ok(())
+}
+
+/// Waits until `check` holds on the policy, returning it.
+pub async fn wait_policy<F>(
+    ns: &TestNamespace,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    check: F,
+) -> Result<BackupPolicy>
+where
+    F: Fn(&BackupPolicy) -> bool,
+{
+    let api: Api<BackupPolicy> = ns.api();
+    let res = wait_for(what, timeout, || async {
+        let p = api.get(name).await?;
+        Ok(check(&p).then_some(p))
+    })
+    .await;
+    if res.is_err() {
+        if let Ok(p) = api.get(name).await {
+            eprintln!(
+                "policy {name} status at timeout: {}",
+                serde_json::to_string_pretty(&p.status).unwrap_or_default()
+            );
+        }
+    }
+    res
+}
+
+pub fn stored(p: &BackupPolicy) -> Vec<StoredBackup> {
+    p.status
+        .as_ref()
+        .map(|s| s.stored_backups.clone())
+        .unwrap_or_default()
+}
+
+pub fn condition(p: &BackupPolicy, type_: &str) -> Option<(String, String, String)> {
+    p.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// Lists snapshots in a PVC's repository with the mover binary from the test
+/// host (moto is reachable there too), as the repository's own view.
+pub fn repository_snapshots(
+    s3: &S3Fixture,
+    ns: &str,
+    pvc: &str,
+    password: &str,
+) -> Result<Vec<serde_json::Value>> {
+    let mover = repo_root().join("target/debug/backup-mover");
+    if !mover.is_file() {
+        bail!(
+            "{} not built: run cargo build -p backup-mover",
+            mover.display()
+        );
+    }
+    let repo = format!("s3:{}/{}/{ns}/{pvc}", s3.endpoint, s3.bucket);
+    let out = Command::new(&mover)
+        .args(["snapshots", "--repository", &repo, "--json"])
+        .env("RESTIC_PASSWORD", password)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .output()
+        .context("running backup-mover snapshots")?;
+    if !out.status.success() {
+        bail!(
+            "backup-mover snapshots failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("parsing snapshots JSON")?;
+    let list = v
+        .get("snapshots")
+        .and_then(|s| s.as_array())
+        .cloned()
+        .or_else(|| v.as_array().cloned())
+        .unwrap_or_default();
+    Ok(list)
+}
