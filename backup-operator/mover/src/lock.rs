@@ -67,6 +67,10 @@ impl Crypto {
         Ok(Self { key })
     }
 
+    pub fn from_raw(key: [u8; 64]) -> Self {
+        Self { key }
+    }
+
     fn cipher(&self) -> Aes256CtrPoly1305Aes {
         Aes256CtrPoly1305Aes::new(aes256ctr_poly1305aes::Key::from_slice(&self.key))
     }
@@ -99,7 +103,7 @@ impl Crypto {
     }
 }
 
-fn random_bytes(buf: &mut [u8]) -> MResult<()> {
+pub fn random_bytes(buf: &mut [u8]) -> MResult<()> {
     use std::io::Read;
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(buf))
