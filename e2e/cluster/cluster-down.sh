@@ -51,11 +51,11 @@ stop etcd 10
 # before they could stop them).
 for _ in 1 2 3; do
   left=0
-  for procs in $(find /sys/fs/cgroup/*/"${CGROUP_ROOT#/}" -name cgroup.procs 2>/dev/null); do
+  while IFS= read -r procs; do
     while read -r p; do
       kill -KILL "$p" 2>/dev/null && left=1
     done <"$procs"
-  done
+  done < <(find /sys/fs/cgroup/*/"${CGROUP_ROOT#/}" -name cgroup.procs 2>/dev/null)
   ((left)) || break
   sleep 0.5
 done

@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034
 # Shared settings and helpers of the local test cluster scripts (sourced, not run).
 # Everything can be overridden from the environment.
 
