@@ -434,6 +434,7 @@ async fn run_controller<K>(
     let mut tasks: JoinSet<Option<Instant>> = JoinSet::new();
     let mut task_keys: HashMap<tokio::task::Id, Key> = HashMap::new();
     let mut seq: u64 = 0;
+    let mut rx_closed = false;
 
     let schedule = |key: Key,
                     at: Instant,
@@ -505,12 +506,17 @@ async fn run_controller<K>(
         );
         let next_due = due.first_key_value().map(|((t, _), _)| *t);
         tokio::select! {
-            _ = shutdown.changed() => {}
-            msg = rx.recv() => match msg {
+            changed = shutdown.changed() => {
+                // A dropped sender means the operator is gone: stop as well.
+                if changed.is_err() { break; }
+            }
+            msg = rx.recv(), if !rx_closed => match msg {
                 Some((k, at)) => schedule(k, at, &mut due, &mut due_of, &running, &mut dirty, &mut seq),
                 None => {
-                    // All producers gone: only happens on shutdown.
-                    if tasks.is_empty() { break; }
+                    // All producers (watches, resync) ended: keep serving
+                    // what is scheduled, but stop polling the channel.
+                    warn!(kind = %inner.kind, "all event sources ended");
+                    rx_closed = true;
                 }
             },
             Some(res) = tasks.join_next_with_id(), if !tasks.is_empty() => {
@@ -727,8 +733,7 @@ where
                 match self.run_cause(Cause::Delete, &mut cur).await {
                     CauseOutcome::Done | CauseOutcome::Nothing => {
                         if let Err(e) = self.remove_finalizer(&mut cur).await {
-                            warn!(error = %e, "removing the finalizer failed");
-                            return Some(Instant::now() + Duration::from_secs(1));
+                            return Some(retry_after_write_error(&e, "removing the finalizer"));
                         }
                         info!("finalizer removed");
                     }
@@ -742,8 +747,7 @@ where
             && !has_fin(&cur)
             && let Err(e) = self.add_finalizer(&mut cur).await
         {
-            warn!(error = %e, "adding the finalizer failed");
-            return Some(Instant::now() + Duration::from_secs(1));
+            return Some(retry_after_write_error(&e, "adding the finalizer"));
         }
 
         let has_cause_handlers = self.handlers.iter().any(|h| {
@@ -1435,6 +1439,20 @@ where
         }
         st.invalid_reported = Some(msg.to_string());
     }
+}
+
+/// Logs a failed metadata write and says when to look again: a conflict
+/// (the object changed meanwhile; its new version is on its way through the
+/// watch) is retried soon and quietly, anything else after a second.
+fn retry_after_write_error(e: &Error, what: &str) -> Instant {
+    if let Error::Kube(kube::Error::Api(s)) = e
+        && s.code == 409
+    {
+        debug!(error = %e, "{what}: conflict, retrying with the newer version");
+        return Instant::now() + Duration::from_millis(200);
+    }
+    warn!(error = %e, "{what} failed");
+    Instant::now() + Duration::from_secs(1)
 }
 
 fn conditions_of(raw: &Value) -> Vec<Condition> {
