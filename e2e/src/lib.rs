@@ -879,3 +879,59 @@ impl LocalProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_round_trip_matches_sha256sum_format() {
+        let files = BTreeMap::from([
+            ("a.txt".to_string(), b"abc".to_vec()),
+            ("d/empty".to_string(), Vec::new()),
+        ]);
+        let m = manifest_of(&files);
+        // sha256("abc") and sha256("") as sha256sum prints them.
+        let text = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad  ./a.txt\n\
+                    e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855  ./d/empty\n";
+        assert_eq!(parse_manifest(text).expect("parses"), m);
+    }
+
+    #[test]
+    fn parse_manifest_rejects_garbage() {
+        assert!(parse_manifest("not a checksum line").is_err());
+        assert!(parse_manifest("abc  ./short-sum").is_err());
+        assert!(parse_manifest("\n\n").expect("empty is fine").is_empty());
+    }
+
+    #[tokio::test]
+    async fn wait_for_returns_value_or_times_out_naming_what() {
+        let mut n = 0;
+        let v = wait_for("third try", Duration::from_secs(5), || {
+            n += 1;
+            let n = n;
+            async move { Ok((n >= 3).then_some(n)) }
+        })
+        .await
+        .expect("succeeds on the third try");
+        assert_eq!(v, 3);
+        let err = wait_for::<(), _, _>("never", Duration::from_millis(300), || async {
+            Err(anyhow!("still broken"))
+        })
+        .await
+        .expect_err("times out");
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("never") && msg.contains("still broken"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn bucket_names_are_unique_and_lowercase() {
+        let a = unique_bucket("E2E-Test");
+        let b = unique_bucket("E2E-Test");
+        assert!(a.starts_with("e2e-test-"));
+        assert_ne!(a, b);
+    }
+}
