@@ -94,6 +94,17 @@
 //!   is unfinished, so a restarted operator neither reruns finished handlers
 //!   nor forgets a pending backoff. When all are done the progress annotation
 //!   is removed and the last-handled configuration is stored, in one patch.
+//! * Event handlers ([`on_event`]) are level-triggered: they run on every
+//!   cycle of an existing object that is not being deleted — after watch
+//!   events (including those caused by the operator's own writes), changes
+//!   of owned/watched children, and each resync — so they must be
+//!   idempotent and should write only what differs (as
+//!   [`Context::patch_status`] does by itself). They keep no progress on the
+//!   object; failures are retried with the handler's backoff (kept in memory;
+//!   reset early when the object's `generation` changes).
+//! * Timers ([`on_timer`]) run every `interval` (after `initial_delay` from
+//!   the first sight of the object in this process) while the object exists
+//!   and is not being deleted; they stop when it is gone.
 //! * Nothing is written when nothing changed: a resync of a handled object
 //!   makes no write requests (unless your event handlers write).
 //!
