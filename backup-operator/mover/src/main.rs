@@ -117,6 +117,11 @@ enum Cmd {
         #[arg(long)]
         prune: bool,
     },
+    /// Create the repository if it does not exist (backup does this itself)
+    Init {
+        #[command(flatten)]
+        common: Common,
+    },
     /// Hold a restic-compatible lock for some seconds (tests, maintenance)
     #[command(hide = true)]
     Lock {
@@ -245,6 +250,13 @@ fn run(cmd: Cmd, r: &mut MoverResult) -> MResult<()> {
                 r,
             )
         }
+        Cmd::Init { common } => {
+            let (be, o) = connect(&common)?;
+            repo::open_or_init(&be, &o, true)?;
+            r.time = Some(jiff::Timestamp::now().to_string());
+            r.ok = true;
+            Ok(())
+        }
         Cmd::Lock {
             common,
             exclusive,
@@ -276,6 +288,7 @@ fn main() -> ExitCode {
         Cmd::Restore { common, .. } => ("restore", common.clone()),
         Cmd::Snapshots { common, .. } => ("snapshots", common.clone()),
         Cmd::Forget { common, .. } => ("forget", common.clone()),
+        Cmd::Init { common } => ("init", common.clone()),
         Cmd::Lock { common, .. } => ("lock", common.clone()),
     };
     let mut r = MoverResult::new(op);

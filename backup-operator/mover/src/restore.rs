@@ -36,12 +36,29 @@ struct FileJob {
     node: Node,
 }
 
-struct Unit {
+/// One blob to place into one file.
+struct BlobRef {
     file: usize,
-    first_blob: usize,
-    end_blob: usize,
-    offset: u64,
+    file_offset: u64,
+    id: DataId,
+    pack: PackId,
+    offset: u32,
+    length: u32,
+    uncompressed: Option<u32>,
 }
+
+/// A unit of work: blobs of one pack read with one ranged request (possibly
+/// spanning blobs of other files), written to their files.
+struct Unit {
+    blobs: Vec<BlobRef>,
+}
+
+/// Files with at most this many blobs are grouped by pack position
+/// (many small files per request, like restic); bigger files are cut into
+/// runs of consecutive blobs.
+const LOOSE_MAX_BLOBS: usize = 4;
+/// Largest gap of unneeded bytes read through to join two blobs.
+const MAX_GAP: u32 = 256 * 1024;
 
 #[derive(Debug, Default)]
 pub struct ContentStats {
@@ -90,8 +107,7 @@ pub fn restore_contents(
     }
 
     // Create/size all files first so units can be written in any order.
-    let mut units = Vec::new();
-    for (i, job) in jobs.iter().enumerate() {
+    for job in &jobs {
         if let Some(parent) = job.path.parent() {
             std::fs::create_dir_all(parent).ctx(&format!("creating {}", parent.display()))?;
         }
@@ -114,38 +130,8 @@ pub fn restore_contents(
             .ctx(&format!("creating {}", job.path.display()))?;
         f.set_len(job.size)
             .ctx(&format!("sizing {}", job.path.display()))?;
-        let blobs = job.node.content.as_ref().map_or(0, Vec::len);
-        let mut first = 0;
-        while first < blobs {
-            let end = (first + BLOBS_PER_UNIT).min(blobs);
-            units.push(Unit {
-                file: i,
-                first_blob: first,
-                end_blob: end,
-                offset: 0,
-            });
-            first = end;
-        }
     }
-    // File offsets of each unit need blob lengths from the index.
-    let mut lens: Vec<Vec<u32>> = Vec::with_capacity(jobs.len());
-    for job in &jobs {
-        let mut v = Vec::new();
-        for id in job.node.content.iter().flatten() {
-            let ie = repo
-                .get_index_entry(id)
-                .ctx(&format!("blob of {} missing in index", job.path.display()))?;
-            v.push(ie.location.data_length());
-        }
-        lens.push(v);
-    }
-    for u in &mut units {
-        u.offset = lens[u.file][..u.first_blob]
-            .iter()
-            .map(|l| u64::from(*l))
-            .sum();
-    }
-
+    let units = plan_units(repo, &jobs)?;
     let next = AtomicUsize::new(0);
     let bytes = AtomicU64::new(0);
     let failure: Mutex<Option<MoverError>> = Mutex::new(None);
@@ -160,12 +146,12 @@ pub fn restore_contents(
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(unit) = units.get(i) else { return };
                     let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        write_unit(repo, be, crypto, &jobs[unit.file], unit)
+                        write_unit(be, crypto, &jobs, unit)
                     }))
                     .unwrap_or_else(|_| {
                         Err(MoverError::new(
                             ErrorKind::Other,
-                            format!("restoring {} panicked", jobs[unit.file].path.display()),
+                            "restoring file contents panicked",
                         ))
                     });
                     match res {
@@ -205,108 +191,156 @@ pub fn restore_contents(
     })
 }
 
-struct Loc {
-    id: DataId,
-    pack: PackId,
-    offset: u32,
-    length: u32,
-    uncompressed: Option<u32>,
-}
-
-fn write_unit(
+fn blob_refs(
     repo: &Repository<IndexedFullStatus>,
-    be: &Arc<dyn WriteBackend>,
-    crypto: &Crypto,
+    file: usize,
     job: &FileJob,
-    unit: &Unit,
-) -> MResult<u64> {
-    let ids = job
-        .node
-        .content
-        .as_ref()
-        .map(|c| &c[unit.first_blob..unit.end_blob])
-        .unwrap_or(&[]);
-    let mut locs = Vec::with_capacity(ids.len());
-    for id in ids {
+) -> MResult<Vec<BlobRef>> {
+    let mut out = Vec::new();
+    let mut pos = 0u64;
+    for id in job.node.content.iter().flatten() {
         let ie = repo
             .get_index_entry(id)
             .ctx(&format!("blob of {} missing in index", job.path.display()))?;
-        locs.push(Loc {
+        out.push(BlobRef {
+            file,
+            file_offset: pos,
             id: *id,
             pack: ie.pack,
             offset: ie.location.offset,
             length: ie.location.length,
             uncompressed: ie.location.uncompressed_length.map(|n| n.get()),
         });
+        pos += u64::from(ie.location.data_length());
     }
-    let file = OpenOptions::new()
-        .write(true)
-        .open(&job.path)
-        .ctx(&format!("opening {}", job.path.display()))?;
-    let mut pos = unit.offset;
+    Ok(out)
+}
+
+/// Splits blobs (sorted by pack and offset) into units of one ranged read.
+fn group(blobs: Vec<BlobRef>, units: &mut Vec<Unit>, allow_gaps: bool) {
+    let mut cur: Vec<BlobRef> = Vec::new();
+    let (mut start, mut end) = (0u32, 0u32);
+    for b in blobs {
+        let joins = cur.last().is_some_and(|l| {
+            l.pack == b.pack
+                && b.offset >= start
+                && (b.offset <= end || (allow_gaps && b.offset - end <= MAX_GAP))
+                && b.offset.saturating_add(b.length).max(end) - start <= MAX_READ
+        });
+        if !joins && !cur.is_empty() {
+            units.push(Unit {
+                blobs: std::mem::take(&mut cur),
+            });
+        }
+        if cur.is_empty() {
+            start = b.offset;
+            end = b.offset;
+        }
+        end = end.max(b.offset + b.length);
+        cur.push(b);
+    }
+    if !cur.is_empty() {
+        units.push(Unit { blobs: cur });
+    }
+}
+
+fn plan_units(repo: &Repository<IndexedFullStatus>, jobs: &[FileJob]) -> MResult<Vec<Unit>> {
+    let mut units = Vec::new();
+    let mut loose = Vec::new();
+    for (i, job) in jobs.iter().enumerate() {
+        let n = job.node.content.as_ref().map_or(0, Vec::len);
+        if n == 0 {
+            continue;
+        }
+        let refs = blob_refs(repo, i, job)?;
+        if n <= LOOSE_MAX_BLOBS {
+            loose.extend(refs);
+        } else {
+            // Consecutive blobs of a big file, at most BLOBS_PER_UNIT per unit.
+            let mut it = refs.into_iter().peekable();
+            while it.peek().is_some() {
+                let chunk: Vec<BlobRef> = it.by_ref().take(BLOBS_PER_UNIT).collect();
+                group(chunk, &mut units, false);
+            }
+        }
+    }
+    loose.sort_by_key(|b| (b.pack, b.offset));
+    group(loose, &mut units, true);
+    Ok(units)
+}
+
+fn write_unit(
+    be: &Arc<dyn WriteBackend>,
+    crypto: &Crypto,
+    jobs: &[FileJob],
+    unit: &Unit,
+) -> MResult<u64> {
+    let Some(first) = unit.blobs.first() else {
+        return Ok(0);
+    };
+    let start = unit
+        .blobs
+        .iter()
+        .map(|b| b.offset)
+        .min()
+        .unwrap_or(first.offset);
+    let end = unit
+        .blobs
+        .iter()
+        .map(|b| b.offset + b.length)
+        .max()
+        .unwrap_or(start);
+    let what = || jobs[first.file].path.display().to_string();
+    let data = be
+        .read_partial(FileType::Pack, &first.pack, false, start, end - start)
+        .ctx(&format!("reading pack {} for {}", first.pack, what()))?;
+    if data.len() != (end - start) as usize {
+        return Err(MoverError::new(
+            ErrorKind::Other,
+            format!("short read from pack {} for {}", first.pack, what()),
+        ));
+    }
+    let mut open: Option<(usize, File)> = None;
     let mut written = 0u64;
-    let mut i = 0;
-    while i < locs.len() {
-        // Coalesce blobs stored back to back in the same pack.
-        let start = locs[i].offset;
-        let mut end = start + locs[i].length;
-        let mut j = i + 1;
-        while j < locs.len()
-            && locs[j].pack == locs[i].pack
-            && locs[j].offset == end
-            && end - start + locs[j].length <= MAX_READ
-        {
-            end += locs[j].length;
-            j += 1;
-        }
-        let data = be
-            .read_partial(FileType::Pack, &locs[i].pack, false, start, end - start)
-            .ctx(&format!(
-                "reading pack {} for {}",
-                locs[i].pack,
-                job.path.display()
-            ))?;
-        if data.len() != (end - start) as usize {
-            return Err(MoverError::new(
-                ErrorKind::Other,
-                format!("short read from pack {}", locs[i].pack),
-            ));
-        }
-        for l in &locs[i..j] {
-            let a = (l.offset - start) as usize;
-            let b = a + l.length as usize;
-            let plain = crypto.decrypt(&data[a..b]).ok_or_else(|| {
+    for b in &unit.blobs {
+        let path = &jobs[b.file].path;
+        let a = (b.offset - start) as usize;
+        let plain = crypto
+            .decrypt(&data[a..a + b.length as usize])
+            .ok_or_else(|| {
                 MoverError::new(
                     ErrorKind::Other,
-                    format!(
-                        "blob {} of {} failed authentication",
-                        l.id,
-                        job.path.display()
-                    ),
+                    format!("blob {} of {} failed authentication", b.id, path.display()),
                 )
             })?;
-            let plain = match l.uncompressed {
-                Some(n) => {
-                    let mut out = Vec::with_capacity(n as usize);
-                    zstd::stream::copy_decode(&plain[..], &mut out)
-                        .ctx(&format!("decompressing blob {}", l.id))?;
-                    out
-                }
-                None => plain,
-            };
-            let hash: [u8; 32] = Sha256::digest(&plain).into();
-            if rustic_core::Id::new(hash) != l.id.into_inner() {
-                return Err(MoverError::new(
-                    ErrorKind::Other,
-                    format!("blob {} of {} has a wrong hash", l.id, job.path.display()),
-                ));
+        let plain = match b.uncompressed {
+            Some(n) => {
+                let mut out = Vec::with_capacity(n as usize);
+                zstd::stream::copy_decode(&plain[..], &mut out)
+                    .ctx(&format!("decompressing blob {}", b.id))?;
+                out
             }
-            file.write_all_at(&plain, pos)
-                .ctx(&format!("writing {}", job.path.display()))?;
-            pos += plain.len() as u64;
-            written += plain.len() as u64;
+            None => plain,
+        };
+        let hash: [u8; 32] = Sha256::digest(&plain).into();
+        if rustic_core::Id::new(hash) != b.id.into_inner() {
+            return Err(MoverError::new(
+                ErrorKind::Other,
+                format!("blob {} of {} has a wrong hash", b.id, path.display()),
+            ));
         }
-        i = j;
+        if open.as_ref().is_none_or(|(f, _)| *f != b.file) {
+            let f = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .ctx(&format!("opening {}", path.display()))?;
+            open = Some((b.file, f));
+        }
+        if let Some((_, f)) = &open {
+            f.write_all_at(&plain, b.file_offset)
+                .ctx(&format!("writing {}", path.display()))?;
+        }
+        written += plain.len() as u64;
     }
     Ok(written)
 }

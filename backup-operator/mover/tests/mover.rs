@@ -234,6 +234,13 @@ fn make_tree(root: &Path) {
     std::fs::write(root.join("empty.txt"), "").expect("w");
     std::fs::write(root.join("run.sh"), "#!/bin/sh\necho hi\n").expect("w");
     std::fs::hard_link(root.join("random.bin"), root.join("hardlink.bin")).expect("hardlink");
+    // A file of many chunks, and many small files sharing packs.
+    std::fs::write(root.join("big.bin"), prng_bytes(2, 12 * MIB as usize + 777)).expect("w");
+    std::fs::create_dir_all(root.join("many")).expect("mkdir");
+    for i in 0..300u64 {
+        let n = 100 + (i as usize * 997) % 9000;
+        std::fs::write(root.join(format!("many/f{i:03}")), prng_bytes(1000 + i, n)).expect("w");
+    }
     symlink("docs/readme.txt", root.join("link")).expect("symlink");
     symlink("does/not/exist", root.join("dangling")).expect("symlink");
     chmod(&root.join("run.sh"), 0o755);

@@ -340,6 +340,9 @@ fn run_target(o: &Opts, t: &Target, big: &Path, small: &Path) -> Res<()> {
         c
     };
     run(init, "restic init")?;
+    let mut init = env_cmd(&o.mover);
+    init.args(["init", "--repository", &t.mover_repo]);
+    run(init, "mover init")?;
     let big_bytes = dir_bytes(big);
     let small_bytes = dir_bytes(small);
     let n = t.name;
