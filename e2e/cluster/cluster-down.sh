@@ -11,6 +11,15 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
 
 [ -d "$STATE" ] || { echo "no local cluster state in $STATE"; exit 0; }
+alive=$(alive_components)
+if [ -n "$alive" ] && [ -f "$STATE/settings" ] && [ "$(cat "$STATE/settings")" != "$(settings)" ] && [ "${KB_FORCE:-}" != 1 ]; then
+  cat >&2 <<EOF
+error: the cluster in $STATE was started with other settings:
+  $(cat "$STATE/settings")
+  run cluster-down with those settings, or set KB_FORCE=1 to stop it with these.
+EOF
+  exit 1
+fi
 ctr_() { timeout 20 ctr --address "$CONTAINERD_SOCK" -n k8s.io "$@"; }
 
 "$HERE/moto-down.sh"
@@ -124,6 +133,7 @@ if [ -f "$STATE/bridge-created" ]; then
   rm -f "$STATE/bridge-created"
 fi
 
+rm -f "$STATE/settings"
 rm -rf "$STATE/etcd" "$STATE/kubelet/root" "$STATE/containerd/state" "$STATE/containerd/runc" \
   "$STATE/cni" "$STATE/pod-logs" "$STATE/volumes" "$STATE/s3-endpoint" "$PIDS"
 [ "${KB_KEEP_LOGS:-}" = 1 ] || rm -rf "$LOGS"

@@ -22,6 +22,17 @@ EOF
 }
 
 # --- already running? --------------------------------------------------------
+alive=$(alive_components)
+if [ -n "$alive" ] && [ -f "$STATE/settings" ] && [ "$(cat "$STATE/settings")" != "$(settings)" ]; then
+  cat >&2 <<EOF
+error: a local cluster with other settings runs from $STATE
+  (alive: $alive)
+  it was started with: $(cat "$STATE/settings")
+  this cluster-up has: $(settings)
+  Stop it first with the same settings ('make cluster-down'), or use another KB_STATE/KB_CACHE.
+EOF
+  exit 1
+fi
 if pid_of kube-apiserver >/dev/null && api_ready && pid_of kubelet >/dev/null; then
   echo "the local cluster is already running"
   # Bring back the helpers if one of them died.
@@ -34,8 +45,16 @@ if pid_of kube-apiserver >/dev/null && api_ready && pid_of kubelet >/dev/null; t
   print_usage
   exit 0
 fi
+if [ -n "$alive" ]; then
+  # Partly running (a component died): never tear down what may still be in use.
+  cat >&2 <<EOF
+error: the local cluster in $STATE is only partly running (alive: $alive).
+  See $LOGS for why a component stopped, then run 'make cluster-down' and 'make cluster-up'.
+EOF
+  exit 1
+fi
 if compgen -G "$PIDS/*.pid" >/dev/null; then
-  log "found leftovers of an earlier cluster; cleaning up first"
+  log "found leftovers of an earlier cluster (no process alive); cleaning up first"
   "$HERE/cluster-down.sh"
 fi
 
@@ -96,6 +115,7 @@ mkdir -p "$PIDS" "$LOGS" "$PKI" "$STATE/volumes" "$STATE/kubelet/root" "$STATE/p
 
 # --- PKI (kept across runs) ----------------------------------------------------
 "$HERE/pki.sh" "$PKI" "$NODE_IP" "$NODE_NAME"
+settings >"$STATE/settings"
 
 write_kubeconfig() { # FILE CERT KEY USER
   cat >"$1" <<EOF

@@ -2,14 +2,15 @@
 # Everything lives in ~/.cache/kube-backup (override with KB_CACHE / KB_STATE).
 
 KB_CLUSTER_DIR := e2e/cluster
-KB_STATE ?= $(HOME)/.cache/kube-backup/cluster
+KB_CACHE ?= $(HOME)/.cache/kube-backup
+KB_STATE ?= $(KB_CACHE)/cluster
 KUBECONFIG_LOCAL ?= $(KB_STATE)/kubeconfig
 S3_ENDPOINT_FILE ?= $(KB_STATE)/s3-endpoint
 IMG ?= localhost/backup-operator:dev
 KIND ?= kind
 KIND_CLUSTER ?= kube-backup
 KIND_NODE_IMAGE ?=
-export KB_STATE
+export KB_CACHE KB_STATE
 
 ##@ Local cluster
 .PHONY: cluster-up cluster-down cluster-purge cluster-status k8s-binaries moto-up moto-down image image-load images-base kind-up kind-down

@@ -45,6 +45,24 @@ PKI=$STATE/pki
 # The sysctls kubelet sets; saved before it starts, restored on cluster-down.
 KUBELET_SYSCTLS="vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys kernel.keys.root_maxbytes"
 
+# The settings a cluster was started with (written to $STATE/settings):
+# a cluster-up with other settings must not mistake that cluster for its own.
+settings() {
+  echo "K8S_VERSION=$K8S_VERSION ETCD_VERSION=$ETCD_VERSION APISERVER_PORT=$APISERVER_PORT ETCD_PORT=$ETCD_PORT" \
+    "NODE_IP=$NODE_IP BRIDGE=$BRIDGE POD_SUBNET=$POD_SUBNET NODE_NAME=$NODE_NAME CGROUP_ROOT=$CGROUP_ROOT MOTO_PORT=$MOTO_PORT"
+}
+
+# alive_components: the recorded components whose processes still run.
+alive_components() {
+  local f n
+  for f in "$PIDS"/*.pid; do
+    [ -e "$f" ] || continue
+    n=$(basename "$f" .pid)
+    pid_of "$n" >/dev/null && printf '%s ' "$n"
+  done
+  return 0
+}
+
 log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
