@@ -33,7 +33,16 @@ error: a local cluster with other settings runs from $STATE
 EOF
   exit 1
 fi
-if pid_of kube-apiserver >/dev/null && api_ready && pid_of kubelet >/dev/null; then
+dead=
+for c in etcd containerd kube-apiserver kube-controller-manager kube-scheduler kubelet; do
+  pid_of "$c" >/dev/null || dead="$dead$c "
+done
+api_ok=0
+if [ -n "$alive" ] && [ -z "$dead" ]; then
+  # A busy machine can make /readyz slow: give it some time before judging.
+  for _ in $(seq 1 15); do api_ready && { api_ok=1; break; }; sleep 1; done
+fi
+if ((api_ok)); then
   echo "the local cluster is already running"
   # Bring back the helpers if one of them died.
   "$HERE/moto-up.sh" || true
@@ -47,11 +56,10 @@ if pid_of kube-apiserver >/dev/null && api_ready && pid_of kubelet >/dev/null; t
 fi
 if [ -n "$alive" ]; then
   # Partly running (a component died): never tear down what may still be in use.
-  cat >&2 <<EOF
-error: the local cluster in $STATE is only partly running (alive: $alive).
-  See $LOGS for why a component stopped, then run 'make cluster-down' and 'make cluster-up'.
-EOF
-  exit 1
+  first_dead=${dead%% *}
+  [ -n "$first_dead" ] || first_dead=kube-apiserver
+  fail_component "$first_dead" "the local cluster in $STATE is only partly running (alive: $alive; stopped: ${dead:-none, but the API server is not ready}).
+  Run 'make cluster-down' and then 'make cluster-up' to restart it."
 fi
 if compgen -G "$PIDS/*.pid" >/dev/null; then
   log "found leftovers of an earlier cluster (no process alive); cleaning up first"
