@@ -72,6 +72,8 @@ pid_of() {
   [ -f "$f" ] || return 1
   pid=$(cat "$f")
   [ -n "$pid" ] && [ -d "/proc/$pid" ] || return 1
+  # A zombie (exited, not yet reaped by whoever inherited it) is not running.
+  [ "$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $1}')" != Z ] || return 1
   # Guard against a recycled PID: the process must have the recorded start time.
   if [ -f "$PIDS/$1.start" ]; then
     [ "$(start_time "$pid")" = "$(cat "$PIDS/$1.start")" ] || return 1
