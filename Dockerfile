@@ -26,7 +26,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
 FROM scratch
 COPY --from=runtime-files /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY --from=runtime-files /usr/share/zoneinfo /usr/share/zoneinfo
-COPY --from=runtime-files /rootfs/tmp /tmp
+COPY --from=runtime-files /rootfs/ /
 COPY --from=builder /out/backup-operator /backup-operator
 COPY --from=builder /out/backup-mover /backup-mover
 ENV PATH=/ SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
