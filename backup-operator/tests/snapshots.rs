@@ -135,7 +135,9 @@ impl Drop for TestNs {
             {
                 rt.block_on(async {
                     let api: Api<Namespace> = Api::all(client);
-                    let _ = api.delete(&name, &DeleteParams::background()).await;
+                    let dp = DeleteParams::background();
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(10), api.delete(&name, &dp)).await;
                 });
             }
         })
@@ -307,7 +309,9 @@ async fn snapshots_on_schedule_retention_restore_and_copy_source() {
     assert_eq!(written.lines().count(), 2, "writer output: {written:?}");
 
     // "Every minute", created 10 minutes before `base`: one run due at base.
-    let base = minute_floor(Timestamp::now());
+    // The runs are simulated in the recent past (so that the ready deadline,
+    // measured from creationTimestamp, is never exceeded by a simulated clock).
+    let base = minute_floor(Timestamp::now()) - SignedDuration::from_mins(20);
     let p = policy(
         &ns.name,
         "every-minute",
@@ -390,8 +394,8 @@ async fn snapshots_on_schedule_retention_restore_and_copy_source() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
-    // Operator "down" for 10 minutes: exactly one catch-up snapshot.
-    let later = base + SignedDuration::from_mins(12) + SignedDuration::from_secs(20);
+    // Operator "down" for ~18 minutes (until the real now): exactly one catch-up snapshot.
+    let later = Timestamp::now();
     let out = snapshot::reconcile_snapshots(&client, &p, &targets, later)
         .await
         .expect("reconcile");
@@ -406,11 +410,23 @@ async fn snapshots_on_schedule_retention_restore_and_copy_source() {
         2,
         "retention keeps two: {catch_up:?}"
     );
-    let listed = snaps
-        .list(&ListParams::default())
-        .await
-        .expect("list snapshots");
-    assert_eq!(listed.items.len(), 2, "no burst, no leftovers");
+    // No burst and no leftovers (a deleted snapshot may linger on its finalizers briefly).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed = snaps
+            .list(&ListParams::default())
+            .await
+            .expect("list snapshots");
+        if listed.items.len() == 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} snapshots left, want 2",
+            listed.items.len()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 
     // Restore from the newest snapshot: the same bytes.
     let newest = catch_up.stored_backups[0].name.clone();

@@ -235,18 +235,23 @@ impl Backend {
 pub struct OpenOpts {
     pub password: String,
     pub cache_dir: Option<PathBuf>,
+    _tmp_cache: Option<TempCache>,
+}
+
+/// A per-run cache directory, removed when the run ends.
+struct TempCache(PathBuf);
+
+impl Drop for TempCache {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 pub fn open_opts_from_env() -> MResult<OpenOpts> {
-    let password = std::env::var("RESTIC_PASSWORD")
-        .ok()
-        .filter(|p| !p.is_empty());
+    let password = std::env::var("RESTIC_PASSWORD").ok().filter(|p| !p.is_empty());
     let password = match password {
         Some(p) => p,
-        None => match std::env::var("RESTIC_PASSWORD_FILE")
-            .ok()
-            .filter(|p| !p.is_empty())
-        {
+        None => match std::env::var("RESTIC_PASSWORD_FILE").ok().filter(|p| !p.is_empty()) {
             Some(file) => std::fs::read_to_string(&file)
                 .ctx(&format!("reading RESTIC_PASSWORD_FILE {file}"))?
                 .trim_end_matches(['\n', '\r'])
@@ -259,13 +264,31 @@ pub fn open_opts_from_env() -> MResult<OpenOpts> {
             }
         },
     };
-    let cache_dir = std::env::var("MOVER_CACHE_DIR")
-        .ok()
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from);
+    // MOVER_CACHE_DIR=<dir>: persistent cache; "none": no cache; unset: a
+    // throw-away cache under $TMPDIR for this run (tree packs are then read
+    // once per run instead of once per tree walk).
+    let (cache_dir, tmp) = match std::env::var("MOVER_CACHE_DIR").ok().filter(|p| !p.is_empty()) {
+        Some(v) if v == "none" => (None, None),
+        Some(dir) => (Some(PathBuf::from(dir)), None),
+        None => {
+            let dir = std::env::temp_dir().join(format!(
+                "backup-mover-cache-{}-{:08x}",
+                std::process::id(),
+                random_u64() as u32
+            ));
+            match std::fs::create_dir_all(&dir) {
+                Ok(()) => (Some(dir.clone()), Some(TempCache(dir))),
+                Err(e) => {
+                    log::warn!("no cache: creating {}: {e}", dir.display());
+                    (None, None)
+                }
+            }
+        }
+    };
     Ok(OpenOpts {
         password,
         cache_dir,
+        _tmp_cache: tmp,
     })
 }
 
