@@ -948,6 +948,8 @@ where
         let span = info_span!("handler", id = %h.id, cause = %ctx.cause, retry = ctx.retry);
         let fut = (h.func)(ctx).instrument(span.clone());
         let mut task = tokio::spawn(fut);
+        // If this cycle is cancelled (shutdown timeout), cancel the handler too.
+        let _cancel_with_cycle = AbortGuard(task.abort_handle());
         let res = match h.timeout {
             Some(t) => match tokio::time::timeout(t, &mut task).await {
                 Ok(r) => r,
@@ -1438,6 +1440,14 @@ where
             }
         }
         st.invalid_reported = Some(msg.to_string());
+    }
+}
+
+struct AbortGuard(tokio::task::AbortHandle);
+
+impl Drop for AbortGuard {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

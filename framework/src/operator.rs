@@ -146,7 +146,11 @@ impl Operator {
                 // Bind eagerly so that a bad address is an error of `run`.
                 let probe = tokio::net::TcpListener::bind(addr).await?;
                 drop(probe);
-                Some(tokio::spawn(crate::metrics::serve(addr, listener_metrics)))
+                Some(AbortOnDrop(vec![tokio::spawn(async move {
+                    if let Err(e) = crate::metrics::serve(addr, listener_metrics).await {
+                        warn!(error = %e, "metrics endpoint failed");
+                    }
+                })]))
             }
             None => None,
         };
@@ -167,19 +171,13 @@ impl Operator {
             }
             Some(le) => self.run_with_lease(rt, le, &mut signal).await,
         };
-        if let Some(s) = server {
-            s.abort();
-        }
+        drop(server);
         self.metrics.set_ready(false);
         self.metrics.set_leader(false);
         result
     }
 
-    fn start(
-        &self,
-        rt: Arc<Runtime>,
-        stop: watch::Receiver<bool>,
-    ) -> Vec<tokio::task::JoinHandle<()>> {
+    fn start(&self, rt: Arc<Runtime>, stop: watch::Receiver<bool>) -> AbortOnDrop {
         self.metrics.set_unsynced(self.controllers.len());
         let handles: Vec<_> = self
             .controllers
@@ -187,7 +185,7 @@ impl Operator {
             .map(|c| tokio::spawn(c.run(rt.clone(), stop.clone())))
             .collect();
         self.metrics.set_ready(true);
-        handles
+        AbortOnDrop(handles)
     }
 
     async fn run_with_lease(
@@ -251,7 +249,20 @@ impl Operator {
     }
 }
 
-async fn wait_all(handles: &mut Vec<tokio::task::JoinHandle<()>>) {
+/// Spawned tasks that are aborted when this is dropped (e.g. when the
+/// operator's `run` future is dropped), so no controller outlives its operator.
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
+}
+
+async fn wait_all(tasks: &mut AbortOnDrop) {
+    let handles = &mut tasks.0;
     // Remove each handle right after it completed: a JoinHandle must not be
     // polled again after it returned (this future may be dropped mid-way).
     while let Some(h) = handles.first_mut() {

@@ -1145,3 +1145,70 @@ async fn max_in_flight_limits_objects_processed_at_once() {
     running.stop().await;
     cleanup(&client, &ns).await;
 }
+
+#[tokio::test]
+async fn a_crashed_leader_is_replaced_after_the_lease_expires() {
+    let Some(client) = client("a_crashed_leader_is_replaced_after_the_lease_expires").await else {
+        return;
+    };
+    let ns = namespace(&client, "crash").await;
+    let handled: Log = log();
+    let make = |id: &'static str| {
+        let h = handled.clone();
+        let handler = Handler::on_create("who", move |ctx: Context<FwTest>| {
+            let h = h.clone();
+            async move {
+                push(&h, format!("{id}:{}", ctx.name()));
+                Ok(())
+            }
+        });
+        Operator::new(client.clone(), PREFIX)
+            .config(OperatorConfig {
+                leader_election: Some(LeaderElection::new("fwtest-crash", ns.clone(), id)),
+                lease_duration: Duration::from_secs(3),
+                lease_renew_interval: Duration::from_millis(500),
+                ..config()
+            })
+            .controller(controller(&client, &ns).handler(handler))
+    };
+    let r1 = start(make("crashy"));
+    eventually(Duration::from_secs(10), "crashy leads", || async {
+        r1.metrics.is_leader().then_some(())
+    })
+    .await;
+    let r2 = start(make("standby"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!r2.metrics.is_leader());
+    let crashed_at = Instant::now();
+    r1.crash().await;
+    let took_over = eventually(Duration::from_secs(20), "standby takes over", || async {
+        r2.metrics.is_leader().then_some(crashed_at.elapsed())
+    })
+    .await;
+    assert!(
+        took_over >= Duration::from_secs(2),
+        "the lease was not released, so the standby waited for it to expire ({took_over:?})"
+    );
+    let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
+    api.create(&PostParams::default(), &obj("after", "v"))
+        .await
+        .expect("create");
+    eventually(
+        Duration::from_secs(20),
+        "handled by the standby",
+        || async {
+            entries(&handled)
+                .contains(&"standby:after".to_string())
+                .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        entries(&handled),
+        vec!["standby:after".to_string()],
+        "the crashed replica handles nothing"
+    );
+    r2.stop().await;
+    cleanup(&client, &ns).await;
+}

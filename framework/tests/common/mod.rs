@@ -237,6 +237,13 @@ pub fn start(op: Operator) -> Running {
 }
 
 impl Running {
+    /// Simulates a crash: the operator's future is dropped without a graceful
+    /// shutdown (no lease release).
+    pub async fn crash(mut self) {
+        self.handle.abort();
+        let _ = (&mut self.handle).await;
+    }
+
     pub async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
