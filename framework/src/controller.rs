@@ -1107,7 +1107,7 @@ where
                         None
                     });
                     rec.retries += 1;
-                    rec.message = Some(e.message());
+                    rec.message = Some(truncate(&e.message(), 1024));
                     let exhausted = limit.is_some_and(|l| rec.retries > l);
                     let permanent = e.is_permanent() || exhausted;
                     let mut delay = None;
@@ -1116,10 +1116,13 @@ where
                         rec.stopped = Some(Timestamp::now());
                         rec.delayed = None;
                         if exhausted && !e.is_permanent() {
-                            rec.message = Some(format!(
-                                "gave up after {} failed runs: {}",
-                                rec.retries,
-                                e.message()
+                            rec.message = Some(truncate(
+                                &format!(
+                                    "gave up after {} failed runs: {}",
+                                    rec.retries,
+                                    e.message()
+                                ),
+                                1024,
                             ));
                         }
                     } else {
@@ -1129,6 +1132,11 @@ where
                         };
                         rec.delayed = Timestamp::now().checked_add(d).ok();
                         rec.delays_ms.push(d.as_millis() as u64);
+                        // Keep the annotation small under endless retries.
+                        if rec.delays_ms.len() > 20 {
+                            let excess = rec.delays_ms.len() - 20;
+                            rec.delays_ms.drain(..excess);
+                        }
                         wait = min_opt(wait, Some(Instant::now() + d));
                         delay = Some(d);
                     }
@@ -1262,7 +1270,7 @@ where
         permanent: bool,
         delay: Option<Duration>,
     ) {
-        let msg = e.message();
+        let msg = truncate(&e.message(), 4000);
         let text = match delay {
             Some(d) if !permanent => format!(
                 "handler {} ({cause}) failed {retries} time(s), retrying in {:.1}s: {msg}",
@@ -1443,6 +1451,18 @@ where
     }
 }
 
+/// At most `max` bytes of `s` (on a char boundary), marked when cut.
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
 struct AbortGuard(tokio::task::AbortHandle);
 
 impl Drop for AbortGuard {
@@ -1474,6 +1494,12 @@ fn conditions_of(raw: &Value) -> Vec<Condition> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn truncates_on_char_boundaries() {
+        assert_eq!(truncate("short", 10), "short");
+        assert_eq!(truncate("ééé", 3), "é…");
+    }
 
     #[test]
     fn essence_strips_metadata_and_status() {

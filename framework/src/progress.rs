@@ -59,7 +59,8 @@ pub struct HandlerRecord {
     /// The last error message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    /// The delays (in milliseconds) chosen after each failure, for inspection.
+    /// The delays (in milliseconds) chosen after the last (at most 20)
+    /// failures, for inspection.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub delays_ms: Vec<u64>,
 }
