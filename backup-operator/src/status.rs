@@ -178,14 +178,13 @@ pub fn compute(policy: &BackupPolicy, prev: &BackupPolicyStatus, obs: &Observati
         .filter(|j| j.outcome == JobOutcome::Succeeded)
         .filter_map(|j| j.finished)
         .max();
-    if let Some(t) = newest_success {
-        if status
+    if let Some(t) = newest_success
+        && status
             .last_backup_time
             .as_ref()
             .is_none_or(|prev| prev.0 < t)
-        {
-            status.last_backup_time = Some(Time(t));
-        }
+    {
+        status.last_backup_time = Some(Time(t));
     }
     let (kept, _expired) = retention::apply(stored, &spec.retention, obs.now);
     status.stored_backups = kept;

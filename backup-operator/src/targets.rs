@@ -62,10 +62,10 @@ pub fn matches(
     sel: &LabelSelector,
     labels: &BTreeMap<String, String>,
 ) -> Result<bool, SelectorError> {
-    if let Some(ml) = &sel.match_labels {
-        if ml.iter().any(|(k, v)| labels.get(k) != Some(v)) {
-            return Ok(false);
-        }
+    if let Some(ml) = &sel.match_labels
+        && ml.iter().any(|(k, v)| labels.get(k) != Some(v))
+    {
+        return Ok(false);
     }
     for e in sel.match_expressions.iter().flatten() {
         let values = e.values.clone().unwrap_or_default();

@@ -345,7 +345,7 @@ pub fn open_or_init(be: &Backend, o: &OpenOpts, create: bool) -> MResult<Reposit
             .init(
                 &Credentials::Masterkey(master),
                 &KeyOptions::default(),
-                &ConfigOptions::default(),
+                &config_options(),
             )
             .ctx(&format!("initialising repository {}", be.location()))?;
         return Ok(repo);
@@ -403,6 +403,14 @@ fn write_key(be: &Backend, password: &str) -> MResult<MasterKey> {
         .write_bytes(FileType::Key, &Id::new(hash), false, bytes.into())
         .ctx("writing key file")?;
     Ok(master)
+}
+
+/// Data packs of 16 MiB (restic's default) instead of rustic's 32 MiB and up:
+/// restores read whole pack sections in few requests with bounded buffers.
+fn config_options() -> ConfigOptions {
+    ConfigOptions::default()
+        .set_datapack_size(bytesize::ByteSize::mib(16))
+        .set_datapack_size_limit(bytesize::ByteSize::mib(64))
 }
 
 /// The raw key for restic-compatible lock files.

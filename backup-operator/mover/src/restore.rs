@@ -26,9 +26,9 @@ use crate::lock::Crypto;
 use crate::result::ErrorKind;
 
 /// Largest single ranged read from the repository.
-const MAX_READ: u32 = 8 * 1024 * 1024;
+const MAX_READ: u32 = 16 * 1024 * 1024;
 /// Blobs per work unit for big files (lets several workers share one file).
-const BLOBS_PER_UNIT: usize = 32;
+const BLOBS_PER_UNIT: usize = 64;
 
 struct FileJob {
     path: PathBuf,

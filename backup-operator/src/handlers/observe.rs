@@ -80,10 +80,10 @@ pub(crate) async fn job_result(
             .unwrap_or_default();
         for cs in statuses {
             let msg = cs.state.and_then(|s| s.terminated).and_then(|t| t.message);
-            if let Some(r) = msg.as_deref().and_then(results::parse_result) {
-                if newest.as_ref().is_none_or(|(t, _)| *t <= created) {
-                    newest = Some((created, r));
-                }
+            if let Some(r) = msg.as_deref().and_then(results::parse_result)
+                && newest.as_ref().is_none_or(|(t, _)| *t <= created)
+            {
+                newest = Some((created, r));
             }
         }
     }

@@ -89,9 +89,8 @@ pub async fn reconcile(ctx: Context<BackupPolicy>) -> HandlerResult {
         let changed = old
             .as_ref()
             .is_none_or(|o| o.status != status_str || o.message != c.message);
-        let bad = (c.type_ == condition::READY && !c.status)
-            || (c.type_ == condition::BACKUP_FAILED && c.status)
-            || (c.type_ == condition::TARGETS_RESOLVED && !c.status);
+        // BackupFailed is bad when True; the others when False.
+        let bad = (c.type_ == condition::BACKUP_FAILED) == c.status;
         if changed && bad {
             tracing::warn!(reason = %c.reason, message = %c.message, "policy problem");
             ctx.event(EventType::Warning, &c.reason, &c.message).await?;

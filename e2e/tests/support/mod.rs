@@ -211,13 +211,13 @@ where
         Ok(check(&p).then_some(p))
     })
     .await;
-    if res.is_err() {
-        if let Ok(p) = api.get(name).await {
-            eprintln!(
-                "policy {name} status at timeout: {}",
-                serde_json::to_string_pretty(&p.status).unwrap_or_default()
-            );
-        }
+    if res.is_err()
+        && let Ok(p) = api.get(name).await
+    {
+        eprintln!(
+            "policy {name} status at timeout: {}",
+            serde_json::to_string_pretty(&p.status).unwrap_or_default()
+        );
     }
     res
 }
