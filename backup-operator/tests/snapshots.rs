@@ -35,6 +35,15 @@ fn busybox() -> String {
         .unwrap_or_else(|_| "localhost/kube-backup/busybox:latest".into())
 }
 
+fn kubeconfig_path() -> std::path::PathBuf {
+    std::env::var_os("KUBECONFIG")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+                .join(".cache/kube-backup/cluster/kubeconfig")
+        })
+}
+
 /// A client for the test cluster, or `None` when `SKIP_CLUSTER_TESTS=1`.
 async fn client(test: &str) -> Option<Client> {
     if std::env::var("SKIP_CLUSTER_TESTS").as_deref() == Ok("1") {
@@ -45,12 +54,7 @@ async fn client(test: &str) -> Option<Client> {
         );
         return None;
     }
-    let path = std::env::var_os("KUBECONFIG")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
-                .join(".cache/kube-backup/cluster/kubeconfig")
-        });
+    let path = kubeconfig_path();
     let kc = Kubeconfig::read_from(&path).unwrap_or_else(|e| {
         panic!(
             "no kubeconfig at {} ({e}): start the local cluster with `make cluster-up csi-up`, \
@@ -93,7 +97,6 @@ async fn require_csi(client: &Client) {
 
 /// A namespace deleted (with everything in it) when dropped.
 struct TestNs {
-    client: Client,
     name: String,
 }
 
@@ -114,10 +117,7 @@ impl TestNs {
         api.create(&PostParams::default(), &ns)
             .await
             .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
-        Self {
-            client: client.clone(),
-            name,
-        }
+        Self { name }
     }
 }
 
@@ -126,20 +126,33 @@ impl Drop for TestNs {
         if std::env::var("KEEP_TEST_NAMESPACES").as_deref() == Ok("1") {
             return;
         }
-        let (client, name) = (self.client.clone(), self.name.clone());
-        // Best effort; the namespace and its VolumeSnapshots go with it.
+        let name = self.name.clone();
+        // Best effort, on a fresh client: the test's client is bound to the
+        // test's runtime, which is blocked here. The namespace's PVCs and
+        // VolumeSnapshots go with it.
         let _ = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-            {
-                rt.block_on(async {
-                    let api: Api<Namespace> = Api::all(client);
-                    let dp = DeleteParams::background();
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(10), api.delete(&name, &dp)).await;
-                });
-            }
+            else {
+                return;
+            };
+            rt.block_on(async {
+                let Ok(kc) = Kubeconfig::read_from(kubeconfig_path()) else {
+                    return;
+                };
+                let Ok(config) =
+                    Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await
+                else {
+                    return;
+                };
+                let Ok(client) = Client::try_from(config) else {
+                    return;
+                };
+                let api: Api<Namespace> = Api::all(client);
+                let dp = DeleteParams::background();
+                let _ = tokio::time::timeout(Duration::from_secs(10), api.delete(&name, &dp)).await;
+            });
         })
         .join();
     }
@@ -470,6 +483,9 @@ async fn snapshots_on_schedule_retention_restore_and_copy_source() {
     .await;
     let mut copy = p.clone();
     copy.spec.method = backup_operator::api::BackupMethod::SnapshotThenCopy;
+    // The policy is not an API object here: no uid, so the temporary PVC gets
+    // no ownerReference (the garbage collector would delete it at once).
+    copy.metadata.uid = None;
     let run_for = base + SignedDuration::from_mins(30);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let (snap, tmp) = loop {

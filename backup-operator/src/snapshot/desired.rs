@@ -34,17 +34,19 @@ fn snapshot_object(
 ) -> DynamicObject {
     let name = policy.metadata.name.clone().unwrap_or_default();
     let ns = policy.metadata.namespace.clone().unwrap_or_default();
-    let mut obj = DynamicObject::new(
-        &snapshot_name(&name, pvc, run_for),
-        &volume_snapshot_resource(),
-    )
-    .within(&ns)
-    .data(json!({
-        "spec": {
-            "volumeSnapshotClassName": class,
-            "source": {"persistentVolumeClaimName": pvc}
-        }
-    }));
+    let object_name = if role == ROLE_COPY_SOURCE {
+        copy_source_snapshot_name(&name, pvc, run_for)
+    } else {
+        snapshot_name(&name, pvc, run_for)
+    };
+    let mut obj = DynamicObject::new(&object_name, &volume_snapshot_resource())
+        .within(&ns)
+        .data(json!({
+            "spec": {
+                "volumeSnapshotClassName": class,
+                "source": {"persistentVolumeClaimName": pvc}
+            }
+        }));
     let mut l = labels(&name, pvc);
     l.insert(ROLE_LABEL.to_string(), role.to_string());
     obj.metadata.labels = Some(l);
@@ -53,6 +55,16 @@ fn snapshot_object(
         run_for.to_string(),
     )]));
     obj
+}
+
+/// Name of the intermediate snapshot of a `SnapshotThenCopy` run (never the
+/// name of a backup snapshot of the same PVC and time).
+pub fn copy_source_snapshot_name(policy: &str, pvc: &str, run_for: Timestamp) -> String {
+    naming::snapshot_name(
+        policy,
+        &format!("{pvc}-copy"),
+        run_for.as_second().div_euclid(60),
+    )
 }
 
 /// The VolumeSnapshot a `Snapshot` policy takes of `pvc` for the run at
@@ -241,6 +253,22 @@ mod tests {
         assert_eq!(
             Some(name),
             volume_snapshot(&policy(), "data", at, "c").metadata.name
+        );
+    }
+
+    #[test]
+    fn copy_source_snapshot_is_apart_from_backups() {
+        let at: Timestamp = "2026-01-01T10:00:00Z".parse().expect("ts");
+        let backup = volume_snapshot(&policy(), "data", at, "c");
+        let copy = copy_source_snapshot(&policy(), "data", at, "c");
+        assert_ne!(backup.metadata.name, copy.metadata.name);
+        assert_eq!(
+            copy.metadata.labels.as_ref().expect("labels")[ROLE_LABEL],
+            ROLE_COPY_SOURCE
+        );
+        assert_eq!(
+            copy.metadata.labels.as_ref().expect("labels")[PVC_LABEL],
+            "data"
         );
     }
 

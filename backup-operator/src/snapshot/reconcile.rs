@@ -1,6 +1,6 @@
 //! The I/O of snapshot backups: discovery, validation, create, delete, read back.
 
-use super::desired::{self, snapshot_name, temporary_pvc_name};
+use super::desired::{self, temporary_pvc_name};
 use super::due;
 use super::observed::{self, SnapshotInfo, SnapshotState};
 use super::*;
@@ -635,5 +635,5 @@ pub async fn restore_from_snapshot(
 
 /// The snapshot name a `SnapshotThenCopy` run of `pvc` at `run_for` uses.
 pub fn copy_source_name(policy: &BackupPolicy, pvc: &str, run_for: Timestamp) -> String {
-    snapshot_name(&policy.name_any(), pvc, run_for)
+    desired::copy_source_snapshot_name(&policy.name_any(), pvc, run_for)
 }
