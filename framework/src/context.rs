@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::any::TypeId;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 
@@ -88,6 +88,8 @@ impl<K> Clone for Context<K> {
 pub struct ChildrenReport {
     /// Names of the children applied (created or updated).
     pub applied: Vec<String>,
+    /// Names of the desired children that already matched (nothing sent).
+    pub unchanged: Vec<String>,
     /// Names of owned children deleted because they were not desired.
     pub deleted: Vec<String>,
 }
@@ -311,7 +313,30 @@ where
     {
         let child_namespaced = is_namespaced::<C>();
         let pp = PatchParams::apply(&self.shared.rt.field_manager).force();
+        let applied_key = format!("{}/applied", self.shared.rt.prefix);
         let mut report = ChildrenReport::default();
+        // What exists now (one list, not one read per child).
+        let owner_ns = if self.shared.namespaced {
+            self.namespace()
+        } else {
+            None
+        };
+        let list_api = self.child_api::<C>(owner_ns.as_deref());
+        self.shared.rt.metrics.api_request("list");
+        let owned = list_api
+            .list(&ListParams::default().labels(&self.owner_selector()))
+            .await?;
+        let child_key = |ns: Option<String>, name: String| -> (Option<String>, String) {
+            (if child_namespaced { ns } else { None }, name)
+        };
+        let existing: BTreeMap<(Option<String>, String), Value> = owned
+            .items
+            .iter()
+            .filter_map(|o| {
+                let v = serde_json::to_value(o).ok()?;
+                Some((child_key(o.namespace(), o.name_any()), v))
+            })
+            .collect();
         let mut keep: BTreeSet<(Option<String>, String)> = BTreeSet::new();
         for mut child in desired {
             self.adopt(&mut child);
@@ -329,48 +354,36 @@ where
                     C::kind(&())
                 )));
             }
-            let api = self.child_api::<C>(ns.as_deref());
-            // Server-side apply requires apiVersion and kind in the body.
-            let mut body = serde_json::to_value(&child)?;
-            if let Value::Object(m) = &mut body {
-                m.insert(
-                    "apiVersion".into(),
-                    Value::String(C::api_version(&()).into()),
-                );
-                m.insert("kind".into(), Value::String(C::kind(&()).into()));
-                if let Some(Value::Object(md)) = m.get_mut("metadata") {
-                    md.remove("resourceVersion");
-                    md.remove("managedFields");
-                    md.remove("uid");
-                    md.remove("creationTimestamp");
+            let key = child_key(ns.clone(), name.clone());
+            keep.insert(key.clone());
+            let body = apply_body::<C>(&child, &applied_key)?;
+            let unchanged = existing.get(&key).is_some_and(|ex| {
+                let hash = body
+                    .pointer("/metadata/annotations")
+                    .and_then(|a| a.get(&applied_key));
+                let had = ex
+                    .pointer("/metadata/annotations")
+                    .and_then(|a| a.get(&applied_key));
+                let mut cmp = body.clone();
+                if let Value::Object(m) = &mut cmp {
+                    // List items need not carry their type.
+                    m.remove("apiVersion");
+                    m.remove("kind");
                 }
-                m.remove("status");
+                hash.is_some() && hash == had && is_subset(&cmp, ex)
+            });
+            if unchanged {
+                report.unchanged.push(name);
+                continue;
             }
+            let api = self.child_api::<C>(ns.as_deref());
             self.shared.rt.metrics.api_request("apply");
             api.patch(&name, &pp, &Patch::Apply(&body)).await?;
-            keep.insert((if child_namespaced { ns } else { None }, name.clone()));
             report.applied.push(name);
         }
-        let owner_ns = if self.shared.namespaced {
-            self.namespace()
-        } else {
-            None
-        };
-        let list_api = self.child_api::<C>(owner_ns.as_deref());
-        self.shared.rt.metrics.api_request("list");
-        let owned = list_api
-            .list_metadata(&ListParams::default().labels(&self.owner_selector()))
-            .await?;
         let uid = self.object.meta().uid.clone().unwrap_or_default();
         for item in owned.items {
-            let key = (
-                if child_namespaced {
-                    item.namespace()
-                } else {
-                    None
-                },
-                item.name_any(),
-            );
+            let key = child_key(item.namespace(), item.name_any());
             let controlled = item
                 .owner_references()
                 .iter()
@@ -447,6 +460,60 @@ where
     }
 }
 
+/// The server-side-apply body of a child: apiVersion/kind set, server-owned
+/// fields removed, and the annotation `applied_key` holding a digest of the
+/// rest (so a later apply can tell whether the desired state changed).
+fn apply_body<C: Resource<DynamicType = ()> + Serialize>(
+    child: &C,
+    applied_key: &str,
+) -> Result<Value, Error> {
+    let mut body = serde_json::to_value(child)?;
+    if let Value::Object(m) = &mut body {
+        m.insert(
+            "apiVersion".into(),
+            Value::String(C::api_version(&()).into()),
+        );
+        m.insert("kind".into(), Value::String(C::kind(&()).into()));
+        m.remove("status");
+        if let Some(Value::Object(md)) = m.get_mut("metadata") {
+            for k in [
+                "resourceVersion",
+                "managedFields",
+                "uid",
+                "creationTimestamp",
+                "generation",
+            ] {
+                md.remove(k);
+            }
+        }
+    }
+    let hash = crate::progress::digest(&body);
+    if let Some(Value::Object(md)) = body.get_mut("metadata") {
+        let ann = md
+            .entry("annotations")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Value::Object(a) = ann {
+            a.insert(applied_key.to_string(), Value::String(hash));
+        }
+    }
+    Ok(body)
+}
+
+/// Whether every field set in `desired` has the same value in `actual`
+/// (objects compared key by key, arrays element by element; fields only in
+/// `actual`, such as server defaults, are ignored).
+pub(crate) fn is_subset(desired: &Value, actual: &Value) -> bool {
+    match (desired, actual) {
+        (Value::Object(d), Value::Object(a)) => d
+            .iter()
+            .all(|(k, v)| v.is_null() || a.get(k).is_some_and(|av| is_subset(v, av))),
+        (Value::Array(d), Value::Array(a)) => {
+            d.len() == a.len() && d.iter().zip(a).all(|(x, y)| is_subset(x, y))
+        }
+        (d, a) => d == a,
+    }
+}
+
 pub(crate) fn to_kube_event_type(t: EventType) -> KubeEventType {
     match t {
         EventType::Normal => KubeEventType::Normal,
@@ -479,6 +546,43 @@ pub(crate) fn kube_event(t: EventType, reason: &str, note: &str, action: &str) -
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn subset_ignores_server_defaults() {
+        let desired = json!({"spec": {"a": 1, "l": [{"x": 1}], "n": null}});
+        let actual = json!({"spec": {"a": 1, "b": 2, "l": [{"x": 1, "y": 2}]}, "status": {}});
+        assert!(is_subset(&desired, &actual));
+        assert!(!is_subset(&json!({"spec": {"a": 2}}), &actual));
+        assert!(!is_subset(
+            &json!({"spec": {"l": [{"x": 1}, {"x": 2}]}}),
+            &actual
+        ));
+        assert!(!is_subset(&json!({"spec": {"c": 1}}), &actual));
+    }
+
+    #[test]
+    fn apply_body_has_type_and_digest() {
+        let cm: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": "c", "resourceVersion": "5", "uid": "u"},
+            "data": {"k": "v"}
+        }))
+        .unwrap();
+        let b = apply_body(&cm, "p/applied").unwrap();
+        assert_eq!(b["apiVersion"], "v1");
+        assert_eq!(b["kind"], "ConfigMap");
+        assert!(b["metadata"].get("resourceVersion").is_none());
+        let h = b["metadata"]["annotations"]["p/applied"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let mut cm2 = cm.clone();
+        cm2.data = Some([("k".to_string(), "w".to_string())].into());
+        let b2 = apply_body(&cm2, "p/applied").unwrap();
+        assert_ne!(
+            b2["metadata"]["annotations"]["p/applied"].as_str().unwrap(),
+            h
+        );
+    }
 
     #[test]
     fn merge_patch_rfc7386() {

@@ -444,6 +444,24 @@ async fn adopted_children_follow_owner_and_child_changes_retrigger_events() {
                 "unexpected report {report:?}"
             )));
         }
+        // The same desired set again: nothing is sent.
+        let report = ctx
+            .apply_children(vec![cm(&format!("{}-a", ctx.name()))])
+            .await?;
+        if report.unchanged != vec![format!("{}-a", ctx.name())] || !report.applied.is_empty() {
+            return Err(HandlerError::permanent(format!(
+                "unexpected report {report:?}"
+            )));
+        }
+        // A changed desired child is applied again.
+        let mut changed = cm(&format!("{}-a", ctx.name()));
+        changed.data = Some([("value".to_string(), "changed".to_string())].into());
+        let report = ctx.apply_children(vec![changed]).await?;
+        if report.applied != vec![format!("{}-a", ctx.name())] {
+            return Err(HandlerError::permanent(format!(
+                "unexpected report {report:?}"
+            )));
+        }
         Ok(())
     });
     let on_event = Handler::on_event("reconcile", move |ctx: Context<FwTest>| {
@@ -477,6 +495,14 @@ async fn adopted_children_follow_owner_and_child_changes_retrigger_events() {
     assert!(
         cms.get_opt("parent-b").await.expect("get").is_none(),
         "undesired child deleted"
+    );
+    assert_eq!(
+        child
+            .data
+            .as_ref()
+            .and_then(|d| d.get("value"))
+            .map(String::as_str),
+        Some("changed")
     );
     let oref = &child.owner_references()[0];
     assert_eq!(oref.uid, owner.uid().unwrap_or_default());
