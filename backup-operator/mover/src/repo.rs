@@ -248,10 +248,15 @@ impl Drop for TempCache {
 }
 
 pub fn open_opts_from_env() -> MResult<OpenOpts> {
-    let password = std::env::var("RESTIC_PASSWORD").ok().filter(|p| !p.is_empty());
+    let password = std::env::var("RESTIC_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty());
     let password = match password {
         Some(p) => p,
-        None => match std::env::var("RESTIC_PASSWORD_FILE").ok().filter(|p| !p.is_empty()) {
+        None => match std::env::var("RESTIC_PASSWORD_FILE")
+            .ok()
+            .filter(|p| !p.is_empty())
+        {
             Some(file) => std::fs::read_to_string(&file)
                 .ctx(&format!("reading RESTIC_PASSWORD_FILE {file}"))?
                 .trim_end_matches(['\n', '\r'])
@@ -267,7 +272,10 @@ pub fn open_opts_from_env() -> MResult<OpenOpts> {
     // MOVER_CACHE_DIR=<dir>: persistent cache; "none": no cache; unset: a
     // throw-away cache under $TMPDIR for this run (tree packs are then read
     // once per run instead of once per tree walk).
-    let (cache_dir, tmp) = match std::env::var("MOVER_CACHE_DIR").ok().filter(|p| !p.is_empty()) {
+    let (cache_dir, tmp) = match std::env::var("MOVER_CACHE_DIR")
+        .ok()
+        .filter(|p| !p.is_empty())
+    {
         Some(v) if v == "none" => (None, None),
         Some(dir) => (Some(PathBuf::from(dir)), None),
         None => {
