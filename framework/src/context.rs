@@ -504,9 +504,15 @@ fn apply_body<C: Resource<DynamicType = ()> + Serialize>(
 /// `actual`, such as server defaults, are ignored).
 pub(crate) fn is_subset(desired: &Value, actual: &Value) -> bool {
     match (desired, actual) {
-        (Value::Object(d), Value::Object(a)) => d
-            .iter()
-            .all(|(k, v)| v.is_null() || a.get(k).is_some_and(|av| is_subset(v, av))),
+        (Value::Object(d), Value::Object(a)) => d.iter().all(|(k, v)| match a.get(k) {
+            Some(av) => is_subset(v, av),
+            // The server drops nulls and (omitempty) empty lists/maps.
+            None => {
+                v.is_null()
+                    || v.as_array().is_some_and(|x| x.is_empty())
+                    || v.as_object().is_some_and(|x| x.is_empty())
+            }
+        }),
         (Value::Array(d), Value::Array(a)) => {
             d.len() == a.len() && d.iter().zip(a).all(|(x, y)| is_subset(x, y))
         }
@@ -558,6 +564,7 @@ mod tests {
             &actual
         ));
         assert!(!is_subset(&json!({"spec": {"c": 1}}), &actual));
+        assert!(is_subset(&json!({"spec": {"args": [], "m": {}}}), &actual));
     }
 
     #[test]
