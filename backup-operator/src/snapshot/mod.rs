@@ -26,6 +26,7 @@ pub mod desired;
 pub mod due;
 pub mod observed;
 mod reconcile;
+pub mod status;
 
 pub use reconcile::{
     CopySourceState, PvcProblem, SnapshotError, SnapshotOutcome, api_available, api_available_in,
