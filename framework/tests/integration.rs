@@ -1238,3 +1238,80 @@ async fn a_crashed_leader_is_replaced_after_the_lease_expires() {
     r2.stop().await;
     cleanup(&client, &ns).await;
 }
+
+#[tokio::test]
+async fn watched_objects_are_mapped_back_by_the_mapper() {
+    let Some(client) = client("watched_objects_are_mapped_back_by_the_mapper").await else {
+        return;
+    };
+    let ns = namespace(&client, "watches").await;
+    let events: Log = log();
+    let ev = events.clone();
+    let on_event = Handler::on_event("seen", move |ctx: Context<FwTest>| {
+        let ev = ev.clone();
+        async move {
+            push(&ev, ctx.name());
+            Ok(())
+        }
+    });
+    let op = Operator::new(client.clone(), PREFIX)
+        .config(config())
+        .controller(
+            controller(&client, &ns)
+                .handler(on_event)
+                .watches::<ConfigMap, _>(Api::namespaced(client.clone(), &ns), |cm: &ConfigMap| {
+                    // Map by label, not by ownership.
+                    cm.labels()
+                        .get("fwtest/for")
+                        .map(|n| {
+                            vec![
+                                operator_framework::ObjectRef::new(n)
+                                    .within(&cm.namespace().unwrap_or_default()),
+                            ]
+                        })
+                        .unwrap_or_default()
+                }),
+        );
+    let running = start(op);
+    let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
+    api.create(&PostParams::default(), &obj("target", "x"))
+        .await
+        .expect("create");
+    api.create(&PostParams::default(), &obj("other", "x"))
+        .await
+        .expect("create");
+    eventually(Duration::from_secs(20), "initial events", || async {
+        let e = entries(&events);
+        (e.contains(&"target".to_string()) && e.contains(&"other".to_string())).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before_target = entries(&events).iter().filter(|e| *e == "target").count();
+    let before_other = entries(&events).iter().filter(|e| *e == "other").count();
+    let cm: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "signal", "labels": {"fwtest/for": "target"}},
+        "data": {"k": "v"}
+    }))
+    .expect("cm");
+    Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &cm)
+        .await
+        .expect("create cm");
+    eventually(
+        Duration::from_secs(10),
+        "target re-run by the mapped ConfigMap",
+        || async {
+            (entries(&events).iter().filter(|e| *e == "target").count() > before_target)
+                .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        entries(&events).iter().filter(|e| *e == "other").count(),
+        before_other,
+        "objects the mapper does not name are not re-run"
+    );
+    running.stop().await;
+    cleanup(&client, &ns).await;
+}
