@@ -9,6 +9,7 @@ use crate::api::{BackupPolicy, Restore};
 use crate::desired::labels;
 use crate::{naming, restore_plan};
 use jiff::Timestamp;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, PersistentVolumeClaimSpec, TypedLocalObjectReference,
     VolumeResourceRequirements,
@@ -154,6 +155,47 @@ fn policy_owner(policy: &BackupPolicy) -> Option<OwnerReference> {
     })
 }
 
+/// Annotation on a `SnapshotThenCopy` Job: the snapshot its temporary PVC
+/// was made from (what [`super::cleanup_copy_source`] removes afterwards).
+pub const COPY_SOURCE_ANNOTATION: &str = "backup.backup.example.com/copy-source";
+
+/// The backup Job of a `SnapshotThenCopy` run: the policy's backup Job for
+/// `pvc` (same repository, labels and `--pvc`, so its result is recorded for
+/// `pvc`) that mounts the temporary PVC `temp_pvc` made from `snapshot`
+/// instead of the live PVC. Named after the snapshot, so one Job per run.
+pub fn copy_job(
+    policy: &BackupPolicy,
+    pvc: &str,
+    temp_pvc: &str,
+    snapshot: &str,
+    image: &str,
+) -> Result<Job, crate::desired::DesiredError> {
+    let mut job = crate::desired::manual_job(policy, pvc, image, snapshot)?;
+    let labels = job.metadata.labels.get_or_insert_with(Default::default);
+    labels.insert(
+        "backup.backup.example.com/trigger".into(),
+        "snapshot".into(),
+    );
+    labels.insert(ROLE_LABEL.into(), ROLE_COPY_SOURCE.into());
+    job.metadata.annotations = Some(BTreeMap::from([(
+        COPY_SOURCE_ANNOTATION.to_string(),
+        snapshot.to_string(),
+    )]));
+    let volumes = job
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.spec.as_mut())
+        .and_then(|p| p.volumes.as_mut());
+    for v in volumes.into_iter().flatten() {
+        if let Some(claim) = v.persistent_volume_claim.as_mut()
+            && claim.claim_name == pvc
+        {
+            claim.claim_name = temp_pvc.to_string();
+        }
+    }
+    Ok(job)
+}
+
 /// The PVC a `Restore` from the VolumeSnapshot `snapshot` creates: the usual
 /// restore target (name, labels, size and class defaults of
 /// [`restore_plan::target_pvc`]) with `dataSource` pointing at the snapshot.
@@ -269,6 +311,41 @@ mod tests {
         assert_eq!(
             copy.metadata.labels.as_ref().expect("labels")[PVC_LABEL],
             "data"
+        );
+    }
+
+    #[test]
+    fn copy_job_reads_the_temporary_pvc() {
+        let mut p = policy();
+        p.spec.method = crate::api::BackupMethod::SnapshotThenCopy;
+        p.spec.destination = Some(
+            serde_json::from_value(json!({"nfs": {"server": "n", "path": "/e"}, "repositoryPasswordSecretRef": {"name": "pw"}}))
+                .expect("destination"),
+        );
+        let job = copy_job(&p, "data", "tmp-snap-1-abcd", "snap-1", "img").expect("job");
+        let claims: Vec<String> = job
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|p| p.volumes.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|v| v.persistent_volume_claim.map(|c| c.claim_name))
+            .collect();
+        assert_eq!(
+            claims,
+            ["tmp-snap-1-abcd"],
+            "mounts the copy, not the live PVC"
+        );
+        let labels = job.metadata.labels.as_ref().expect("labels");
+        assert_eq!(labels[PVC_LABEL], "data", "recorded for the source PVC");
+        assert_eq!(
+            job.metadata.annotations.as_ref().expect("ann")[COPY_SOURCE_ANNOTATION],
+            "snap-1"
+        );
+        assert!(
+            copy_job(&policy(), "data", "t", "s", "img").is_err(),
+            "needs a destination"
         );
     }
 
