@@ -31,7 +31,7 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 if [ "${1:-}" = --print ]; then echo "$CSI_OUT"; exit 0; fi
 
 command -v go >/dev/null 2>&1 || die "'go' not found. Install Go 1.26 or newer and make sure the Go module proxy is reachable."
-PROXY=$(go env GOPROXY | tr ',|' '\n\n' | grep -m1 '^http' || echo https://proxy.golang.org)
+PROXY=$(go env GOPROXY | tr ',|' '\n' | grep -m1 '^http' || echo https://proxy.golang.org)
 
 # build_module MODULE VERSION CMD...: builds MODULE/CMD at VERSION into $CSI_OUT.
 build_module() {

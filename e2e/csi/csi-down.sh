@@ -7,13 +7,12 @@
 #                         classes, the CSIDriver, the CRDs and the driver's data
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-# shellcheck source=../cluster/lib.sh
+# shellcheck source=../cluster/lib.sh disable=SC1091
 . "$HERE/../cluster/lib.sh"
 
 DRIVER=hostpath.csi.k8s.io
 CSI_STATE=$STATE/csi
 PIDS=$CSI_STATE/pids
-LOGS=$CSI_STATE/logs
 [ -d "$CSI_STATE" ] || { echo "no CSI state in $CSI_STATE"; exit 0; }
 
 api_up() { [ -f "$KUBECONFIG_PATH" ] && kubectl_ get --raw /readyz >/dev/null 2>&1; }
@@ -59,7 +58,6 @@ if [ "${1:-}" = --purge ]; then
   rm -rf "$CSI_STATE"
   log "purged $CSI_STATE"
 else
-  rm -rf "$PIDS"
-  [ "${KB_KEEP_LOGS:-}" = 1 ] || true
+  rm -rf "$PIDS" # logs stay in $CSI_STATE/logs for a look afterwards
 fi
 log "CSI stack stopped"

@@ -14,7 +14,7 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 # Settings of the local cluster (paths, node name); read only.
-# shellcheck source=../cluster/lib.sh
+# shellcheck source=../cluster/lib.sh disable=SC1091
 . "$HERE/../cluster/lib.sh"
 T0=$SECONDS
 
@@ -29,8 +29,9 @@ PIDS=$CSI_STATE/pids
 LOGS=$CSI_STATE/logs
 COMPONENTS=(kb-csi-hostpath kb-csi-registrar csi-provisioner csi-snapshotter snapshot-controller)
 
-[ -f "$KUBECONFIG_PATH" ] && kubectl_ get --raw /readyz >/dev/null 2>&1 ||
+if [ ! -f "$KUBECONFIG_PATH" ] || ! kubectl_ get --raw /readyz >/dev/null 2>&1; then
   die "the local cluster is not running (no API server behind $KUBECONFIG_PATH); run 'make cluster-up' first"
+fi
 
 # The kubelet's root dir: from the running kubelet's command line, else lib.sh's layout.
 kubelet_root() {
