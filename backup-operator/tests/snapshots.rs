@@ -619,6 +619,13 @@ async fn bad_input_gives_named_reasons_and_no_snapshots() {
         .await
         .expect("reconcile");
     assert!(again.created.is_empty(), "{again:?}");
+    assert!(
+        again
+            .problems
+            .iter()
+            .any(|p| p.pvc == "plain" && p.reason == REASON_NO_CSI_DRIVER),
+        "the problem stays reported between runs: {again:?}"
+    );
 
     // A class of another driver: SnapshotClassDriverMismatch, nothing created.
     let class_name = format!("{}-other-driver", ns.name);

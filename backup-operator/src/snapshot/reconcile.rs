@@ -383,12 +383,14 @@ pub async fn reconcile_snapshots(
             .max();
         let d = due::evaluate(&schedule, not_before, last_run, now);
         next_run = d.next_run;
-        let Some(run_for) = d.run_for.filter(|_| !policy.spec.suspend) else {
-            continue;
-        };
+        // Checked on every reconcile, not only when a run is due, so that the
+        // condition stays put between runs instead of flapping.
         match check_pvc(client, &ns, pvc, class, &driver).await? {
             Err(problem) => out.problems.push(problem),
             Ok(_) => {
+                let Some(run_for) = d.run_for.filter(|_| !policy.spec.suspend) else {
+                    continue;
+                };
                 let obj = desired::volume_snapshot(policy, pvc, run_for, class);
                 let snap_name = obj.metadata.name.clone().unwrap_or_default();
                 if create_snapshot(&api, &obj).await? {
