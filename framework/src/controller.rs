@@ -850,9 +850,8 @@ where
             self.refresh(&mut cur);
             match res {
                 Ok(()) => {
-                    if st.event_backoff.remove(&h.id).is_some() {
-                        self.clear_failure(&mut cur, h).await;
-                    }
+                    st.event_backoff.remove(&h.id);
+                    self.clear_failure(&mut cur, h).await;
                 }
                 Err(e) => {
                     let delay = match &e {
@@ -1096,9 +1095,9 @@ where
                     rec.success = true;
                     rec.stopped = Some(Timestamp::now());
                     rec.delayed = None;
-                    if retry > 0 {
-                        self.clear_failure(cur, h).await;
-                    }
+                    // Also clears a failure left by an earlier cause (no
+                    // request unless such a condition is there).
+                    self.clear_failure(cur, h).await;
                 }
                 Err(e) => {
                     let limit = h.retries.or(if cause == Cause::Delete {
