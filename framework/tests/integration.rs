@@ -1315,3 +1315,75 @@ async fn watched_objects_are_mapped_back_by_the_mapper() {
     running.stop().await;
     cleanup(&client, &ns).await;
 }
+
+#[tokio::test]
+async fn a_leader_that_loses_its_lease_stops_handling_until_it_wins_it_back() {
+    let Some(client) =
+        client("a_leader_that_loses_its_lease_stops_handling_until_it_wins_it_back").await
+    else {
+        return;
+    };
+    let ns = namespace(&client, "lost").await;
+    let handled: Log = log();
+    let h = handled.clone();
+    let handler = Handler::on_create("who", move |ctx: Context<FwTest>| {
+        let h = h.clone();
+        async move {
+            push(&h, ctx.name());
+            Ok(())
+        }
+    });
+    let op = Operator::new(client.clone(), PREFIX)
+        .config(OperatorConfig {
+            leader_election: Some(LeaderElection::new("fwtest-lost", ns.clone(), "me")),
+            lease_duration: Duration::from_secs(3),
+            lease_renew_interval: Duration::from_millis(300),
+            ..config()
+        })
+        .controller(controller(&client, &ns).handler(handler));
+    let r = start(op);
+    eventually(Duration::from_secs(10), "leads", || async {
+        r.metrics.is_leader().then_some(())
+    })
+    .await;
+    // Someone else takes the lease over (as if we had been partitioned away).
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), &ns);
+    leases
+        .patch(
+            "fwtest-lost",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {
+                "holderIdentity": "intruder",
+                "renewTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(jiff::Timestamp::now()),
+            }})),
+        )
+        .await
+        .expect("steal the lease");
+    eventually(Duration::from_secs(10), "stops leading", || async {
+        (!r.metrics.is_leader()).then_some(())
+    })
+    .await;
+    let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
+    api.create(&PostParams::default(), &obj("during", "x"))
+        .await
+        .expect("create");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        entries(&handled).is_empty(),
+        "nothing handled while not leading"
+    );
+    // The intruder never renews: the lease expires and we lead again.
+    eventually(Duration::from_secs(20), "leads again", || async {
+        r.metrics.is_leader().then_some(())
+    })
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "object handled after winning the lease back",
+        || async { (entries(&handled) == vec!["during".to_string()]).then_some(()) },
+    )
+    .await;
+    r.stop().await;
+    cleanup(&client, &ns).await;
+}
