@@ -127,7 +127,10 @@ pub fn backup(
         .ctx("source path")?
         .sanitize()
         .map_err(|e| MoverError::new(ErrorKind::Other, format!("source path: {e}")))?;
-    let opts = BackupOptions::default().as_path(PathBuf::from(SNAPSHOT_PATH));
+    // no_scan: skip rustic's size pre-scan (a second walk, only for progress bars).
+    let opts = BackupOptions::default()
+        .as_path(PathBuf::from(SNAPSHOT_PATH))
+        .no_scan(true);
     let snap = repo
         .backup(&opts, &paths, snap)
         .ctx(&format!("backing up {}", a.source.display()))?;
