@@ -334,12 +334,19 @@ fn init_logging() {
             m.level() <= self.0
         }
         fn log(&self, rec: &log::Record<'_>) {
+            if rec.level() == log::Level::Warn && rec.target().starts_with("rustic_core") {
+                let msg = rec.args().to_string();
+                if msg.starts_with("ignoring error") {
+                    ops::note_skipped(msg);
+                }
+            }
             if self.enabled(rec.metadata()) {
                 eprintln!("[{}] {}: {}", rec.level(), rec.target(), rec.args());
             }
         }
         fn flush(&self) {}
     }
+    // Warnings are always captured (skipped files make a backup partial).
     let level = match std::env::var("RUST_LOG").as_deref() {
         Ok("trace") => log::LevelFilter::Trace,
         Ok("debug") => log::LevelFilter::Debug,
@@ -349,6 +356,6 @@ fn init_logging() {
         _ => log::LevelFilter::Warn,
     };
     if log::set_boxed_logger(Box::new(L(level))).is_ok() {
-        log::set_max_level(level);
+        log::set_max_level(level.max(log::LevelFilter::Warn));
     }
 }

@@ -18,6 +18,26 @@ use crate::repo::{self, Backend};
 use crate::restore;
 use crate::result::{ErrorKind, MoverResult, SnapshotInfo};
 
+static SKIPPED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+static SKIPPED_COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Called by the logger for rustic's "ignoring error" warnings: an entry of
+/// the source could not be read and is missing from the snapshot.
+pub fn note_skipped(msg: String) {
+    SKIPPED_COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if let Ok(mut v) = SKIPPED.lock()
+        && v.len() < 3
+    {
+        v.push(msg);
+    }
+}
+
+fn skipped() -> (u64, Vec<String>) {
+    let n = SKIPPED_COUNT.load(std::sync::atomic::Ordering::Relaxed);
+    let v = SKIPPED.lock().map(|v| v.clone()).unwrap_or_default();
+    (n, v)
+}
+
 /// Path under which every snapshot stores the PVC contents (restic's
 /// `paths`), independent of where the PVC was mounted.
 pub const SNAPSHOT_PATH: &str = "/data";
@@ -147,7 +167,15 @@ pub fn backup(
     r.ok = true;
     let repo = repo.drop_index();
 
-    if a.retention.is_set() {
+    let (n_skipped, examples) = skipped();
+    if n_skipped > 0 {
+        // A partial snapshot is kept, but never used to delete older ones.
+        r.partial = Some(true);
+        r.warning = Some(format!(
+            "partial backup: {n_skipped} entries could not be read (retention skipped): {}",
+            examples.join("; ").replace('\n', " ")
+        ));
+    } else if a.retention.is_set() {
         match apply_retention(be, &repo, &a.pvc, &a.retention, true, a.lock_wait) {
             Ok(forgotten) => r.forgotten = Some(forgotten),
             Err(e) => {

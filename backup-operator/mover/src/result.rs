@@ -90,6 +90,10 @@ pub struct MoverResult {
     /// Snapshot ids (short) removed by retention in this run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forgotten: Option<Vec<String>>,
+    /// Backup stored, but some entries of the source could not be read
+    /// (listed in `warning`); retention was not applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<bool>,
     /// Non-fatal problem (e.g. retention failed after a successful backup).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,

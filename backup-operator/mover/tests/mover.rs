@@ -1016,3 +1016,48 @@ fn source_and_snapshot_errors() {
         ErrorKind::WrongPassword
     );
 }
+
+#[test]
+fn partial_backup_never_deletes_history() {
+    // An unreadable file (run the mover as uid 1000 via setpriv) makes the
+    // backup partial: the snapshot is stored but retention is not applied.
+    let t = TempDir::new("partial");
+    let env = Env::local();
+    let src = t.join("src");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    std::fs::write(src.join("ok"), "fine").expect("w");
+    let repo = t.join("repo");
+    let repo_s = repo.to_str().expect("utf8");
+    let s = src.to_str().expect("utf8");
+    ok(&env, &backup_args(repo_s, s, "p"));
+    ok(&env, &backup_args(repo_s, s, "p"));
+    std::fs::write(src.join("secret"), "no").expect("w");
+    chmod(&src.join("secret"), 0o000);
+    let st = Command::new("chown")
+        .args(["-R", "1000:1000"])
+        .arg(t.path())
+        .status()
+        .expect("chown");
+    assert!(st.success());
+    let rf = t.join("result.json");
+    let mut a = backup_args(repo_s, s, "p");
+    let rf_s = rf.to_str().expect("utf8").to_string();
+    a.extend(["--keep-last", "1", "--result-file", &rf_s]);
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=1000", "--regid=1000", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_backup-mover"))
+        .args(&a);
+    env.apply(&mut c);
+    let out = c.output().expect("setpriv (util-linux) must be installed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: MoverResult =
+        serde_json::from_str(&std::fs::read_to_string(&rf).expect("result")).expect("json");
+    assert!(r.ok);
+    assert_eq!(r.partial, Some(true), "{r:?}");
+    assert!(r.warning.as_deref().is_some_and(|w| w.contains("secret")));
+    assert_eq!(r.snapshots.map(|v| v.len()), Some(3), "nothing deleted");
+}
