@@ -148,12 +148,8 @@ fn err_kind(env: &Env, args: &[&str]) -> ErrorKind {
 
 fn restic(env: &Env, args: &[&str]) -> std::process::Output {
     let mut c = Command::new("restic");
-    c.args(args);
+    c.arg("--no-cache").args(args);
     env.apply(&mut c);
-    c.env(
-        "RESTIC_CACHE_DIR",
-        std::env::temp_dir().join("mover-test-restic-cache"),
-    );
     c.output()
         .expect("restic must be installed (apt-get install restic)")
 }
