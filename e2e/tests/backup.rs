@@ -7,8 +7,7 @@ mod support;
 use anyhow::Result;
 use backup_operator::api::{BackupPolicy, Phase, Restore, RestorePhase};
 use e2e::{
-    TestNamespace, checksum_pvc, create_pvc, fill_pvc, manifest_of, sample_files, wait_for,
-    wait_pvc_bound,
+    TestNamespace, checksum_pvc, create_pvc, manifest_of, sample_files, wait_for, wait_pvc_bound,
 };
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
@@ -40,9 +39,7 @@ async fn cronjobs(ns: &TestNamespace, policy: &str) -> Result<Vec<CronJob>> {
 #[tokio::test]
 async fn scheduled_backup_is_recorded_with_its_size() -> Result<()> {
     let (cluster, ns, s3) = setup("scheduled").await?;
-    create_pvc(&ns, "data", "1Gi", None).await?;
-    wait_pvc_bound(&ns, "data", Duration::from_secs(60)).await?;
-    fill_pvc(&cluster, &ns, "data", &sample_files()).await?;
+    pvc_with_files(&cluster, &ns, "data", &sample_files()).await?;
     create_policy(
         &ns,
         "every-minute",
@@ -100,10 +97,8 @@ async fn scheduled_backup_is_recorded_with_its_size() -> Result<()> {
 #[tokio::test]
 async fn on_demand_backup_then_restore_into_new_pvc_is_byte_identical() -> Result<()> {
     let (cluster, ns, s3) = setup("roundtrip").await?;
-    create_pvc(&ns, "app-data", "1Gi", None).await?;
-    wait_pvc_bound(&ns, "app-data", Duration::from_secs(60)).await?;
     let files = sample_files();
-    fill_pvc(&cluster, &ns, "app-data", &files).await?;
+    pvc_with_files(&cluster, &ns, "app-data", &files).await?;
     create_policy(
         &ns,
         "manual",
@@ -172,9 +167,7 @@ async fn on_demand_backup_then_restore_into_new_pvc_is_byte_identical() -> Resul
 #[tokio::test]
 async fn wrong_repository_password_fails_clearly_then_recovers() -> Result<()> {
     let (cluster, ns, s3) = setup("wrongpw").await?;
-    create_pvc(&ns, "vol", "1Gi", None).await?;
-    wait_pvc_bound(&ns, "vol", Duration::from_secs(60)).await?;
-    fill_pvc(&cluster, &ns, "vol", &sample_files()).await?;
+    pvc_with_files(&cluster, &ns, "vol", &sample_files()).await?;
     create_policy(
         &ns,
         "pw",
@@ -219,9 +212,7 @@ async fn wrong_repository_password_fails_clearly_then_recovers() -> Result<()> {
 #[tokio::test]
 async fn retention_keeps_exactly_max_backups_and_the_repository_agrees() -> Result<()> {
     let (cluster, ns, s3) = setup("retention").await?;
-    create_pvc(&ns, "keep", "1Gi", None).await?;
-    wait_pvc_bound(&ns, "keep", Duration::from_secs(60)).await?;
-    fill_pvc(&cluster, &ns, "keep", &sample_files()).await?;
+    pvc_with_files(&cluster, &ns, "keep", &sample_files()).await?;
     create_policy(
         &ns,
         "two",

@@ -5,7 +5,7 @@
 mod support;
 
 use anyhow::{Context, Result, bail};
-use e2e::{create_pvc, fill_pvc, sample_files, wait_pvc_bound};
+use e2e::sample_files;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
 use std::process::{Child, Command, Stdio};
@@ -79,9 +79,7 @@ async fn local_process_operator_records_an_on_demand_backup() -> Result<()> {
         let _op = start_local_operator(&cluster)?;
         let ns = cluster.namespace("local-op").await?;
         let s3 = s3_fixture(&cluster, &ns, "local-pw").await?;
-        create_pvc(&ns, "data", "1Gi", None).await?;
-        wait_pvc_bound(&ns, "data", Duration::from_secs(60)).await?;
-        fill_pvc(&cluster, &ns, "data", &sample_files()).await?;
+        pvc_with_files(&cluster, &ns, "data", &sample_files()).await?;
         create_policy(
             &ns,
             "local",

@@ -277,3 +277,16 @@ pub fn repository_snapshots(
         .unwrap_or_default();
     Ok(list)
 }
+
+/// Creates a 1Gi PVC in the default class, waits until it is bound and fills
+/// it with `files`.
+pub async fn pvc_with_files(
+    cluster: &Cluster,
+    ns: &TestNamespace,
+    name: &str,
+    files: &BTreeMap<String, Vec<u8>>,
+) -> Result<()> {
+    e2e::create_pvc(ns, name, "1Gi", None).await?;
+    e2e::wait_pvc_bound(ns, name, Duration::from_secs(60)).await?;
+    e2e::fill_pvc(cluster, ns, name, files).await
+}
