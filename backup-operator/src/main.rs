@@ -105,12 +105,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logging(&args.log_format);
     // The workspace also builds the mover, whose S3 stack enables rustls'
     // aws-lc-rs provider next to kube's ring: choose one explicitly.
-    if rustls::crypto::ring::default_provider()
-        .install_default()
-        .is_err()
-    {
-        tracing::debug!("a rustls crypto provider was already installed");
-    }
+    operator_framework::install_crypto_provider();
     let client = Client::try_default()
         .await
         .context("connecting to the Kubernetes API (is KUBECONFIG set?)")?;

@@ -56,7 +56,7 @@ async fn client(test: &str) -> Option<Client> {
     }
     // `cargo test --workspace` also builds the mover, whose S3 stack enables
     // rustls' aws-lc-rs provider next to kube's ring: choose one explicitly.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    operator_framework::install_crypto_provider();
     let path = kubeconfig_path();
     let kc = Kubeconfig::read_from(&path).unwrap_or_else(|e| {
         panic!(

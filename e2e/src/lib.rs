@@ -83,6 +83,7 @@ async fn try_kubeconfig(path: &Path, context: Option<&str>) -> Result<(Client, C
     let mut config = Config::from_custom_kubeconfig(kc, &opts).await?;
     config.connect_timeout = Some(Duration::from_secs(3));
     config.read_timeout = Some(Duration::from_secs(30));
+    operator_framework::install_crypto_provider();
     let client = Client::try_from(config.clone())?;
     tokio::time::timeout(Duration::from_secs(5), client.apiserver_version())
         .await

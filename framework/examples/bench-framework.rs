@@ -93,6 +93,7 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or(10),
     );
     let cfg = config().await?;
+    operator_framework::install_crypto_provider();
     let plain = Client::try_from(cfg.clone())?;
     plain.apiserver_version().await.map_err(|e| {
         anyhow::anyhow!("Kubernetes API server not reachable ({e}); start the local cluster")

@@ -42,6 +42,8 @@
 //!
 //! #[tokio::main]
 //! async fn main() -> anyhow::Result<()> {
+//!     // Choose rustls' crypto provider before the first TLS connection.
+//!     operator_framework::install_crypto_provider();
 //!     let client = Client::try_default().await?;
 //!     Operator::new(client.clone(), "demo.example.com")
 //!         .config(OperatorConfig {
@@ -168,6 +170,7 @@ mod metrics;
 mod operator;
 pub mod progress;
 mod runtime;
+mod tls;
 
 pub use context::{ChildrenReport, Context, EventType};
 pub use controller::{Controller, HANDLER_FAILED, INVALID_OBJECT};
@@ -177,6 +180,7 @@ pub use handler::{Cause, Handler, HandlerKind, MetaFilter};
 pub use leader::LeaderElection;
 pub use metrics::Metrics;
 pub use operator::{Operator, OperatorConfig, shutdown_signal};
+pub use tls::install_crypto_provider;
 
 pub use operator_framework_macros::{
     on_create, on_delete, on_event, on_field, on_resume, on_timer, on_update,

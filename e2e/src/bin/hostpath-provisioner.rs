@@ -56,6 +56,7 @@ async fn main() -> Result<()> {
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
     let dir = std::fs::canonicalize(&args.dir)?;
+    operator_framework::install_crypto_provider();
     let client = Client::try_default()
         .await
         .context("connecting to the cluster")?;

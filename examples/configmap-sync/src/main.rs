@@ -31,6 +31,7 @@ async fn run() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info,kube=warn".into()),
         )
         .init();
+    operator_framework::install_crypto_provider();
     let client = Client::try_default().await?;
     let api: Api<ConfigMapSync> = match std::env::var("WATCH_NAMESPACE") {
         Ok(ns) if !ns.is_empty() => Api::namespaced(client.clone(), &ns),

@@ -41,6 +41,7 @@ async fn client() -> Option<Client> {
             panic!("no Kubernetes cluster configured ({e}); start the local cluster or set SKIP_CLUSTER_TESTS=1")
         }),
     };
+    operator_framework::install_crypto_provider();
     let client = Client::try_from(config).unwrap_or_else(|e| panic!("client: {e}"));
     match tokio::time::timeout(Duration::from_secs(10), client.apiserver_version()).await {
         Ok(Ok(_)) => Some(client),

@@ -91,6 +91,7 @@ pub async fn client(test: &str) -> Option<Client> {
         }),
     };
     let url = config.cluster_url.to_string();
+    operator_framework::install_crypto_provider();
     let client = Client::try_from(config).unwrap_or_else(|e| panic!("cannot build a client: {e}"));
     match tokio::time::timeout(Duration::from_secs(10), client.apiserver_version()).await {
         Ok(Ok(_)) => {}
