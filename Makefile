@@ -52,8 +52,7 @@ test-e2e: cluster-up image-load ## End-to-end tests on the local cluster (or $$K
 	$(CARGO) build -q -p backup-mover -p backup-operator
 	KUBECONFIG=$${KUBECONFIG:-$(KUBECONFIG_LOCAL)} $(CARGO) test -p e2e -- --test-threads=4
 
-# The backup-operator scenarios of test-e2e (e2e/tests/backup.rs) do not pass yet; see the README.
-test-all: lint manifests-check test test-integration test-e2e-cluster ## What CI runs: lint, CRDs, unit, integration, cluster e2e.
+test-all: lint manifests-check test test-integration test-e2e ## What CI runs: lint, CRDs, unit, integration, the whole e2e suite.
 
 ##@ Cluster
 .PHONY: install uninstall run deploy undeploy deploy-local demo
