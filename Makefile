@@ -42,17 +42,18 @@ test: ## Unit tests (no cluster needed).
 test-integration: cluster-up ## Integration tests against the local cluster (framework, example operator, mover with moto + restic).
 	KUBECONFIG=$(KUBECONFIG_LOCAL) $(CARGO) test -p operator-framework -p configmap-sync -p backup-mover --tests -- --test-threads=2
 
-test-snapshots: cluster-up csi-up ## CSI snapshot integration tests (builds the CSI sidecars once, ~10 min).
+test-snapshots: cluster-up csi-up image-load ## CSI snapshot tests: the snapshot module, then the operator's Snapshot/SnapshotThenCopy e2e (builds the CSI sidecars once, ~10 min).
 	KUBECONFIG=$(KUBECONFIG_LOCAL) $(CARGO) test -p backup-operator --test snapshots
+	KUBECONFIG=$${KUBECONFIG:-$(KUBECONFIG_LOCAL)} $(CARGO) test -p e2e --test snapshots -- --test-threads=3
 
 test-e2e-cluster: cluster-up ## The local cluster's own e2e checks (PVCs, CronJob->Job, GC, S3 from pods).
 	KUBECONFIG=$(KUBECONFIG_LOCAL) $(CARGO) test -p e2e --test cluster
 
 test-e2e: cluster-up image-load ## End-to-end tests on the local cluster (or $$KUBECONFIG / kind).
 	$(CARGO) build -q -p backup-mover -p backup-operator
-	KUBECONFIG=$${KUBECONFIG:-$(KUBECONFIG_LOCAL)} $(CARGO) test -p e2e -- --test-threads=4
+	KUBECONFIG=$${KUBECONFIG:-$(KUBECONFIG_LOCAL)} $(CARGO) test -p e2e --lib --bins --test cluster --test backup --test local_operator -- --test-threads=4
 
-test-all: lint manifests-check test test-integration test-e2e ## What CI runs: lint, CRDs, unit, integration, the whole e2e suite.
+test-all: lint manifests-check test test-integration test-e2e test-snapshots ## What CI runs: lint, CRDs, unit, integration, the e2e suite, then CSI snapshots.
 
 ##@ Cluster
 .PHONY: install uninstall run deploy undeploy deploy-local demo

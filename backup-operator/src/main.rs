@@ -137,6 +137,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     )
     .handler(handlers::policy::reconcile())
     .handler(handlers::policy::schedule_changed())
+    .handler(handlers::policy::snapshot_tick())
     .owns::<CronJob>(Api::all(client.clone()))
     .watches::<Job, _>(Api::all(client.clone()), |job: &Job| {
         let ns = job.namespace().unwrap_or_default();

@@ -530,7 +530,7 @@ async fn snapshots_on_schedule_retention_restore_and_copy_source() {
     pods.delete("copier", &DeleteParams::default())
         .await
         .expect("delete copier pod");
-    snapshot::cleanup_copy_source(&client, &copy, &snap)
+    snapshot::cleanup_copy_source(&client, &copy, &snap, "no-such-job")
         .await
         .expect("cleanup");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

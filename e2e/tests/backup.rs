@@ -584,3 +584,59 @@ async fn operator_killed_mid_backup_records_the_result_once() -> Result<()> {
     );
     Ok(())
 }
+
+/// On a cluster without the snapshot CRDs (the local cluster before
+/// `make csi-up`), a `Snapshot` policy says so and a `Copy` policy next to it
+/// keeps working.
+#[tokio::test]
+async fn snapshot_policy_without_snapshot_api_reports_it_and_copy_still_works() -> Result<()> {
+    let (cluster, ns, s3) = setup("nosnapapi").await?;
+    if snapshot_api_served(&cluster).await? {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED snapshot_policy_without_snapshot_api...: this cluster serves snapshot.storage.k8s.io/v1 (run it before `make csi-up`)"
+        );
+        return Ok(());
+    }
+    pvc_with_files(&cluster, &ns, "vol", &sample_files()).await?;
+    let spec: backup_operator::api::BackupPolicySpec = serde_json::from_value(serde_json::json!({
+        "targets": {"names": ["vol"]},
+        "schedule": "* * * * *",
+        "method": "Snapshot",
+        "snapshot": {"volumeSnapshotClassName": "csi-hostpath-snapclass"},
+    }))?;
+    create_policy(&ns, "snaps", spec).await?;
+    create_policy(
+        &ns,
+        "copies",
+        s3_spec(&s3, serde_json::json!({"names": ["vol"]}), NEVER_SOON, 3),
+    )
+    .await?;
+    let p = wait_policy(
+        &ns,
+        "snaps",
+        "SnapshotAPIUnavailable",
+        Duration::from_secs(60),
+        |p| {
+            condition(p, "Ready")
+                .is_some_and(|(s, r, _)| s == "False" && r == "SnapshotAPIUnavailable")
+        },
+    )
+    .await?;
+    assert_eq!(p.status.and_then(|s| s.phase), Some(Phase::Error));
+    wait_policy(
+        &ns,
+        "copies",
+        "the Copy policy Active",
+        Duration::from_secs(60),
+        |p| p.status.as_ref().and_then(|s| s.phase) == Some(Phase::Active),
+    )
+    .await?;
+    assert_eq!(cronjobs(&ns, "copies").await?.len(), 1);
+    assert!(
+        cronjobs(&ns, "snaps").await?.is_empty(),
+        "Snapshot policies run no CronJob"
+    );
+    Ok(())
+}

@@ -1,6 +1,6 @@
 //! BackupPolicy handlers: one level-triggered reconcile plus small reactions.
 
-use super::{observe, policy_index, settings};
+use super::{copy_runs, observe, policy_index, settings};
 use crate::api::{BackupMethod, BackupPolicy, BackupPolicyStatus, RUN_NOW_ANNOTATION};
 use crate::schedule::Schedule;
 use crate::status::{self, Observation, condition};
@@ -9,7 +9,7 @@ use k8s_openapi::api::batch::v1::{CronJob, Job};
 use kube::api::PostParams;
 use kube::{Api, ResourceExt};
 use operator_framework::{
-    Context, EventType, HandlerError, HandlerResult, conditions, on_event, on_field,
+    Context, EventType, HandlerError, HandlerResult, conditions, on_event, on_field, on_timer,
 };
 
 /// Brings CronJobs and status in line with the spec and the finished Jobs.
@@ -24,6 +24,21 @@ use operator_framework::{
     timeout = "120s"
 )]
 pub async fn reconcile(ctx: Context<BackupPolicy>) -> HandlerResult {
+    reconcile_policy(ctx).await
+}
+
+/// `Snapshot` and `SnapshotThenCopy` policies run no CronJob: the operator
+/// looks every 15 s whether a run is due (and, while snapshots are pending,
+/// whether they are ready).
+#[on_timer(id = "snapshot-tick", interval = "15s", initial_delay = "5s")]
+pub async fn snapshot_tick(ctx: Context<BackupPolicy>) -> HandlerResult {
+    if ctx.object.spec.method == BackupMethod::Copy {
+        return Ok(());
+    }
+    reconcile_policy(ctx).await
+}
+
+async fn reconcile_policy(ctx: Context<BackupPolicy>) -> HandlerResult {
     let policy = ctx.object.clone();
     let name = policy.name_any();
     let ns = policy.namespace().unwrap_or_default();
@@ -42,7 +57,9 @@ pub async fn reconcile(ctx: Context<BackupPolicy>) -> HandlerResult {
     // never rewrites or removes working CronJobs.
     let mut apply_errors = Vec::new();
     if let (Ok(_), Ok(res)) = (&schedule, &resolution) {
-        let copies = policy.spec.method != BackupMethod::Snapshot;
+        // Only `Copy` reads the live PVC on a CronJob; the snapshot methods are
+        // driven by the operator (the snapshot must exist before a pod runs).
+        let copies = policy.spec.method == BackupMethod::Copy;
         let mut wanted: Vec<CronJob> = Vec::new();
         if copies {
             for pvc in &res.selected {
@@ -69,7 +86,30 @@ pub async fn reconcile(ctx: Context<BackupPolicy>) -> HandlerResult {
         jobs,
     };
     let prev = policy.status.clone().unwrap_or_default();
-    let computed = status::compute(&policy, &prev, &obs);
+    let mut computed = status::compute(&policy, &prev, &obs);
+    if policy.spec.method == BackupMethod::Snapshot
+        && let Ok(res) = &obs.targets
+    {
+        let result =
+            crate::snapshot::reconcile_snapshots(&client, &policy, &res.selected, obs.now).await;
+        if let Err(e) = &result
+            && e.is_transient()
+        {
+            return Err(HandlerError::temporary(e.to_string(), None));
+        }
+        crate::snapshot::status::apply_outcome(&mut computed, &result);
+    }
+    if policy.spec.method == BackupMethod::SnapshotThenCopy
+        && let (Ok(res), Ok(schedule)) = (&obs.targets, &obs.schedule)
+    {
+        let result = copy_runs::drive(&ctx, schedule, &res.selected, obs.now).await;
+        if let Err(e) = &result
+            && e.is_transient()
+        {
+            return Err(HandlerError::temporary(e.to_string(), None));
+        }
+        crate::snapshot::status::apply_copy_round(&mut computed, &result);
+    }
     let mut new_status = computed.status;
     if started_run_now.is_some() {
         new_status.last_run_now = started_run_now;
@@ -158,6 +198,22 @@ async fn run_now(
     let Ok(res) = targets::resolve(&policy.spec.targets, &pvcs) else {
         return Ok(None);
     };
+    if policy.spec.method == BackupMethod::SnapshotThenCopy {
+        // The run goes through a snapshot like a scheduled one; the timer and
+        // the Job watch carry it on.
+        let now = jiff::Timestamp::now();
+        for pvc in &res.selected {
+            copy_runs::start_now(ctx, pvc, now)
+                .await
+                .map_err(|e| HandlerError::temporary(e.to_string(), None))?;
+        }
+        let note = format!(
+            "started on-demand snapshot-then-copy of {} PVC(s) for run-now={value}",
+            res.selected.len()
+        );
+        ctx.event(EventType::Normal, "BackupStarted", &note).await?;
+        return Ok(Some(value));
+    }
     let api = Api::<Job>::namespaced(client, &ns);
     for pvc in &res.selected {
         let mut job = match desired::manual_job(policy, pvc, &settings().mover_image, &value) {

@@ -56,6 +56,61 @@ pub async fn reconcile(ctx: Context<Restore>) -> HandlerResult {
         Err(e) => return fail(&ctx, &prev, "BackupNotFound", &e.to_string()).await,
     };
 
+    // A VolumeSnapshot backup restores by creating the PVC from it: no Job.
+    if let Some(vs) = crate::snapshot::status::restore_source(
+        &policy,
+        &source.pvc,
+        &source.snapshot,
+        source.before.as_deref(),
+    ) {
+        if !restore.spec.target.create {
+            let msg = format!(
+                "backup {vs} is a VolumeSnapshot: it restores into a new PVC only (target.create: true)"
+            );
+            return fail(&ctx, &prev, "SnapshotNeedsNewPVC", &msg).await;
+        }
+        let pvc = match crate::snapshot::restore_from_snapshot(&client, &restore, &policy, &vs)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) if e.is_transient() => return Err(HandlerError::temporary(e.to_string(), None)),
+            Err(e) => return fail(&ctx, &prev, e.reason(), &e.to_string()).await,
+        };
+        let target = &restore.spec.target.pvc_name;
+        if pvc.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound") {
+            let msg = format!("PVC {target} was created from VolumeSnapshot {vs}");
+            ctx.event(EventType::Normal, "RestoreSucceeded", &msg)
+                .await?;
+            return set(
+                &ctx,
+                &prev,
+                RestorePhase::Succeeded,
+                "Restored",
+                &msg,
+                |s| {
+                    s.completion_time = Some(Time(jiff::Timestamp::now()));
+                    s.snapshot_id = Some(vs.clone());
+                },
+            )
+            .await;
+        }
+        let msg = format!("PVC {target} is being provisioned from VolumeSnapshot {vs}");
+        set(
+            &ctx,
+            &prev,
+            RestorePhase::Running,
+            "ProvisioningFromSnapshot",
+            &msg,
+            |s| {
+                if s.start_time.is_none() {
+                    s.start_time = Some(Time(jiff::Timestamp::now()));
+                }
+            },
+        )
+        .await?;
+        return Err(HandlerError::temporary(msg, Some(Duration::from_secs(3))));
+    }
+
     let job_name = crate::naming::restore_job_name(&restore.name_any());
     let jobs = Api::<Job>::namespaced(client.clone(), &ns);
     if let Some(job) = jobs.get_opt(&job_name).await? {

@@ -159,6 +159,10 @@ fn policy_owner(policy: &BackupPolicy) -> Option<OwnerReference> {
 /// was made from (what [`super::cleanup_copy_source`] removes afterwards).
 pub const COPY_SOURCE_ANNOTATION: &str = "backup.backup.example.com/copy-source";
 
+/// Annotation on a copy-source snapshot whose run is over: `kept`
+/// (`keepSnapshot`) or `failed` (never ready; left for the user to inspect).
+pub const COPY_FINISHED_ANNOTATION: &str = "backup.backup.example.com/copy-finished";
+
 /// The backup Job of a `SnapshotThenCopy` run: the policy's backup Job for
 /// `pvc` (same repository, labels and `--pvc`, so its result is recorded for
 /// `pvc`) that mounts the temporary PVC `temp_pvc` made from `snapshot`
@@ -168,6 +172,7 @@ pub fn copy_job(
     pvc: &str,
     temp_pvc: &str,
     snapshot: &str,
+    run_for: Timestamp,
     image: &str,
 ) -> Result<Job, crate::desired::DesiredError> {
     let mut job = crate::desired::manual_job(policy, pvc, image, snapshot)?;
@@ -177,10 +182,11 @@ pub fn copy_job(
         "snapshot".into(),
     );
     labels.insert(ROLE_LABEL.into(), ROLE_COPY_SOURCE.into());
-    job.metadata.annotations = Some(BTreeMap::from([(
-        COPY_SOURCE_ANNOTATION.to_string(),
-        snapshot.to_string(),
-    )]));
+    // Which run this Job belongs to, read back by the copy-run planner.
+    job.metadata.annotations = Some(BTreeMap::from([
+        (COPY_SOURCE_ANNOTATION.to_string(), snapshot.to_string()),
+        (SCHEDULED_TIME_ANNOTATION.to_string(), run_for.to_string()),
+    ]));
     let volumes = job
         .spec
         .as_mut()
@@ -322,7 +328,15 @@ mod tests {
             serde_json::from_value(json!({"nfs": {"server": "n", "path": "/e"}, "repositoryPasswordSecretRef": {"name": "pw"}}))
                 .expect("destination"),
         );
-        let job = copy_job(&p, "data", "tmp-snap-1-abcd", "snap-1", "img").expect("job");
+        let job = copy_job(
+            &p,
+            "data",
+            "tmp-snap-1-abcd",
+            "snap-1",
+            Timestamp::UNIX_EPOCH,
+            "img",
+        )
+        .expect("job");
         let claims: Vec<String> = job
             .spec
             .as_ref()
@@ -344,7 +358,7 @@ mod tests {
             "snap-1"
         );
         assert!(
-            copy_job(&policy(), "data", "t", "s", "img").is_err(),
+            copy_job(&policy(), "data", "t", "s", Timestamp::UNIX_EPOCH, "img").is_err(),
             "needs a destination"
         );
     }

@@ -22,6 +22,7 @@
 //! The pure parts are [`due`], [`observed`] and [`desired`]; the I/O is in
 //! this module's async functions.
 
+pub mod copy_run;
 pub mod desired;
 pub mod due;
 pub mod observed;
@@ -29,9 +30,9 @@ mod reconcile;
 pub mod status;
 
 pub use reconcile::{
-    CopySourceState, PvcProblem, SnapshotError, SnapshotOutcome, api_available, api_available_in,
-    cleanup_copy_source, copy_source_name, ensure_copy_source, reconcile_snapshots,
-    restore_from_snapshot,
+    CopyRunItem, CopySourceState, PvcProblem, SnapshotError, SnapshotOutcome, api_available,
+    api_available_in, cleanup_copy_source, copy_runs, copy_source_name, ensure_copy_source,
+    fail_copy_source, reconcile_snapshots, restore_from_snapshot,
 };
 
 use kube::api::{ApiResource, GroupVersionKind};

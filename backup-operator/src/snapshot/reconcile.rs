@@ -4,13 +4,14 @@ use super::desired::{self, temporary_pvc_name};
 use super::due;
 use super::observed::{self, SnapshotInfo, SnapshotState};
 use super::*;
-use crate::api::{BackupMethod, BackupPolicy, POLICY_LABEL, Restore, StoredBackup};
+use crate::api::{BackupMethod, BackupPolicy, POLICY_LABEL, PVC_LABEL, Restore, StoredBackup};
 use crate::schedule::{Schedule, ScheduleError};
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::{CSIDriver, StorageClass};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 
 /// How often pending snapshots are looked at again.
@@ -540,15 +541,28 @@ pub async fn ensure_copy_source(
     })
 }
 
-/// After the copy Job of a `SnapshotThenCopy` run finished (or the snapshot
-/// failed): deletes the temporary PVC and, unless `spec.snapshot.keepSnapshot`,
-/// the snapshot. Missing objects are fine.
+/// After the copy Job of a `SnapshotThenCopy` run finished: deletes the
+/// temporary PVC and, unless `spec.snapshot.keepSnapshot`, the snapshot (a
+/// kept one is marked finished so the run counts as over). Missing objects
+/// are fine.
 pub async fn cleanup_copy_source(
     client: &Client,
     policy: &BackupPolicy,
     snapshot: &str,
+    job: &str,
 ) -> Result<(), SnapshotError> {
     let ns = policy.namespace().unwrap_or_default();
+    // The PVC protection controller counts a PVC in use until the pods that
+    // mounted it are deleted, finished or not; the Job itself stays as the
+    // record of the run.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let list = pods
+        .list(&ListParams::default().labels(&format!("job-name={job}")))
+        .await
+        .map_err(kube_err(format!("listing pods of Job {ns}/{job}")))?;
+    for pod in list.items {
+        delete_ignoring_missing(&pods, "copy pod", &pod.name_any()).await?;
+    }
     let keep = policy
         .spec
         .snapshot
@@ -556,13 +570,135 @@ pub async fn cleanup_copy_source(
         .is_some_and(|s| s.keep_snapshot);
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
     delete_ignoring_missing(&pvcs, "temporary PVC", &temporary_pvc_name(snapshot)).await?;
-    if !keep {
-        api_available(client).await?;
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(client.clone(), &ns, &volume_snapshot_resource());
-        delete_ignoring_missing(&api, "VolumeSnapshot", snapshot).await?;
+    api_available(client).await?;
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns, &volume_snapshot_resource());
+    if keep {
+        mark_copy_source_finished(&api, snapshot, "kept").await
+    } else {
+        delete_ignoring_missing(&api, "VolumeSnapshot", snapshot)
+            .await
+            .map(|_| ())
     }
-    Ok(())
+}
+
+/// Ends a `SnapshotThenCopy` run whose snapshot failed or was never ready:
+/// removes a temporary PVC if one exists and marks the snapshot finished,
+/// leaving it for the user to inspect. Its scheduled time still counts as a
+/// run, so the next try is the next scheduled time, not a loop.
+pub async fn fail_copy_source(
+    client: &Client,
+    policy: &BackupPolicy,
+    snapshot: &str,
+) -> Result<(), SnapshotError> {
+    let ns = policy.namespace().unwrap_or_default();
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+    delete_ignoring_missing(&pvcs, "temporary PVC", &temporary_pvc_name(snapshot)).await?;
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns, &volume_snapshot_resource());
+    mark_copy_source_finished(&api, snapshot, "failed").await
+}
+
+async fn mark_copy_source_finished(
+    api: &Api<DynamicObject>,
+    snapshot: &str,
+    how: &str,
+) -> Result<(), SnapshotError> {
+    let patch = serde_json::json!({
+        "metadata": {"annotations": {desired::COPY_FINISHED_ANNOTATION: how}}
+    });
+    match api
+        .patch(snapshot, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if is_status(&e, 404) => Ok(()),
+        Err(e) => Err(kube_err(format!("marking VolumeSnapshot {snapshot} {how}"))(e)),
+    }
+}
+
+/// The `SnapshotThenCopy` runs of `policy` as the cluster shows them: its
+/// copy-source snapshots and copy Jobs, each with the PVC it belongs to.
+pub async fn copy_runs(
+    client: &Client,
+    policy: &BackupPolicy,
+) -> Result<Vec<(String, CopyRunItem)>, SnapshotError> {
+    api_available(client).await?;
+    let ns = policy.namespace().unwrap_or_default();
+    let selector = format!(
+        "{POLICY_LABEL}={},{ROLE_LABEL}={ROLE_COPY_SOURCE}",
+        policy.name_any()
+    );
+    let lp = ListParams::default().labels(&selector);
+    let mut out = Vec::new();
+    let snapshots: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns, &volume_snapshot_resource());
+    let list = snapshots.list(&lp).await.map_err(kube_err(format!(
+        "listing copy-source VolumeSnapshots in {ns}"
+    )))?;
+    for obj in list.items {
+        let ann = obj.annotations();
+        let (Some(pvc), Some(run_for)) =
+            (obj.labels().get(PVC_LABEL).cloned(), scheduled_time(ann))
+        else {
+            continue;
+        };
+        let finished = ann.contains_key(desired::COPY_FINISHED_ANNOTATION);
+        out.push((
+            pvc,
+            CopyRunItem::Snapshot(copy_run::SourceSnapshot {
+                name: obj.name_any(),
+                run_for,
+                finished,
+            }),
+        ));
+    }
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let list = jobs
+        .list(&lp)
+        .await
+        .map_err(kube_err(format!("listing copy Jobs in {ns}")))?;
+    for job in list.items {
+        let ann = job.annotations();
+        let (Some(pvc), Some(snapshot), Some(run_for)) = (
+            job.labels().get(PVC_LABEL).cloned(),
+            ann.get(desired::COPY_SOURCE_ANNOTATION).cloned(),
+            scheduled_time(ann),
+        ) else {
+            continue;
+        };
+        let finished = job
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+            });
+        out.push((
+            pvc,
+            CopyRunItem::Job(copy_run::CopyJob {
+                name: job.name_any(),
+                snapshot,
+                run_for,
+                finished,
+            }),
+        ));
+    }
+    Ok(out)
+}
+
+/// One observed piece of a `SnapshotThenCopy` run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopyRunItem {
+    /// A copy-source VolumeSnapshot.
+    Snapshot(copy_run::SourceSnapshot),
+    /// A copy Job.
+    Job(copy_run::CopyJob),
+}
+
+fn scheduled_time(ann: &std::collections::BTreeMap<String, String>) -> Option<Timestamp> {
+    ann.get(SCHEDULED_TIME_ANNOTATION)?.parse().ok()
 }
 
 /// Creates the target PVC of `restore` from the VolumeSnapshot `snapshot`

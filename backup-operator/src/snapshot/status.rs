@@ -1,6 +1,6 @@
 //! Folding a snapshot reconcile into the policy's computed status (pure).
 
-use super::{SnapshotError, SnapshotOutcome, VOLUME_SNAPSHOT_KIND};
+use super::{PvcProblem, SnapshotError, SnapshotOutcome, VOLUME_SNAPSHOT_KIND};
 use crate::api::{BackupPolicy, Phase};
 use crate::status::{Computed, ConditionUpdate, condition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -81,20 +81,50 @@ pub fn apply_outcome(computed: &mut Computed, result: &Result<SnapshotOutcome, S
             };
             replace(&mut computed.conditions, failed);
         }
-        Err(e) if e.is_transient() => {}
-        Err(e) => {
-            let blocked_already = computed
-                .conditions
+        Err(e) => apply_policy_error(computed, e),
+    }
+}
+
+/// A policy-wide snapshot error: `Ready` False with its reason, phase Error,
+/// unless `compute` already blocked the policy for its own reason. Transient
+/// errors are the caller's to retry and change nothing.
+fn apply_policy_error(computed: &mut Computed, e: &SnapshotError) {
+    if e.is_transient() {
+        return;
+    }
+    let blocked_already = computed
+        .conditions
+        .iter()
+        .any(|c| c.type_ == condition::READY && !c.status);
+    if !blocked_already {
+        computed.status.phase = Some(Phase::Error);
+        replace(
+            &mut computed.conditions,
+            cond(condition::READY, false, e.reason(), e.to_string()),
+        );
+    }
+}
+
+/// Puts the result of one round of `SnapshotThenCopy` runs into the status
+/// `status::compute` made from the copy Jobs: per-PVC problems (snapshot
+/// failed, no CSI driver, ...) set `BackupFailed` with the first problem's
+/// reason; a policy-wide error sets `Ready` False as for `Snapshot`. Without
+/// problems the Jobs' verdict stands.
+pub fn apply_copy_round(computed: &mut Computed, result: &Result<Vec<PvcProblem>, SnapshotError>) {
+    match result {
+        Ok(problems) if problems.is_empty() => {}
+        Ok(problems) => {
+            let message = problems
                 .iter()
-                .any(|c| c.type_ == condition::READY && !c.status);
-            if !blocked_already {
-                computed.status.phase = Some(Phase::Error);
-                replace(
-                    &mut computed.conditions,
-                    cond(condition::READY, false, e.reason(), e.to_string()),
-                );
-            }
+                .map(|p| p.message.clone())
+                .collect::<Vec<_>>()
+                .join("; ");
+            replace(
+                &mut computed.conditions,
+                cond(condition::BACKUP_FAILED, true, problems[0].reason, message),
+            );
         }
+        Err(e) => apply_policy_error(computed, e),
     }
 }
 

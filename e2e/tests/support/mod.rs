@@ -290,3 +290,44 @@ pub async fn pvc_with_files(
     e2e::wait_pvc_bound(ns, name, Duration::from_secs(60)).await?;
     e2e::fill_pvc(cluster, ns, name, files).await
 }
+
+/// Creates a `Restore` from `spec` and waits until it has Succeeded or Failed.
+pub async fn restore_and_wait(
+    ns: &TestNamespace,
+    name: &str,
+    spec: serde_json::Value,
+) -> Result<backup_operator::api::Restore> {
+    use backup_operator::api::{Restore, RestorePhase};
+    let api: Api<Restore> = ns.api();
+    let r: Restore = serde_json::from_value(serde_json::json!({
+        "apiVersion": "backup.backup.example.com/v1alpha1", "kind": "Restore",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))?;
+    api.create(&PostParams::default(), &r)
+        .await
+        .with_context(|| format!("creating Restore {name}"))?;
+    e2e::wait_for(
+        &format!("Restore {name} to finish"),
+        Duration::from_secs(180),
+        || async {
+            let r = api.get(name).await?;
+            let phase = r.status.as_ref().and_then(|s| s.phase);
+            Ok(matches!(phase, Some(RestorePhase::Succeeded | RestorePhase::Failed)).then_some(r))
+        },
+    )
+    .await
+}
+
+/// Whether the cluster serves `snapshot.storage.k8s.io/v1`.
+pub async fn snapshot_api_served(cluster: &Cluster) -> Result<bool> {
+    match cluster
+        .client
+        .list_api_group_resources("snapshot.storage.k8s.io/v1")
+        .await
+    {
+        Ok(list) => Ok(list.resources.iter().any(|r| r.name == "volumesnapshots")),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(e) => Err(e).context("discovering snapshot.storage.k8s.io/v1"),
+    }
+}

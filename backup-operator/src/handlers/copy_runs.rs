@@ -1,0 +1,143 @@
+//! Drives `SnapshotThenCopy` runs: asks the planner what each PVC needs next
+//! and does that one step. Called from the policy reconcile and its timer.
+
+use super::settings;
+use crate::api::BackupPolicy;
+use crate::schedule::Schedule;
+use crate::snapshot::copy_run::{self, CopyStep};
+use crate::snapshot::{self, CopyRunItem, CopySourceState, PvcProblem, SnapshotError};
+use jiff::Timestamp;
+use k8s_openapi::api::batch::v1::Job;
+use kube::api::PostParams;
+use kube::{Api, ResourceExt};
+use operator_framework::{Context, EventType};
+
+/// One round over the selected PVCs. Returns the per-PVC problems to report;
+/// an `Err` concerns the whole policy (no snapshot API, unknown class, ...).
+pub async fn drive(
+    ctx: &Context<BackupPolicy>,
+    schedule: &Schedule,
+    pvcs: &[String],
+    now: Timestamp,
+) -> Result<Vec<PvcProblem>, SnapshotError> {
+    let policy = &ctx.object;
+    let client = ctx.client();
+    let observed = snapshot::copy_runs(&client, policy).await?;
+    let created = policy
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map_or(now, |t| t.0);
+    let mut problems = Vec::new();
+    for pvc in pvcs {
+        let mut snaps = Vec::new();
+        let mut jobs = Vec::new();
+        for (p, item) in &observed {
+            match item {
+                CopyRunItem::Snapshot(s) if p == pvc => snaps.push(s.clone()),
+                CopyRunItem::Job(j) if p == pvc => jobs.push(j.clone()),
+                _ => {}
+            }
+        }
+        let step = copy_run::next_step(schedule, created, policy.spec.suspend, &snaps, &jobs, now);
+        match step {
+            CopyStep::Idle | CopyStep::WaitForJob { .. } => {}
+            CopyStep::Start { run_for } | CopyStep::Advance { run_for, .. } => {
+                if let Some(p) = advance(ctx, pvc, run_for, now).await? {
+                    problems.push(p);
+                }
+            }
+            CopyStep::Cleanup { snapshot, job } => {
+                snapshot::cleanup_copy_source(&client, policy, &snapshot, &job).await?;
+                tracing::info!(%pvc, %snapshot, "copy run finished; temporary PVC removed");
+            }
+        }
+    }
+    Ok(problems)
+}
+
+/// Starts a run of `pvc` at `now` (the run-now annotation): takes its snapshot;
+/// the following rounds make the temporary PVC and the Job.
+pub async fn start_now(
+    ctx: &Context<BackupPolicy>,
+    pvc: &str,
+    now: Timestamp,
+) -> Result<(), SnapshotError> {
+    let run_for = Timestamp::from_second(now.as_second()).unwrap_or(now);
+    match advance(ctx, pvc, run_for, now).await? {
+        None => Ok(()),
+        Some(p) => {
+            tracing::warn!(%pvc, reason = p.reason, message = %p.message, "on-demand run not started");
+            Ok(())
+        }
+    }
+}
+
+/// Takes the run's snapshot, and once it is ready the temporary PVC and the
+/// copy Job. A problem that prevents the run is returned for the status.
+async fn advance(
+    ctx: &Context<BackupPolicy>,
+    pvc: &str,
+    run_for: Timestamp,
+    now: Timestamp,
+) -> Result<Option<PvcProblem>, SnapshotError> {
+    let policy = &ctx.object;
+    let client = ctx.client();
+    match snapshot::ensure_copy_source(&client, policy, pvc, run_for, now).await? {
+        CopySourceState::Pending { .. } => Ok(None),
+        CopySourceState::Problem(p) => Ok(Some(p)),
+        CopySourceState::Failed { snapshot, message } => {
+            snapshot::fail_copy_source(&client, policy, &snapshot).await?;
+            Ok(Some(PvcProblem {
+                pvc: pvc.to_string(),
+                reason: snapshot::REASON_SNAPSHOT_FAILED,
+                message: format!(
+                    "PVC {pvc}: VolumeSnapshot {snapshot} for the run at {run_for} failed: {message}; the next run is at the next scheduled time"
+                ),
+            }))
+        }
+        CopySourceState::Ready {
+            snapshot,
+            pvc: temporary,
+        } => {
+            let mut job = match snapshot::desired::copy_job(
+                policy,
+                pvc,
+                &temporary,
+                &snapshot,
+                run_for,
+                &settings().mover_image,
+            ) {
+                Ok(j) => j,
+                Err(e) => {
+                    return Ok(Some(PvcProblem {
+                        pvc: pvc.to_string(),
+                        reason: "InvalidDestination",
+                        message: e.to_string(),
+                    }));
+                }
+            };
+            ctx.adopt(&mut job);
+            let ns = policy.namespace().unwrap_or_default();
+            let api = Api::<Job>::namespaced(client, &ns);
+            match api.create(&PostParams::default(), &job).await {
+                Ok(created) => {
+                    let note = format!(
+                        "backing up PVC {pvc} from VolumeSnapshot {snapshot} (Job {})",
+                        created.name_any()
+                    );
+                    // An Event that cannot be posted must not repeat the run.
+                    if let Err(e) = ctx.event(EventType::Normal, "BackupStarted", &note).await {
+                        tracing::warn!(error = %e, "posting BackupStarted");
+                    }
+                    Ok(None)
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
+                Err(source) => Err(SnapshotError::Kube {
+                    context: format!("creating copy Job for PVC {ns}/{pvc}"),
+                    source,
+                }),
+            }
+        }
+    }
+}
