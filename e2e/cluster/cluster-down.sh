@@ -23,6 +23,11 @@ fi
 ctr_() { timeout 20 ctr --address "$CONTAINERD_SOCK" -n k8s.io "$@"; }
 
 "$HERE/moto-down.sh"
+# The CSI stack (make csi-up) runs next to the cluster: stop it first, by its
+# own recorded PIDs, while the kubelet can still unmount its volumes.
+if [ -d "$STATE/csi/pids" ]; then
+  "$HERE/../csi/csi-down.sh"
+fi
 stop hostpath-provisioner 5
 stop kubelet 15
 
