@@ -85,7 +85,7 @@ pub fn apply_root(path: &Path, m: RootMeta, ownership: bool) -> MResult<()> {
             tv_nsec: libc::UTIME_OMIT,
         },
         libc::timespec {
-            tv_sec: m.mtime_sec as libc::time_t,
+            tv_sec: m.mtime_sec as _,
             tv_nsec: m.mtime_nsec as _,
         },
     ];
