@@ -14,7 +14,7 @@ help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*##"} /^[a-zA-Z_0-9-]+:.*##/ { printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2 } /^##@/ { printf "\n%s\n", substr($$0, 5) }' $(MAKEFILE_LIST)
 
 ##@ Development
-.PHONY: build fmt lint manifests manifests-check test test-integration test-snapshots test-e2e test-e2e-cluster test-all
+.PHONY: build fmt lint manifests manifests-check prometheus-rules prometheus-rules-check test test-integration test-snapshots test-e2e test-e2e-cluster test-all
 build: ## Build every crate (debug).
 	$(CARGO) build --workspace --all-targets
 
@@ -36,6 +36,12 @@ manifests-check: ## Fail if the committed CRD YAML is stale.
 	      { echo "stale CRD $$(basename $$f): run 'make manifests' and commit"; rm -rf $$tmp; exit 1; }; \
 	  done; rm -rf $$tmp; echo "CRDs are current"
 
+prometheus-rules: ## Regenerate config/prometheus/prometheusrule.yaml from rules.yaml.
+	hack/prometheus-rules.sh generate
+
+prometheus-rules-check: ## promtool: alert rule syntax and the alert unit tests (config/prometheus/rules_test.yaml).
+	hack/prometheus-rules.sh check
+
 test: ## Unit tests (no cluster needed).
 	$(CARGO) test --workspace --lib --bins
 
@@ -53,7 +59,7 @@ test-e2e: cluster-up image-load ## End-to-end tests on the local cluster (or $$K
 	$(CARGO) build -q -p backup-mover -p backup-operator
 	KUBECONFIG=$${KUBECONFIG:-$(KUBECONFIG_LOCAL)} $(CARGO) test -p e2e --lib --bins --test cluster --test backup --test local_operator -- --test-threads=4
 
-test-all: lint manifests-check test test-integration test-e2e test-snapshots ## What CI runs: lint, CRDs, unit, integration, the e2e suite, then CSI snapshots.
+test-all: lint manifests-check prometheus-rules-check test test-integration test-e2e test-snapshots ## What CI runs: lint, CRDs, unit, integration, the e2e suite, then CSI snapshots.
 
 ##@ Cluster
 .PHONY: install uninstall run deploy undeploy deploy-local demo

@@ -8,6 +8,7 @@ pub mod api;
 pub mod desired;
 pub mod handlers;
 pub mod manifests;
+pub mod metrics;
 pub mod naming;
 pub mod restore_plan;
 pub mod results;

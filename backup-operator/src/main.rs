@@ -172,11 +172,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
 
     tracing::info!(mover_image = %args.mover_image, metrics = %args.metrics_addr, "starting backup-operator");
-    Operator::new(client, "backup.backup.example.com")
+    let operator = Operator::new(client, "backup.backup.example.com")
         .config(config)
         .controller(policies)
-        .controller(restores)
-        .run()
-        .await?;
+        .controller(restores);
+    operator
+        .metrics()
+        .add_collector(|out| handlers::backup_metrics().render(out));
+    operator.run().await?;
     Ok(())
 }

@@ -106,6 +106,14 @@ impl Schedule {
         None
     }
 
+    /// Seconds between the next two runs after `now`: the interval alerts
+    /// compare the age of the last success with.
+    pub fn interval_seconds(&self, now: Timestamp) -> Option<f64> {
+        let first = self.next_after(now)?;
+        let second = self.next_after(first)?;
+        Some((second - first).get_seconds() as f64)
+    }
+
     /// The newest run at or before `at`, but not before `not_before`; used to
     /// decide whether a run was missed (at most one catch-up, never a burst).
     pub fn last_due(&self, not_before: Timestamp, at: Timestamp) -> Option<Timestamp> {
@@ -147,6 +155,24 @@ mod tests {
             .next_after(ts(after))
             .expect("a next run")
             .to_string()
+    }
+
+    #[test]
+    fn interval_is_the_gap_between_the_next_two_runs() {
+        let at = ts("2026-01-01T03:07:00Z");
+        let every = |s: &str| {
+            Schedule::parse(s, None)
+                .expect("valid")
+                .interval_seconds(at)
+        };
+        assert_eq!(every("*/15 * * * *"), Some(900.0));
+        assert_eq!(every("@daily"), Some(86_400.0));
+        // Weekdays at 02:00: from Thursday 2026-01-01 the next two runs are
+        // Friday and Monday; from Wednesday, Thursday and Friday.
+        assert_eq!(every("0 2 * * 1-5"), Some(3.0 * 86_400.0));
+        let wed = ts("2025-12-31T03:00:00Z");
+        let weekdays = Schedule::parse("0 2 * * 1-5", None).expect("valid");
+        assert_eq!(weekdays.interval_seconds(wed), Some(86_400.0));
     }
 
     #[test]

@@ -91,6 +91,34 @@ async fn scheduled_backup_is_recorded_with_its_size() -> Result<()> {
             .flatten()
             .any(|o| o.kind == "CronJob")
     }));
+
+    // The backup shows in the operator's metrics.
+    if let Some(text) = operator_metrics(&cluster).await? {
+        let l = format!(
+            "namespace=\"{}\",policy=\"every-minute\",pvc=\"data\"",
+            ns.name
+        );
+        let ok = metric_value(
+            &text,
+            &format!("backup_operator_backups_total{{{l},result=\"success\"}}"),
+        );
+        assert!(ok.is_some_and(|v| v >= 1.0), "success counter {ok:?}");
+        let last = metric_value(
+            &text,
+            &format!("backup_operator_last_success_timestamp_seconds{{{l}}}"),
+        );
+        assert!(last.is_some_and(|t| t > 1.7e9), "last success {last:?}");
+        let kept = metric_value(&text, &format!("backup_operator_stored_backups{{{l}}}"));
+        assert!(kept.is_some_and(|n| n >= 1.0), "stored backups {kept:?}");
+        let interval = metric_value(
+            &text,
+            &format!(
+                "backup_operator_schedule_interval_seconds{{namespace=\"{}\",policy=\"every-minute\"}}",
+                ns.name
+            ),
+        );
+        assert_eq!(interval, Some(60.0));
+    }
     Ok(())
 }
 

@@ -15,6 +15,9 @@ const BUCKETS: [f64; 12] = [
 
 type Labels = Vec<(&'static str, String)>;
 
+/// Appends an operator's own series, in Prometheus text format, to `out`.
+type Collector = Box<dyn Fn(&mut String) + Send + Sync>;
+
 #[derive(Default)]
 struct Histogram {
     counts: [u64; BUCKETS.len()],
@@ -35,8 +38,12 @@ struct Histogram {
 /// * `operator_api_requests_total{verb}` (requests made by the framework itself)
 /// * `operator_api_writes_total` (writes made by the framework itself, incl. handlers' context helpers)
 /// * `operator_is_leader`
+///
+/// Operators add their own series with [`Metrics::add_collector`]; they are
+/// rendered after these, on the same endpoint.
 #[derive(Default)]
 pub struct Metrics {
+    collectors: Mutex<Vec<Collector>>,
     counters: Mutex<BTreeMap<(&'static str, Labels), u64>>,
     histograms: Mutex<BTreeMap<Labels, Histogram>>,
     gauges: Mutex<BTreeMap<(&'static str, Labels), i64>>,
@@ -47,6 +54,14 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Adds a function that appends the operator's own series (Prometheus
+    /// text format, with `# HELP`/`# TYPE` lines) to every `/metrics` reply.
+    pub fn add_collector(&self, collect: impl Fn(&mut String) + Send + Sync + 'static) {
+        if let Ok(mut c) = self.collectors.lock() {
+            c.push(Box::new(collect));
+        }
+    }
+
     fn inc(&self, name: &'static str, labels: Labels, by: u64) {
         if let Ok(mut c) = self.counters.lock() {
             *c.entry((name, labels)).or_default() += by;
@@ -325,6 +340,11 @@ impl Metrics {
             "# HELP operator_is_leader Whether this replica acts.\n# TYPE operator_is_leader gauge\noperator_is_leader {}",
             u8::from(self.is_leader())
         );
+        if let Ok(c) = self.collectors.lock() {
+            for collect in c.iter() {
+                collect(&mut out);
+            }
+        }
         out
     }
 }
@@ -440,5 +460,19 @@ mod tests {
         assert_eq!(route("/readyz", &m).0, "200 OK");
         assert_eq!(route("/healthz", &m).0, "200 OK");
         assert_eq!(route("/nope", &m).0, "404 Not Found");
+    }
+
+    #[test]
+    fn collectors_append_their_series_on_every_render() {
+        let m = Metrics::default();
+        let n = std::sync::Arc::new(AtomicI64::new(0));
+        let seen = n.clone();
+        m.add_collector(move |out| {
+            let v = seen.fetch_add(1, Ordering::Relaxed) + 1;
+            let _ = writeln!(out, "# TYPE my_gauge gauge\nmy_gauge {v}");
+        });
+        assert!(m.render().ends_with("my_gauge 1\n"));
+        assert!(m.render().ends_with("my_gauge 2\n"));
+        assert_eq!(n.load(Ordering::Relaxed), 2);
     }
 }

@@ -28,6 +28,12 @@ pub(crate) fn settings() -> Settings {
     })
 }
 
+/// Backup metrics of this replica (served with the framework's on `/metrics`).
+pub fn backup_metrics() -> &'static crate::metrics::BackupMetrics {
+    static METRICS: OnceLock<crate::metrics::BackupMetrics> = OnceLock::new();
+    METRICS.get_or_init(Default::default)
+}
+
 /// Which policies exist per namespace, so a PVC event can be mapped to the
 /// policies that may select it (filled by the policy handlers).
 #[derive(Default)]

@@ -45,6 +45,7 @@ async fn reconcile_policy(ctx: Context<BackupPolicy>) -> HandlerResult {
     let client = ctx.client();
     policy_index().insert(&ns, &name);
     if policy.metadata.deletion_timestamp.is_some() {
+        super::backup_metrics().forget(&ns, &name);
         return Ok(());
     }
 
@@ -146,6 +147,12 @@ async fn reconcile_policy(ctx: Context<BackupPolicy>) -> HandlerResult {
             ctx.event(EventType::Normal, "BackupStored", &note).await?;
         }
     }
+    let interval = obs
+        .schedule
+        .as_ref()
+        .ok()
+        .and_then(|s| s.interval_seconds(obs.now));
+    super::backup_metrics().observe(&ns, &name, &obs.jobs, &new_status.stored_backups, interval);
     if new_status != prev {
         write_status(&ctx, &new_status).await?;
     }

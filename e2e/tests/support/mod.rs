@@ -331,3 +331,28 @@ pub async fn snapshot_api_served(cluster: &Cluster) -> Result<bool> {
         Err(e) => Err(e).context("discovering snapshot.storage.k8s.io/v1"),
     }
 }
+
+/// The deployed operator's `/metrics` text, where the test host can reach it:
+/// on the local cluster the operator pod uses the host network and serves
+/// 127.0.0.1:18080 (config/local). `None` on other clusters.
+pub async fn operator_metrics(cluster: &Cluster) -> Result<Option<String>> {
+    if cluster.kind != ClusterKind::Local {
+        return Ok(None);
+    }
+    let (status, body) = e2e::http_request("GET", "http://127.0.0.1:18080/metrics", b"").await?;
+    if status != 200 {
+        bail!("operator /metrics answered {status}");
+    }
+    Ok(Some(body))
+}
+
+/// The value of one series (exact name and label set) in Prometheus text.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}

@@ -1,0 +1,352 @@
+//! Backup metrics per policy and PVC, rendered on the framework's `/metrics`.
+//!
+//! Series (labels `namespace`, `policy`, and `pvc` where it applies):
+//! * `backup_operator_backups_total{result="success|failure"}`: finished
+//!   backup Jobs, counted once each (by Job name) while this replica runs.
+//! * `backup_operator_last_success_timestamp_seconds`: finish time of the
+//!   newest successful backup.
+//! * `backup_operator_backup_duration_seconds`: histogram of the mover's
+//!   reported duration (or the Job's run time when it reported none).
+//! * `backup_operator_stored_backups`: entries in `status.storedBackups`.
+//! * `backup_operator_schedule_interval_seconds` (per policy): the gap
+//!   between the next two scheduled runs, for "no success within twice the
+//!   interval" alerts (`config/prometheus/`).
+
+use crate::api::StoredBackup;
+use crate::results::JobOutcome;
+use crate::status::JobRecord;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::sync::Mutex;
+
+const BUCKETS: [f64; 10] = [
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+
+/// (namespace, policy)
+type PolicyKey = (String, String);
+
+#[derive(Debug, Default, Clone)]
+struct PvcStats {
+    successes: u64,
+    failures: u64,
+    last_success: Option<f64>,
+    buckets: [u64; BUCKETS.len()],
+    duration_sum: f64,
+    duration_count: u64,
+    stored: usize,
+}
+
+#[derive(Debug, Default)]
+struct PolicyStats {
+    pvcs: BTreeMap<String, PvcStats>,
+    /// Finished Jobs already counted; replaced by the Jobs that still exist
+    /// on every observation, so it stays as small as the Job history.
+    counted: BTreeSet<String>,
+    interval: Option<f64>,
+}
+
+/// All backup metrics of this replica.
+#[derive(Debug, Default)]
+pub struct BackupMetrics {
+    policies: Mutex<BTreeMap<PolicyKey, PolicyStats>>,
+}
+
+impl BackupMetrics {
+    /// Records what one reconcile of a policy saw: its Jobs (finished ones not
+    /// seen before are counted), its stored backups and its schedule interval.
+    pub fn observe(
+        &self,
+        namespace: &str,
+        policy: &str,
+        jobs: &[JobRecord],
+        stored: &[StoredBackup],
+        interval_seconds: Option<f64>,
+    ) {
+        let Ok(mut all) = self.policies.lock() else {
+            return;
+        };
+        let p = all
+            .entry((namespace.to_string(), policy.to_string()))
+            .or_default();
+        p.interval = interval_seconds;
+        let mut still_there = BTreeSet::new();
+        for job in jobs {
+            if job.outcome == JobOutcome::Running {
+                continue;
+            }
+            still_there.insert(job.name.clone());
+            if p.counted.contains(&job.name) {
+                continue;
+            }
+            let s = p.pvcs.entry(job.pvc.clone()).or_default();
+            match job.outcome {
+                JobOutcome::Succeeded => {
+                    s.successes += 1;
+                    let finished = job.finished.map(|t| t.as_millisecond() as f64 / 1000.0);
+                    if let Some(f) = finished
+                        && s.last_success.is_none_or(|l| l < f)
+                    {
+                        s.last_success = Some(f);
+                    }
+                    let secs = job
+                        .result
+                        .as_ref()
+                        .and_then(|r| r.duration_seconds)
+                        .or_else(|| {
+                            let (c, f) = (job.created?, job.finished?);
+                            Some((f - c).get_seconds() as f64)
+                        });
+                    if let Some(secs) = secs {
+                        for (i, b) in BUCKETS.iter().enumerate() {
+                            if secs <= *b {
+                                s.buckets[i] += 1;
+                            }
+                        }
+                        s.duration_sum += secs;
+                        s.duration_count += 1;
+                    }
+                }
+                _ => s.failures += 1,
+            }
+        }
+        p.counted = still_there;
+        for s in p.pvcs.values_mut() {
+            s.stored = 0;
+        }
+        for b in stored {
+            p.pvcs.entry(b.pvc_name.clone()).or_default().stored += 1;
+        }
+    }
+
+    /// Drops the series of a deleted policy.
+    pub fn forget(&self, namespace: &str, policy: &str) {
+        if let Ok(mut all) = self.policies.lock() {
+            all.remove(&(namespace.to_string(), policy.to_string()));
+        }
+    }
+
+    /// Appends the series in Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        let Ok(all) = self.policies.lock() else {
+            return;
+        };
+        let pvc_rows = || {
+            all.iter().flat_map(|((ns, policy), p)| {
+                p.pvcs.iter().map(move |(pvc, s)| {
+                    (
+                        format!(
+                            "namespace=\"{}\",policy=\"{}\",pvc=\"{}\"",
+                            escape(ns),
+                            escape(policy),
+                            escape(pvc)
+                        ),
+                        s,
+                    )
+                })
+            })
+        };
+        let _ = writeln!(
+            out,
+            "# HELP backup_operator_backups_total Finished backup Jobs by result.\n# TYPE backup_operator_backups_total counter"
+        );
+        for (l, s) in pvc_rows() {
+            let _ = writeln!(
+                out,
+                "backup_operator_backups_total{{{l},result=\"success\"}} {}",
+                s.successes
+            );
+            let _ = writeln!(
+                out,
+                "backup_operator_backups_total{{{l},result=\"failure\"}} {}",
+                s.failures
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP backup_operator_last_success_timestamp_seconds When the newest successful backup finished.\n# TYPE backup_operator_last_success_timestamp_seconds gauge"
+        );
+        for (l, s) in pvc_rows() {
+            if let Some(t) = s.last_success {
+                let _ = writeln!(
+                    out,
+                    "backup_operator_last_success_timestamp_seconds{{{l}}} {t}"
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP backup_operator_backup_duration_seconds Duration of successful backups.\n# TYPE backup_operator_backup_duration_seconds histogram"
+        );
+        for (l, s) in pvc_rows() {
+            for (i, b) in BUCKETS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "backup_operator_backup_duration_seconds_bucket{{{l},le=\"{b}\"}} {}",
+                    s.buckets[i]
+                );
+            }
+            let _ = writeln!(
+                out,
+                "backup_operator_backup_duration_seconds_bucket{{{l},le=\"+Inf\"}} {}\nbackup_operator_backup_duration_seconds_sum{{{l}}} {}\nbackup_operator_backup_duration_seconds_count{{{l}}} {}",
+                s.duration_count, s.duration_sum, s.duration_count
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP backup_operator_stored_backups Entries in status.storedBackups.\n# TYPE backup_operator_stored_backups gauge"
+        );
+        for (l, s) in pvc_rows() {
+            let _ = writeln!(out, "backup_operator_stored_backups{{{l}}} {}", s.stored);
+        }
+        let _ = writeln!(
+            out,
+            "# HELP backup_operator_schedule_interval_seconds Seconds between the next two scheduled runs.\n# TYPE backup_operator_schedule_interval_seconds gauge"
+        );
+        for ((ns, policy), p) in all.iter() {
+            if let Some(i) = p.interval {
+                let _ = writeln!(
+                    out,
+                    "backup_operator_schedule_interval_seconds{{namespace=\"{}\",policy=\"{}\"}} {i}",
+                    escape(ns),
+                    escape(policy)
+                );
+            }
+        }
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::MoverResult;
+    use jiff::Timestamp;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().expect("test timestamp")
+    }
+
+    fn job(name: &str, pvc: &str, outcome: JobOutcome, duration: Option<f64>) -> JobRecord {
+        JobRecord {
+            name: name.into(),
+            pvc: pvc.into(),
+            created: Some(ts("2026-01-01T10:00:00Z")),
+            finished: Some(ts("2026-01-01T10:00:40Z")),
+            outcome,
+            result: duration.map(|d| MoverResult {
+                duration_seconds: Some(d),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn stored(pvc: &str) -> StoredBackup {
+        StoredBackup {
+            name: format!("{pvc}-x"),
+            timestamp: "2026-01-01T10:00:40Z".into(),
+            pvc_name: pvc.into(),
+            size: 1,
+            location: "s3:http://s3/b/ns/data".into(),
+            status: "Completed".into(),
+            snapshot_id: None,
+        }
+    }
+
+    fn failed() -> JobOutcome {
+        JobOutcome::Failed {
+            reason: "WrongPassword".into(),
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn each_finished_job_counts_once_and_running_ones_not_at_all() {
+        let m = BackupMetrics::default();
+        let jobs = vec![
+            job("a", "data", JobOutcome::Succeeded, Some(12.5)),
+            job("b", "data", failed(), None),
+            job("c", "data", JobOutcome::Running, None),
+        ];
+        m.observe("ns", "p", &jobs, &[stored("data")], Some(3600.0));
+        m.observe(
+            "ns",
+            "p",
+            &jobs,
+            &[stored("data"), stored("data")],
+            Some(3600.0),
+        );
+        let mut out = String::new();
+        m.render(&mut out);
+        let l = "namespace=\"ns\",policy=\"p\",pvc=\"data\"";
+        assert!(
+            out.contains(&format!(
+                "backup_operator_backups_total{{{l},result=\"success\"}} 1"
+            )),
+            "{out}"
+        );
+        assert!(out.contains(&format!(
+            "backup_operator_backups_total{{{l},result=\"failure\"}} 1"
+        )));
+        assert!(out.contains(&format!(
+            "backup_operator_last_success_timestamp_seconds{{{l}}} 1767261640"
+        )));
+        assert!(out.contains(&format!(
+            "backup_operator_backup_duration_seconds_bucket{{{l},le=\"15\"}} 1"
+        )));
+        assert!(out.contains(&format!(
+            "backup_operator_backup_duration_seconds_bucket{{{l},le=\"5\"}} 0"
+        )));
+        assert!(out.contains(&format!(
+            "backup_operator_backup_duration_seconds_sum{{{l}}} 12.5"
+        )));
+        assert!(out.contains(&format!("backup_operator_stored_backups{{{l}}} 2")));
+        assert!(out.contains(
+            "backup_operator_schedule_interval_seconds{namespace=\"ns\",policy=\"p\"} 3600"
+        ));
+    }
+
+    #[test]
+    fn a_job_without_a_report_takes_its_run_time_and_forget_drops_the_policy() {
+        let m = BackupMetrics::default();
+        m.observe(
+            "ns",
+            "p",
+            &[job("a", "data", JobOutcome::Succeeded, None)],
+            &[],
+            None,
+        );
+        let mut out = String::new();
+        m.render(&mut out);
+        assert!(out.contains("backup_operator_backup_duration_seconds_sum{namespace=\"ns\",policy=\"p\",pvc=\"data\"} 40"), "{out}");
+        m.forget("ns", "p");
+        let mut out = String::new();
+        m.render(&mut out);
+        assert!(!out.contains("policy=\"p\""));
+    }
+
+    #[test]
+    fn a_job_that_left_and_came_back_is_not_recounted_while_it_stays() {
+        let m = BackupMetrics::default();
+        let a = job("a", "data", JobOutcome::Succeeded, Some(1.0));
+        m.observe("ns", "p", std::slice::from_ref(&a), &[], None);
+        m.observe(
+            "ns",
+            "p",
+            &[
+                a.clone(),
+                job("b", "data", JobOutcome::Succeeded, Some(1.0)),
+            ],
+            &[],
+            None,
+        );
+        let mut out = String::new();
+        m.render(&mut out);
+        assert!(out.contains("backup_operator_backups_total{namespace=\"ns\",policy=\"p\",pvc=\"data\",result=\"success\"} 2"), "{out}");
+    }
+}
