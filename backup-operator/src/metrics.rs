@@ -115,7 +115,17 @@ impl BackupMetrics {
             s.stored = 0;
         }
         for b in stored {
-            p.pvcs.entry(b.pvc_name.clone()).or_default().stored += 1;
+            let s = p.pvcs.entry(b.pvc_name.clone()).or_default();
+            s.stored += 1;
+            // Snapshot backups have no Job: their newest ready entry is the
+            // last success.
+            let good = b.status == "Completed" || b.status == "Ready";
+            if let (true, Ok(t)) = (good, b.timestamp.parse::<jiff::Timestamp>()) {
+                let t = t.as_millisecond() as f64 / 1000.0;
+                if s.last_success.is_none_or(|l| l < t) {
+                    s.last_success = Some(t);
+                }
+            }
         }
     }
 
@@ -308,6 +318,24 @@ mod tests {
         assert!(out.contains(&format!("backup_operator_stored_backups{{{l}}} 2")));
         assert!(out.contains(
             "backup_operator_schedule_interval_seconds{namespace=\"ns\",policy=\"p\"} 3600"
+        ));
+    }
+
+    #[test]
+    fn ready_snapshot_entries_count_as_last_success() {
+        let m = BackupMetrics::default();
+        let mut snap = stored("vol");
+        snap.status = "Ready".into();
+        snap.timestamp = "2026-01-02T00:00:00Z".into();
+        let mut failed = stored("vol");
+        failed.status = "Failed".into();
+        failed.timestamp = "2026-01-03T00:00:00Z".into();
+        m.observe("ns", "snaps", &[], &[snap, failed], Some(86_400.0));
+        let mut out = String::new();
+        m.render(&mut out);
+        assert!(out.contains("backup_operator_last_success_timestamp_seconds{namespace=\"ns\",policy=\"snaps\",pvc=\"vol\"} 1767312000"), "{out}");
+        assert!(out.contains(
+            "backup_operator_stored_backups{namespace=\"ns\",policy=\"snaps\",pvc=\"vol\"} 2"
         ));
     }
 
