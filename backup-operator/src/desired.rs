@@ -28,7 +28,15 @@ pub enum DesiredError {
     /// The policy has no destination but its method needs one.
     #[error("spec.destination is required for method {0}")]
     NoDestination(String),
+    /// A name that must go into a label value is longer than 63 characters.
+    #[error(
+        "PVC name {0:?} is longer than 63 characters; it cannot be a label value, so this PVC is not backed up"
+    )]
+    NameTooLong(String),
 }
+
+/// Label values hold at most 63 characters.
+const LABEL_VALUE_MAX: usize = 63;
 
 /// Labels on every object made for (policy, pvc).
 pub fn labels(policy: &str, pvc: &str) -> BTreeMap<String, String> {
@@ -212,6 +220,9 @@ pub fn backup_job_template(
 ) -> Result<JobTemplateSpec, DesiredError> {
     let name = policy.metadata.name.clone().unwrap_or_default();
     let ns = policy.metadata.namespace.clone().unwrap_or_default();
+    if pvc.len() > LABEL_VALUE_MAX {
+        return Err(DesiredError::NameTooLong(pvc.to_string()));
+    }
     let spec = &policy.spec;
     let dest = spec
         .destination
@@ -501,6 +512,15 @@ mod tests {
         let a = manual_job(&policy(), "data", "img", "1").expect("job");
         let b = manual_job(&policy(), "data", "img", "2").expect("job");
         assert_ne!(a.metadata.name, b.metadata.name);
+    }
+
+    #[test]
+    fn a_pvc_name_too_long_for_a_label_is_an_error_naming_it() {
+        let long = "d".repeat(64);
+        let err = cronjob(&policy(), &long, "img").expect_err("too long");
+        assert_eq!(err, DesiredError::NameTooLong(long.clone()));
+        assert!(err.to_string().contains("63 characters"));
+        assert!(cronjob(&policy(), &"d".repeat(63), "img").is_ok());
     }
 
     #[test]

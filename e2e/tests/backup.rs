@@ -508,7 +508,14 @@ async fn admission_rejects_invalid_specs() -> Result<()> {
     let cluster = e2e::cluster().await?;
     let ns = cluster.namespace("admission").await?;
     let api: Api<BackupPolicy> = ns.api();
+    let long_name = format!("p{}", "x".repeat(63));
     let cases = [
+        (
+            long_name.as_str(),
+            serde_json::json!({"targets": {"names": ["a"]}, "schedule": "@daily",
+            "destination": {"nfs": {"server": "n", "path": "/x"}, "repositoryPasswordSecretRef": {"name": "pw"}}}),
+            "at most 63 characters",
+        ),
         (
             "no-targets",
             serde_json::json!({"targets": {}, "schedule": "@daily",

@@ -20,7 +20,9 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Next Run", type_ = "string", json_path = ".status.nextRunTime"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("self.spec.method == 'Snapshot' || has(self.spec.destination)").message("spec.destination is required unless spec.method is Snapshot"),
-    validation = Rule::new("self.spec.method == 'Copy' || has(self.spec.snapshot)").message("spec.snapshot (volumeSnapshotClassName) is required for methods Snapshot and SnapshotThenCopy")
+    validation = Rule::new("self.spec.method == 'Copy' || has(self.spec.snapshot)").message("spec.snapshot (volumeSnapshotClassName) is required for methods Snapshot and SnapshotThenCopy"),
+    // The name is a label value on everything made for the policy.
+    validation = Rule::new("size(self.metadata.name) <= 63").message("a BackupPolicy name has at most 63 characters (it is used as a label value)")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BackupPolicySpec {

@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Target", type_ = "string", json_path = ".spec.target.pvcName"),
     printcolumn(name = "Backup", type_ = "string", json_path = ".status.snapshotId"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = Rule::new("self.spec == oldSelf.spec").message("a Restore is immutable; create a new one")
+    validation = Rule::new("self.spec == oldSelf.spec").message("a Restore is immutable; create a new one"),
+    validation = Rule::new("size(self.metadata.name) <= 63").message("a Restore name has at most 63 characters (it is used as a label value)")
 )]
 #[x_kube(validation = Rule::new("[has(self.backupName), has(self.snapshotId), has(self.latestOf)].filter(x, x).size() == 1").message("name exactly one of backupName, snapshotId or latestOf"))]
 #[serde(rename_all = "camelCase")]

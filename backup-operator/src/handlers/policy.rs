@@ -225,7 +225,12 @@ async fn run_now(
     for pvc in &res.selected {
         let mut job = match desired::manual_job(policy, pvc, &settings().mover_image, &value) {
             Ok(j) => j,
-            Err(e) => return Err(HandlerError::permanent(e.to_string())),
+            Err(e) => {
+                // The same error is on the policy's conditions (its CronJob
+                // cannot be made either); the other PVCs still run.
+                tracing::warn!(%pvc, error = %e, "no on-demand backup for this PVC");
+                continue;
+            }
         };
         ctx.adopt(&mut job);
         match api.create(&PostParams::default(), &job).await {

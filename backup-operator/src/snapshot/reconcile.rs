@@ -173,6 +173,15 @@ async fn check_pvc(
             message,
         }))
     };
+    if pvc.len() > 63 {
+        // Snapshots carry the PVC name as a label value.
+        return problem(
+            "PVCNameTooLong",
+            format!(
+                "PVC name {pvc:?} is longer than 63 characters; it cannot be a label value, so this PVC is not snapshotted"
+            ),
+        );
+    }
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
     let Some(claim) = pvcs
         .get_opt(pvc)
