@@ -28,8 +28,9 @@ struct Cli {
 enum Command {
     /// Run the operator (the default).
     Run(RunArgs),
-    /// Print the CRDs as YAML.
-    Crd,
+    /// Print the CRDs as YAML (`crd` works too).
+    #[command(alias = "crd")]
+    Crds,
     /// Write the CRDs into directories (e.g. `crds/` and `config/crd/bases/`).
     Manifests {
         /// Output directories.
@@ -67,7 +68,7 @@ struct RunArgs {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Crd) => {
+        Some(Command::Crds) => {
             for (_, yaml) in backup_operator::manifests::crds()? {
                 println!("---\n{yaml}");
             }
