@@ -675,3 +675,109 @@ async fn snapshot_policy_without_snapshot_api_reports_it_and_copy_still_works() 
     );
     Ok(())
 }
+
+/// A Restore into an existing PVC needs `overwrite: true` and waits while a
+/// running pod mounts the PVC; then it writes the backup's bytes into it.
+#[tokio::test]
+async fn restore_into_an_existing_pvc_needs_overwrite_and_waits_for_its_pod() -> Result<()> {
+    let (cluster, ns, s3) = setup("overwrite").await?;
+    let files = sample_files();
+    pvc_with_files(&cluster, &ns, "app", &files).await?;
+    create_policy(
+        &ns,
+        "manual",
+        s3_spec(&s3, serde_json::json!({"names": ["app"]}), NEVER_SOON, 5),
+    )
+    .await?;
+    run_now(&ns, "manual", "one").await?;
+    let p = wait_policy(
+        &ns,
+        "manual",
+        "the backup in status",
+        Duration::from_secs(180),
+        |p| !stored(p).is_empty(),
+    )
+    .await?;
+    let backup = stored(&p)[0].name.clone();
+    create_pvc(&ns, "other", "1Gi", None).await?;
+    wait_pvc_bound(&ns, "other", Duration::from_secs(60)).await?;
+
+    let refused = |r: &Restore, reason: &str| {
+        let st = r.status.clone().unwrap_or_default();
+        st.phase == Some(RestorePhase::Failed) && st.conditions.iter().any(|c| c.reason == reason)
+    };
+    let r = restore_and_wait(
+        &ns,
+        "create-over-existing",
+        serde_json::json!({"policyName": "manual", "backupName": backup, "target": {"pvcName": "other"}}),
+    )
+    .await?;
+    assert!(refused(&r, "TargetExists"), "{:?}", r.status);
+    let r = restore_and_wait(
+        &ns,
+        "no-overwrite",
+        serde_json::json!({"policyName": "manual", "backupName": backup,
+            "target": {"pvcName": "other", "create": false}}),
+    )
+    .await?;
+    assert!(refused(&r, "OverwriteNotAllowed"), "{:?}", r.status);
+
+    // A running pod holds the PVC: the restore waits, then proceeds once it is gone.
+    let pods: Api<Pod> = ns.api();
+    pods.create(
+        &PostParams::default(),
+        &e2e::busybox_pod(&cluster, "holder", "sleep 3600", Some("other")),
+    )
+    .await?;
+    wait_for("holder running", Duration::from_secs(60), || async {
+        let p = pods.get("holder").await?;
+        Ok((p.status.and_then(|s| s.phase).as_deref() == Some("Running")).then_some(()))
+    })
+    .await?;
+    let restores: Api<Restore> = ns.api();
+    let r: Restore = serde_json::from_value(serde_json::json!({
+        "apiVersion": "backup.backup.example.com/v1alpha1", "kind": "Restore",
+        "metadata": {"name": "overwrite"},
+        "spec": {"policyName": "manual", "backupName": backup,
+                 "target": {"pvcName": "other", "create": false, "overwrite": true}}
+    }))?;
+    restores.create(&PostParams::default(), &r).await?;
+    wait_for(
+        "the restore to wait for the holder pod",
+        Duration::from_secs(60),
+        || async {
+            let r = restores.get("overwrite").await?;
+            let st = r.status.unwrap_or_default();
+            let waiting = st.phase == Some(RestorePhase::Pending)
+                && st
+                    .conditions
+                    .iter()
+                    .any(|c| c.reason == "TargetInUse" && c.message.contains("holder"));
+            Ok(waiting.then_some(()))
+        },
+    )
+    .await?;
+    pods.delete("holder", &DeleteParams::default()).await?;
+    let done = wait_for(
+        "the restore to finish",
+        Duration::from_secs(180),
+        || async {
+            let r = restores.get("overwrite").await?;
+            let phase = r.status.as_ref().and_then(|s| s.phase);
+            Ok(matches!(phase, Some(RestorePhase::Succeeded | RestorePhase::Failed)).then_some(r))
+        },
+    )
+    .await?;
+    let st = done.status.unwrap_or_default();
+    assert_eq!(
+        st.phase,
+        Some(RestorePhase::Succeeded),
+        "{:?}",
+        st.conditions
+    );
+    assert_eq!(
+        checksum_pvc(&cluster, &ns, "other").await?,
+        manifest_of(&files)
+    );
+    Ok(())
+}
