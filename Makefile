@@ -77,6 +77,13 @@ deploy: ## Deploy CRDs, RBAC and the operator from config/default with image IMG
 
 deploy-local: ## Deploy onto the local cluster (host network to reach the 127.0.0.1 API server).
 	$(KUBECTL) kustomize config/local | sed 's|controller:latest|$(IMG)|g' | $(KUBECTL) apply -f -
+	@# The tag stays the same between image-loads: roll the pod when the image's content changed.
+	@tar=$${KB_CACHE:-$$HOME/.cache/kube-backup}/images/$$(echo '$(IMG)' | tr '/:' '__').tar; \
+	  if [ -f "$$tar" ]; then \
+	    sum=$$(sha256sum "$$tar" | cut -c1-16); \
+	    $(KUBECTL) -n backup-operator-system patch deployment backup-operator-controller-manager --type merge \
+	      -p "{\"spec\":{\"template\":{\"metadata\":{\"annotations\":{\"kube-backup/image-content\":\"$$sum\"}}}}}"; \
+	  fi
 
 undeploy: ## Remove what deploy installed.
 	$(KUBECTL) kustomize config/default | $(KUBECTL) delete --ignore-not-found -f -

@@ -122,8 +122,14 @@ pub(crate) async fn backup_jobs(
             .or_else(|| {
                 status.and_then(|s| s.conditions.as_ref()).and_then(|cs| {
                     cs.iter()
+                        // SuccessCriteriaMet / FailureTarget come before
+                        // Complete / Failed and completionTime.
                         .filter(|c| {
-                            c.status == "True" && (c.type_ == "Failed" || c.type_ == "Complete")
+                            c.status == "True"
+                                && matches!(
+                                    c.type_.as_str(),
+                                    "Complete" | "Failed" | "SuccessCriteriaMet" | "FailureTarget"
+                                )
                         })
                         .filter_map(|c| c.last_transition_time.as_ref().map(|t| t.0))
                         .max()

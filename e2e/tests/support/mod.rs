@@ -77,20 +77,24 @@ pub async fn scale_operator(cluster: &Cluster, replicas: i32) -> Result<()> {
     Ok(())
 }
 
-/// Waits until the operator Deployment has an available replica.
+/// Waits until the operator Deployment's current spec is rolled out (no old
+/// pod left) and a replica is available.
 pub async fn wait_operator_available(cluster: &Cluster) -> Result<()> {
     let api: Api<Deployment> = Api::namespaced(cluster.client.clone(), OPERATOR_NS);
     wait_for(
-        "operator Deployment available",
+        "operator Deployment rolled out and available",
         Duration::from_secs(180),
         || async {
             let d = api.get(OPERATOR_DEPLOYMENT).await?;
-            let ready = d
-                .status
-                .as_ref()
-                .and_then(|s| s.available_replicas)
-                .unwrap_or(0);
-            Ok((ready >= 1).then_some(()))
+            let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            let Some(s) = d.status.as_ref() else {
+                return Ok(None);
+            };
+            let current = s.observed_generation == d.metadata.generation
+                && s.updated_replicas.unwrap_or(0) == want
+                && s.replicas.unwrap_or(0) == want;
+            let available = s.available_replicas.unwrap_or(0) >= 1;
+            Ok((current && available).then_some(()))
         },
     )
     .await
