@@ -6,6 +6,7 @@ use backup_operator::handlers::{self, Settings};
 use clap::{Parser, Subcommand};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
@@ -148,9 +149,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .into_iter()
             .collect()
     })
-    .watches::<PersistentVolumeClaim, _>(
+    // PVCs matter by name and labels only: a metadata watch.
+    .watches_metadata::<PersistentVolumeClaim, _>(
         Api::all(client.clone()),
-        |pvc: &PersistentVolumeClaim| {
+        |pvc: &PartialObjectMeta<PersistentVolumeClaim>| {
             let ns = pvc.namespace().unwrap_or_default();
             handlers::policies_in(&ns)
                 .into_iter()

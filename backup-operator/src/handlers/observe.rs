@@ -7,27 +7,28 @@ use crate::targets::PvcInfo;
 use anyhow::Context as _;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::ListParams;
 use kube::{Api, Client};
 
-fn pvc_info(p: &PersistentVolumeClaim) -> PvcInfo {
+fn pvc_info(meta: &ObjectMeta) -> PvcInfo {
     PvcInfo {
-        name: p.metadata.name.clone().unwrap_or_default(),
-        labels: p.metadata.labels.clone().unwrap_or_default(),
-        terminating: p.metadata.deletion_timestamp.is_some(),
+        name: meta.name.clone().unwrap_or_default(),
+        labels: meta.labels.clone().unwrap_or_default(),
+        terminating: meta.deletion_timestamp.is_some(),
     }
 }
 
 /// The PVCs of a namespace, from the watch cache once it has synced.
 pub(crate) async fn pvcs(client: &Client, ns: &str) -> anyhow::Result<Vec<PvcInfo>> {
     if let Some(cached) = super::cached_pvcs(ns) {
-        return Ok(cached.iter().map(|p| pvc_info(p)).collect());
+        return Ok(cached.iter().map(|p| pvc_info(&p.metadata)).collect());
     }
     let list = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
-        .list(&ListParams::default())
+        .list_metadata(&ListParams::default())
         .await
         .with_context(|| format!("listing PVCs in {ns}"))?;
-    Ok(list.items.iter().map(pvc_info).collect())
+    Ok(list.items.iter().map(|p| pvc_info(&p.metadata)).collect())
 }
 
 /// Names of the policy's referenced Secrets that do not exist.
