@@ -2,7 +2,8 @@
 //!
 //! Series (labels `namespace`, `policy`, and `pvc` where it applies):
 //! * `backup_operator_backups_total{result="success|failure"}`: finished
-//!   backup Jobs, counted once each (by Job name) while this replica runs.
+//!   backup Jobs and VolumeSnapshots that became ready or failed, counted
+//!   once each (by name) while this replica runs.
 //! * `backup_operator_last_success_timestamp_seconds`: finish time of the
 //!   newest successful backup.
 //! * `backup_operator_backup_duration_seconds`: histogram of the mover's
@@ -43,6 +44,8 @@ struct PolicyStats {
     /// Finished Jobs already counted; replaced by the Jobs that still exist
     /// on every observation, so it stays as small as the Job history.
     counted: BTreeSet<String>,
+    /// VolumeSnapshot backups already counted (they have no Job).
+    counted_snapshots: BTreeSet<String>,
     interval: Option<f64>,
 }
 
@@ -114,6 +117,29 @@ impl BackupMetrics {
         for s in p.pvcs.values_mut() {
             s.stored = 0;
         }
+        // Snapshot backups count once each when they reach a final state.
+        let mut snapshots_seen = BTreeSet::new();
+        for b in stored
+            .iter()
+            .filter(|b| b.location.starts_with("VolumeSnapshot/"))
+        {
+            let result = match b.status.as_str() {
+                "Ready" => true,
+                "Failed" => false,
+                _ => continue,
+            };
+            snapshots_seen.insert(b.name.clone());
+            if p.counted_snapshots.contains(&b.name) {
+                continue;
+            }
+            let s = p.pvcs.entry(b.pvc_name.clone()).or_default();
+            if result {
+                s.successes += 1;
+            } else {
+                s.failures += 1;
+            }
+        }
+        p.counted_snapshots = snapshots_seen;
         for b in stored {
             let s = p.pvcs.entry(b.pvc_name.clone()).or_default();
             s.stored += 1;
@@ -324,18 +350,34 @@ mod tests {
     #[test]
     fn ready_snapshot_entries_count_as_last_success() {
         let m = BackupMetrics::default();
-        let mut snap = stored("vol");
-        snap.status = "Ready".into();
-        snap.timestamp = "2026-01-02T00:00:00Z".into();
-        let mut failed = stored("vol");
-        failed.status = "Failed".into();
-        failed.timestamp = "2026-01-03T00:00:00Z".into();
-        m.observe("ns", "snaps", &[], &[snap, failed], Some(86_400.0));
+        let snapshot = |name: &str, status: &str, at: &str| StoredBackup {
+            name: name.into(),
+            timestamp: at.into(),
+            location: format!("VolumeSnapshot/{name}"),
+            status: status.into(),
+            ..stored("vol")
+        };
+        let snap = snapshot("s1", "Ready", "2026-01-02T00:00:00Z");
+        let failed = snapshot("s2", "Failed", "2026-01-03T00:00:00Z");
+        let pending = snapshot("s3", "Pending", "2026-01-04T00:00:00Z");
+        let all = [snap, failed, pending];
+        m.observe("ns", "snaps", &[], &all, Some(86_400.0));
+        m.observe("ns", "snaps", &[], &all, Some(86_400.0));
         let mut out = String::new();
         m.render(&mut out);
+        let l = "namespace=\"ns\",policy=\"snaps\",pvc=\"vol\"";
+        assert!(
+            out.contains(&format!(
+                "backup_operator_backups_total{{{l},result=\"success\"}} 1"
+            )),
+            "{out}"
+        );
+        assert!(out.contains(&format!(
+            "backup_operator_backups_total{{{l},result=\"failure\"}} 1"
+        )));
         assert!(out.contains("backup_operator_last_success_timestamp_seconds{namespace=\"ns\",policy=\"snaps\",pvc=\"vol\"} 1767312000"), "{out}");
         assert!(out.contains(
-            "backup_operator_stored_backups{namespace=\"ns\",policy=\"snaps\",pvc=\"vol\"} 2"
+            "backup_operator_stored_backups{namespace=\"ns\",policy=\"snaps\",pvc=\"vol\"} 3"
         ));
     }
 

@@ -129,6 +129,17 @@ async fn snapshot_policy_takes_ready_snapshots_on_schedule_prunes_the_oldest_and
         .filter_map(|o| o.metadata.name.clone())
         .collect();
     let recorded: BTreeSet<String> = stored(&p).iter().map(|b| b.name.clone()).collect();
+    if let Some(text) = operator_metrics(&cluster).await? {
+        let l = format!("namespace=\"{}\",policy=\"snaps\",pvc=\"vol\"", ns.name);
+        let ok = metric_value(
+            &text,
+            &format!("backup_operator_backups_total{{{l},result=\"success\"}}"),
+        );
+        assert!(
+            ok.is_some_and(|v| v >= 2.0),
+            "ready snapshots counted: {ok:?}"
+        );
+    }
     assert_eq!(
         recorded, remaining,
         "status.storedBackups and the cluster's snapshots differ"
