@@ -16,6 +16,7 @@
 use crate::api::StoredBackup;
 use crate::results::JobOutcome;
 use crate::status::JobRecord;
+use operator_framework::escape_label_value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::Mutex;
@@ -173,9 +174,9 @@ impl BackupMetrics {
                     (
                         format!(
                             "namespace=\"{}\",policy=\"{}\",pvc=\"{}\"",
-                            escape(ns),
-                            escape(policy),
-                            escape(pvc)
+                            escape_label_value(ns),
+                            escape_label_value(policy),
+                            escape_label_value(pvc)
                         ),
                         s,
                     )
@@ -244,18 +245,12 @@ impl BackupMetrics {
                 let _ = writeln!(
                     out,
                     "backup_operator_schedule_interval_seconds{{namespace=\"{}\",policy=\"{}\"}} {i}",
-                    escape(ns),
-                    escape(policy)
+                    escape_label_value(ns),
+                    escape_label_value(policy)
                 );
             }
         }
     }
-}
-
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 #[cfg(test)]

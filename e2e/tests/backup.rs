@@ -156,18 +156,11 @@ async fn on_demand_backup_then_restore_into_new_pvc_is_byte_identical() -> Resul
     );
     let backup = stored(&p)[0].name.clone();
 
-    let restores: Api<Restore> = ns.api();
-    let r: Restore = serde_json::from_value(serde_json::json!({
-        "apiVersion": "backup.backup.example.com/v1alpha1", "kind": "Restore",
-        "metadata": {"name": "back"},
-        "spec": {"policyName": "manual", "backupName": backup, "target": {"pvcName": "app-data-restored"}}
-    }))?;
-    restores.create(&PostParams::default(), &r).await?;
-    let done = wait_for("restore to finish", Duration::from_secs(180), || async {
-        let r = restores.get("back").await?;
-        let phase = r.status.as_ref().and_then(|s| s.phase);
-        Ok(matches!(phase, Some(RestorePhase::Succeeded | RestorePhase::Failed)).then_some(r))
-    })
+    let done = restore_and_wait(
+        &ns,
+        "back",
+        serde_json::json!({"policyName": "manual", "backupName": backup, "target": {"pvcName": "app-data-restored"}}),
+    )
     .await?;
     let st = done.status.clone().unwrap_or_default();
     assert_eq!(
@@ -723,25 +716,15 @@ async fn restore_into_an_existing_pvc_needs_overwrite_and_waits_for_its_pod() ->
     assert!(refused(&r, "OverwriteNotAllowed"), "{:?}", r.status);
 
     // A running pod holds the PVC: the restore waits, then proceeds once it is gone.
-    let pods: Api<Pod> = ns.api();
-    pods.create(
-        &PostParams::default(),
-        &e2e::busybox_pod(&cluster, "holder", "sleep 3600", Some("other")),
+    start_pod(&cluster, &ns, "holder", "sleep 3600", "other").await?;
+    create_restore(
+        &ns,
+        "overwrite",
+        serde_json::json!({"policyName": "manual", "backupName": backup,
+            "target": {"pvcName": "other", "create": false, "overwrite": true}}),
     )
     .await?;
-    wait_for("holder running", Duration::from_secs(60), || async {
-        let p = pods.get("holder").await?;
-        Ok((p.status.and_then(|s| s.phase).as_deref() == Some("Running")).then_some(()))
-    })
-    .await?;
     let restores: Api<Restore> = ns.api();
-    let r: Restore = serde_json::from_value(serde_json::json!({
-        "apiVersion": "backup.backup.example.com/v1alpha1", "kind": "Restore",
-        "metadata": {"name": "overwrite"},
-        "spec": {"policyName": "manual", "backupName": backup,
-                 "target": {"pvcName": "other", "create": false, "overwrite": true}}
-    }))?;
-    restores.create(&PostParams::default(), &r).await?;
     wait_for(
         "the restore to wait for the holder pod",
         Duration::from_secs(60),
@@ -757,17 +740,9 @@ async fn restore_into_an_existing_pvc_needs_overwrite_and_waits_for_its_pod() ->
         },
     )
     .await?;
+    let pods: Api<Pod> = ns.api();
     pods.delete("holder", &DeleteParams::default()).await?;
-    let done = wait_for(
-        "the restore to finish",
-        Duration::from_secs(180),
-        || async {
-            let r = restores.get("overwrite").await?;
-            let phase = r.status.as_ref().and_then(|s| s.phase);
-            Ok(matches!(phase, Some(RestorePhase::Succeeded | RestorePhase::Failed)).then_some(r))
-        },
-    )
-    .await?;
+    let done = wait_restore_finished(&ns, "overwrite").await?;
     let st = done.status.unwrap_or_default();
     assert_eq!(
         st.phase,

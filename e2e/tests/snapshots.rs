@@ -15,7 +15,7 @@ use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::Api;
-use kube::api::{DynamicObject, ListParams, PostParams};
+use kube::api::{DynamicObject, ListParams};
 use std::collections::BTreeSet;
 use std::time::Duration;
 use support::*;
@@ -207,17 +207,8 @@ async fn snapshot_then_copy_backs_up_a_volume_in_use_consistently() -> Result<()
     let s3 = s3_fixture(&cluster, &ns, PASSWORD).await?;
     create_pvc(&ns, "live", "1Gi", Some(CSI_CLASS)).await?;
     wait_pvc_bound(&ns, "live", Duration::from_secs(60)).await?;
+    start_pod(&cluster, &ns, "writer", WRITER, "live").await?;
     let pods: Api<Pod> = ns.api();
-    pods.create(
-        &PostParams::default(),
-        &e2e::busybox_pod(&cluster, "writer", WRITER, Some("live")),
-    )
-    .await?;
-    wait_for("writer running", Duration::from_secs(60), || async {
-        let p = pods.get("writer").await?;
-        Ok((p.status.and_then(|s| s.phase).as_deref() == Some("Running")).then_some(()))
-    })
-    .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let mut spec = s3_spec(&s3, serde_json::json!({"names": ["live"]}), NEVER_SOON, 3);

@@ -236,7 +236,7 @@ impl Metrics {
         let fmt_labels = |l: &Labels, extra: Option<(&str, String)>| -> String {
             let mut parts: Vec<String> = l
                 .iter()
-                .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                .map(|(k, v)| format!("{k}=\"{}\"", escape_label_value(v)))
                 .collect();
             if let Some((k, v)) = extra {
                 parts.push(format!("{k}=\"{v}\""));
@@ -349,7 +349,9 @@ impl Metrics {
     }
 }
 
-fn escape(s: &str) -> String {
+/// A label value escaped for the Prometheus text format (backslash, double
+/// quote, newline), for collectors that write their own series.
+pub fn escape_label_value(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")

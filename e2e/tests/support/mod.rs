@@ -301,7 +301,13 @@ pub async fn restore_and_wait(
     name: &str,
     spec: serde_json::Value,
 ) -> Result<backup_operator::api::Restore> {
-    use backup_operator::api::{Restore, RestorePhase};
+    create_restore(ns, name, spec).await?;
+    wait_restore_finished(ns, name).await
+}
+
+/// Creates a `Restore` named `name` from `spec`.
+pub async fn create_restore(ns: &TestNamespace, name: &str, spec: serde_json::Value) -> Result<()> {
+    use backup_operator::api::Restore;
     let api: Api<Restore> = ns.api();
     let r: Restore = serde_json::from_value(serde_json::json!({
         "apiVersion": "backup.backup.example.com/v1alpha1", "kind": "Restore",
@@ -311,13 +317,50 @@ pub async fn restore_and_wait(
     api.create(&PostParams::default(), &r)
         .await
         .with_context(|| format!("creating Restore {name}"))?;
-    e2e::wait_for(
+    Ok(())
+}
+
+/// Waits until the `Restore` has Succeeded or Failed and returns it.
+pub async fn wait_restore_finished(
+    ns: &TestNamespace,
+    name: &str,
+) -> Result<backup_operator::api::Restore> {
+    use backup_operator::api::{Restore, RestorePhase};
+    let api: Api<Restore> = ns.api();
+    wait_for(
         &format!("Restore {name} to finish"),
         Duration::from_secs(180),
         || async {
             let r = api.get(name).await?;
             let phase = r.status.as_ref().and_then(|s| s.phase);
             Ok(matches!(phase, Some(RestorePhase::Succeeded | RestorePhase::Failed)).then_some(r))
+        },
+    )
+    .await
+}
+
+/// Starts a busybox pod running `script` with `pvc` at /data and waits until
+/// it is Running.
+pub async fn start_pod(
+    cluster: &Cluster,
+    ns: &TestNamespace,
+    name: &str,
+    script: &str,
+    pvc: &str,
+) -> Result<()> {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = ns.api();
+    pods.create(
+        &PostParams::default(),
+        &e2e::busybox_pod(cluster, name, script, Some(pvc)),
+    )
+    .await
+    .with_context(|| format!("creating pod {name}"))?;
+    wait_for(
+        &format!("pod {name} running"),
+        Duration::from_secs(60),
+        || async {
+            let p = pods.get(name).await?;
+            Ok((p.status.and_then(|s| s.phase).as_deref() == Some("Running")).then_some(()))
         },
     )
     .await
