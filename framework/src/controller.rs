@@ -32,8 +32,13 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 /// The condition type set while a handler is failing.
 pub const HANDLER_FAILED: &str = "HandlerFailed";
-/// The condition type set when an object cannot be deserialised.
+/// The condition type set when an object cannot be deserialised (also the
+/// reason of the Warning Event posted then).
 pub const INVALID_OBJECT: &str = "InvalidObject";
+/// The reason of the Warning Event posted when an object that cannot be
+/// deserialised is deleted: its delete handlers were skipped and the
+/// finalizer was removed.
+pub const INVALID_OBJECT_DELETED: &str = "InvalidObjectDeleted";
 
 /// Identifies one object of the primary kind.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -695,6 +700,11 @@ where
     ) -> Option<Instant> {
         let mut cur = match self.parse(dobj.clone()) {
             Ok(c) => c,
+            Err((_, msg)) if dobj.metadata.deletion_timestamp.is_some() => {
+                // Delete handlers need a typed object: without one they cannot
+                // run, and keeping the finalizer would block deletion forever.
+                return self.release_invalid(&dobj, &msg).await;
+            }
             Err((raw, msg)) => {
                 self.report_invalid(&dobj, &raw, &msg, st).await;
                 return None;
@@ -732,7 +742,7 @@ where
             if has_fin(&cur) {
                 match self.run_cause(Cause::Delete, &mut cur).await {
                     CauseOutcome::Done | CauseOutcome::Nothing => {
-                        if let Err(e) = self.remove_finalizer(&mut cur).await {
+                        if let Err(e) = self.remove_finalizer(&cur.dobj).await {
                             return Some(retry_after_write_error(&e, "removing the finalizer"));
                         }
                         info!("finalizer removed");
@@ -1221,10 +1231,11 @@ where
         Ok(())
     }
 
-    async fn remove_finalizer(&self, cur: &mut Current<K>) -> Result<(), Error> {
+    /// Removes our finalizer (and a leftover progress annotation) from
+    /// `dobj`, guarded by its resourceVersion; a vanished object is fine.
+    async fn remove_finalizer(&self, dobj: &DynamicObject) -> Result<(), Error> {
         let fin = self.rt.finalizer();
-        let fins: Vec<String> = cur
-            .dobj
+        let fins: Vec<String> = dobj
             .metadata
             .finalizers
             .clone()
@@ -1232,9 +1243,8 @@ where
             .into_iter()
             .filter(|f| *f != fin)
             .collect();
-        let mut patch = json!({"metadata": {"finalizers": fins, "resourceVersion": cur.dobj.metadata.resource_version}});
-        if cur
-            .dobj
+        let mut patch = json!({"metadata": {"finalizers": fins, "resourceVersion": dobj.metadata.resource_version}});
+        if dobj
             .metadata
             .annotations
             .as_ref()
@@ -1242,9 +1252,9 @@ where
         {
             patch["metadata"]["annotations"] = json!({ self.rt.progress_key(): null });
         }
-        let api = self.dyn_api(cur.dobj.metadata.namespace.as_deref());
+        let api = self.dyn_api(dobj.metadata.namespace.as_deref());
         self.rt.metrics.api_request("patch");
-        let name = cur.dobj.metadata.name.clone().unwrap_or_default();
+        let name = dobj.metadata.name.clone().unwrap_or_default();
         match api
             .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
@@ -1385,6 +1395,58 @@ where
         }
     }
 
+    /// An object that is being deleted but cannot be deserialised: its delete
+    /// handlers cannot run, so our finalizer is removed without them (else the
+    /// object could never go), and a Warning Event says so.
+    async fn release_invalid(&self, dobj: &DynamicObject, msg: &str) -> Option<Instant> {
+        let fin = self.rt.finalizer();
+        let has_fin = dobj
+            .metadata
+            .finalizers
+            .as_ref()
+            .is_some_and(|f| f.contains(&fin));
+        if !has_fin {
+            return None;
+        }
+        if let Err(e) = self.remove_finalizer(dobj).await {
+            return Some(retry_after_write_error(
+                &e,
+                "removing the finalizer of an invalid object",
+            ));
+        }
+        let text = format!(
+            "the object cannot be deserialised ({msg}); its delete handlers were skipped and the finalizer was removed"
+        );
+        error!(error = %msg, "invalid object deleted: delete handlers skipped, finalizer removed");
+        // Posted after the removal succeeded, so a retried removal does not
+        // post it twice.
+        if let Err(e) = self
+            .rt
+            .publish_event(
+                EventType::Warning,
+                INVALID_OBJECT_DELETED,
+                &truncate(&text, 1000),
+                "Delete",
+                &self.reference_of(dobj),
+            )
+            .await
+        {
+            debug!(error = %e, "posting the event failed");
+        }
+        None
+    }
+
+    fn reference_of(&self, dobj: &DynamicObject) -> k8s_openapi::api::core::v1::ObjectReference {
+        k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some(self.ar.api_version.clone()),
+            kind: Some(self.ar.kind.clone()),
+            name: dobj.metadata.name.clone(),
+            namespace: dobj.metadata.namespace.clone(),
+            uid: dobj.metadata.uid.clone(),
+            ..Default::default()
+        }
+    }
+
     async fn report_invalid(
         &self,
         dobj: &DynamicObject,
@@ -1397,14 +1459,7 @@ where
         }
         error!(error = %msg, "object cannot be deserialised; not handling it");
         let text = format!("cannot deserialise the object: {msg}");
-        let reference = k8s_openapi::api::core::v1::ObjectReference {
-            api_version: Some(self.ar.api_version.clone()),
-            kind: Some(self.ar.kind.clone()),
-            name: dobj.metadata.name.clone(),
-            namespace: dobj.metadata.namespace.clone(),
-            uid: dobj.metadata.uid.clone(),
-            ..Default::default()
-        };
+        let reference = self.reference_of(dobj);
         let already = conditions_of(raw)
             .iter()
             .any(|c| c.type_ == INVALID_OBJECT && c.status == "True" && c.message == text);
@@ -1413,7 +1468,7 @@ where
                 .rt
                 .publish_event(
                     EventType::Warning,
-                    "InvalidObject",
+                    INVALID_OBJECT,
                     &text,
                     "Deserialize",
                     &reference,

@@ -132,8 +132,16 @@
 //!
 //! Objects that cannot be deserialised into `K` get the condition
 //! `InvalidObject=True` (reason `DeserializationFailed`, message naming the
-//! field and the reason) and a Warning Event; they are skipped until fixed,
-//! while all other objects are served.
+//! field and the reason) and a Warning Event (reason `InvalidObject`); they
+//! are skipped until fixed, while all other objects are served.
+//!
+//! **An invalid object can still be deleted**: when an object that cannot be
+//! deserialised is being deleted and carries the finalizer, its delete
+//! handlers are skipped (they cannot run without a typed object), the
+//! finalizer is removed anyway, and a Warning Event (reason
+//! `InvalidObjectDeleted`, [`INVALID_OBJECT_DELETED`]) and an error log line
+//! say that the delete handlers were skipped and why. Fix the object before
+//! deleting it if its delete handlers must run.
 //!
 //! # Observability
 //!
@@ -173,7 +181,7 @@ mod runtime;
 mod tls;
 
 pub use context::{ChildrenReport, Context, EventType};
-pub use controller::{Controller, HANDLER_FAILED, INVALID_OBJECT};
+pub use controller::{Controller, HANDLER_FAILED, INVALID_OBJECT, INVALID_OBJECT_DELETED};
 pub use diff::{DiffItem, DiffOp};
 pub use error::{Error, HandlerError, HandlerResult};
 pub use handler::{Cause, Handler, HandlerKind, MetaFilter};

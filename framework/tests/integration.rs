@@ -1387,3 +1387,94 @@ async fn a_leader_that_loses_its_lease_stops_handling_until_it_wins_it_back() {
     r.stop().await;
     cleanup(&client, &ns).await;
 }
+
+#[tokio::test]
+async fn an_invalid_object_carrying_the_finalizer_can_still_be_deleted() {
+    let Some(client) =
+        client("an_invalid_object_carrying_the_finalizer_can_still_be_deleted").await
+    else {
+        return;
+    };
+    let ns = namespace(&client, "invdel").await;
+    let runs: Log = log();
+    let r = runs.clone();
+    let cleanup_handler = Handler::on_delete("cleanup", move |ctx: Context<FwTest>| {
+        let r = r.clone();
+        async move {
+            push(&r, ctx.name());
+            Ok(())
+        }
+    });
+    let op = Operator::new(client.clone(), PREFIX)
+        .config(config())
+        .controller(controller(&client, &ns).handler(cleanup_handler));
+    let running = start(op);
+    let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
+    let dapi: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns, &ApiResource::erase::<FwTest>(&()));
+    api.create(&PostParams::default(), &obj("doomed", "x"))
+        .await
+        .expect("create");
+    eventually(Duration::from_secs(20), "finalizer added", || async {
+        let o = api.get("doomed").await.ok()?;
+        o.finalizers()
+            .contains(&format!("{PREFIX}/finalizer"))
+            .then_some(())
+    })
+    .await;
+    // The CRD keeps unknown spec fields, so the server accepts a wrong type.
+    dapi.patch(
+        "doomed",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"count": "many"}})),
+    )
+    .await
+    .expect("make invalid");
+    eventually(
+        Duration::from_secs(20),
+        "InvalidObject reported",
+        || async {
+            let o = dapi.get("doomed").await.ok()?;
+            let conds = o.data.pointer("/status/conditions")?.as_array()?.clone();
+            conds
+                .iter()
+                .any(|c| c["type"] == "InvalidObject" && c["status"] == "True")
+                .then_some(())
+        },
+    )
+    .await;
+    dapi.delete("doomed", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually(
+        Duration::from_secs(20),
+        "invalid object gone despite our finalizer",
+        || async { matches!(dapi.get_opt("doomed").await, Ok(None)).then_some(()) },
+    )
+    .await;
+    let ev = eventually(
+        Duration::from_secs(10),
+        "InvalidObjectDeleted event",
+        || async {
+            events_for(&client, &ns, "doomed", "InvalidObjectDeleted")
+                .await
+                .into_iter()
+                .next()
+        },
+    )
+    .await;
+    assert_eq!(ev.type_.as_deref(), Some("Warning"));
+    let note = ev.note.unwrap_or_default();
+    assert!(note.contains("spec.count"), "names the field: {note}");
+    assert!(
+        note.contains("delete handlers were skipped"),
+        "says the delete handlers were skipped: {note}"
+    );
+    assert!(
+        entries(&runs).is_empty(),
+        "the delete handler cannot run on an invalid object: {:?}",
+        entries(&runs)
+    );
+    running.stop().await;
+    cleanup(&client, &ns).await;
+}

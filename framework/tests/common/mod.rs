@@ -269,3 +269,23 @@ pub fn condition<'a>(o: &'a FwTest, type_: &str) -> Option<&'a Condition> {
         .iter()
         .find(|c| c.type_ == type_)
 }
+
+/// The events.k8s.io Events in `ns` regarding the object `name` with `reason`.
+pub async fn events_for(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    reason: &str,
+) -> Vec<k8s_openapi::api::events::v1::Event> {
+    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+    api.list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| {
+            e.reason.as_deref() == Some(reason)
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+        })
+        .collect()
+}
