@@ -238,6 +238,17 @@ async fn failing_twice_then_succeeding_is_retried_with_growing_delays() {
     let c = condition(&failing, "HandlerFailed").expect("condition");
     assert_eq!(c.reason, "Flaky");
     assert!(c.message.contains("induced failure"), "{}", c.message);
+    // The condition shows how often the handler failed so far.
+    assert!(
+        [
+            "failed 1 time(s), retrying in",
+            "failed 2 time(s), retrying in"
+        ]
+        .iter()
+        .any(|m| c.message.contains(m)),
+        "retry count in the condition: {}",
+        c.message
+    );
 
     let done = eventually(Duration::from_secs(30), "handler succeeded", || async {
         let o = api.get("flaky").await.ok()?;
@@ -286,6 +297,29 @@ async fn failing_twice_then_succeeding_is_retried_with_growing_delays() {
     );
     assert_eq!(running.metrics.handler_failures("flaky"), 2);
     assert_eq!(running.metrics.handler_runs("flaky"), 3);
+    // Each failure was posted as a HandlerFailed Warning Event about the
+    // object; the recorder folds the repeats into one Event with a series
+    // count (keeping the first note).
+    let evs = events_for(&client, &ns, "flaky", "HandlerFailed").await;
+    assert_eq!(evs.len(), 1, "one aggregated Event: {evs:?}");
+    let ev = &evs[0];
+    assert_eq!(ev.type_.as_deref(), Some("Warning"));
+    let note = ev.note.clone().unwrap_or_default();
+    assert!(
+        note.contains("failed 1 time(s)") && note.contains("induced failure 1"),
+        "{note}"
+    );
+    assert_eq!(
+        ev.series.as_ref().map(|s| s.count),
+        Some(2),
+        "both failures were posted: {ev:?}"
+    );
+    assert!(
+        events_for(&client, &ns, "flaky", "HandlerGaveUp")
+            .await
+            .is_empty(),
+        "no give-up without a retry limit"
+    );
     running.stop().await;
     cleanup(&client, &ns).await;
 }
@@ -798,6 +832,18 @@ async fn bad_objects_are_reported_and_panics_are_failed_runs() {
     let msg = cond["message"].as_str().unwrap_or_default().to_string();
     assert!(msg.contains("spec.count"), "names the field: {msg}");
     assert!(msg.contains("invalid type"), "says why: {msg}");
+    // The Warning Event about `bad` names the field too.
+    let ev = eventually(Duration::from_secs(10), "InvalidObject event", || async {
+        events_for(&client, &ns, "bad", "InvalidObject")
+            .await
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert_eq!(ev.type_.as_deref(), Some("Warning"));
+    let note = ev.note.unwrap_or_default();
+    assert!(note.contains("spec.count"), "names the field: {note}");
+    assert!(note.contains("invalid type"), "says why: {note}");
     eventually(
         Duration::from_secs(20),
         "good and panicky handled",
