@@ -42,8 +42,9 @@ prometheus-rules: ## Regenerate config/prometheus/prometheusrule.yaml from rules
 prometheus-rules-check: ## promtool: alert rule syntax and the alert unit tests (config/prometheus/rules_test.yaml).
 	hack/prometheus-rules.sh check
 
-test: ## Unit tests (no cluster needed).
+test: ## Unit tests and the framework's doc examples (compiled; no cluster needed).
 	$(CARGO) test --workspace --lib --bins
+	$(CARGO) test --doc -p operator-framework
 
 test-integration: cluster-up ## Integration tests against the local cluster (framework, example operator, mover with moto + restic).
 	KUBECONFIG=$(KUBECONFIG_LOCAL) $(CARGO) test -p operator-framework -p configmap-sync -p backup-mover --tests -- --test-threads=2
