@@ -279,6 +279,11 @@ struct ObjState {
     resumed: bool,
     /// Next run of each timer.
     timers: HashMap<String, Instant>,
+    /// Failed timer runs in a row, per timer (reset on success).
+    timer_failures: HashMap<String, u32>,
+    /// Timers stopped by a permanent failure: the essence digest at the
+    /// stop; they start over when the essence (the spec) changes.
+    timer_stopped: HashMap<String, String>,
     /// Event-handler backoff: (failures, not before, generation at failure).
     event_backoff: HashMap<String, (u32, Instant, Option<i64>)>,
     /// The last bad-input message reported.
@@ -813,26 +818,59 @@ where
                 st.timers.remove(&h.id);
                 continue;
             }
+            if let Some(stopped_at) = st.timer_stopped.get(&h.id) {
+                let current = crate::progress::digest(&essence(&cur.raw));
+                if *stopped_at == current {
+                    continue;
+                }
+                info!(handler = %h.id, "the object changed: restarting the stopped timer");
+                st.timer_stopped.remove(&h.id);
+                st.timer_failures.remove(&h.id);
+                st.timers.insert(h.id.clone(), now + initial_delay);
+            }
             let due = *st.timers.entry(h.id.clone()).or_insert(now + initial_delay);
             if due > Instant::now() {
                 next = min_opt(next, Some(due));
                 continue;
             }
-            let ctx = self.context(h, Cause::Timer, &cur, 0, Vec::new(), None);
-            let res = self.invoke(h, ctx, false).await;
+            let fails = st.timer_failures.get(&h.id).copied().unwrap_or(0);
+            let ctx = self.context(h, Cause::Timer, &cur, fails, Vec::new(), None);
+            let res = self.invoke(h, ctx, fails > 0).await;
             self.refresh(&mut cur);
             let at = match res {
                 Ok(()) => {
+                    st.timer_failures.remove(&h.id);
                     self.clear_failure(&mut cur, h).await;
                     Instant::now() + interval
                 }
                 Err(e) => {
+                    let fails = fails + 1;
+                    let exhausted = h.retries.is_some_and(|limit| fails > limit);
+                    if e.is_permanent() || exhausted {
+                        let shown = if e.is_permanent() {
+                            e
+                        } else {
+                            HandlerError::permanent(format!(
+                                "gave up after {fails} failed runs: {}",
+                                e.message()
+                            ))
+                        };
+                        self.report_failure(&mut cur, h, Cause::Timer, &shown, fails, true, None)
+                            .await;
+                        // Retrying cannot help until the object changes.
+                        st.timers.remove(&h.id);
+                        st.timer_failures.remove(&h.id);
+                        st.timer_stopped
+                            .insert(h.id.clone(), crate::progress::digest(&essence(&cur.raw)));
+                        continue;
+                    }
                     let delay = match &e {
                         HandlerError::Temporary { delay: Some(d), .. } => *d,
-                        _ => interval,
+                        _ => h.backoff.delay(fails - 1),
                     };
-                    self.report_failure(&mut cur, h, Cause::Timer, &e, 0, false, Some(delay))
+                    self.report_failure(&mut cur, h, Cause::Timer, &e, fails, false, Some(delay))
                         .await;
+                    st.timer_failures.insert(h.id.clone(), fails);
                     Instant::now() + delay
                 }
             };

@@ -72,6 +72,8 @@ pub enum HandlerKind {
         path: String,
     },
     /// Runs every `interval` while the object exists and is not being deleted.
+    /// Failed runs are retried with the handler's backoff; a permanent error
+    /// stops the timer for the object until its spec changes.
     Timer {
         /// Time between runs (measured from the end of one run).
         interval: Duration,
@@ -196,7 +198,8 @@ impl<K: Send + Sync + 'static> Handler<K> {
         Self::new(HandlerKind::Field { path: path.into() }, id, f)
     }
 
-    /// A timer handler.
+    /// A timer handler: runs `initial_delay` after the object is first seen,
+    /// then every `interval` (see [`HandlerKind::Timer`]).
     pub fn on_timer<F, Fut>(
         id: impl Into<String>,
         interval: Duration,

@@ -106,7 +106,14 @@
 //!   reset early when the object's `generation` changes).
 //! * Timers ([`on_timer`]) run every `interval` (after `initial_delay` from
 //!   the first sight of the object in this process) while the object exists
-//!   and is not being deleted; they stop when it is gone.
+//!   and is not being deleted; they stop when it is gone. A failed run is
+//!   retried with the handler's backoff (`backoff_base * 2^n`, capped at
+//!   `backoff_max`, counted per object and timer in memory), or after the
+//!   delay of a [`HandlerError::temporary`] that names one; after a success
+//!   the count resets and the `interval` applies again. A permanent error (or
+//!   more than `retries` failed runs in a row) stops that timer for that
+//!   object until the object's essence (its spec) changes; then it starts
+//!   over after `initial_delay`.
 //! * Nothing is written when nothing changed: a resync of a handled object
 //!   makes no write requests (unless your event handlers write).
 //!

@@ -1524,3 +1524,118 @@ async fn an_invalid_object_carrying_the_finalizer_can_still_be_deleted() {
     running.stop().await;
     cleanup(&client, &ns).await;
 }
+
+#[tokio::test]
+async fn a_failing_timer_backs_off_then_resumes_its_interval() {
+    let Some(client) = client("a_failing_timer_backs_off_then_resumes_its_interval").await else {
+        return;
+    };
+    let ns = namespace(&client, "timerbackoff").await;
+    /// (object, when, ctx.retry) of each timer run.
+    type Runs = Arc<Mutex<Vec<(String, Instant, u32)>>>;
+    let runs: Runs = Arc::default();
+    let r = runs.clone();
+    let interval = Duration::from_secs(2);
+    let timer = Handler::on_timer(
+        "flaky-tick",
+        interval,
+        Duration::from_millis(100),
+        move |ctx: Context<FwTest>| {
+            let r = r.clone();
+            async move {
+                let n = {
+                    let mut v = r.lock().map_err(|_| HandlerError::permanent("poisoned"))?;
+                    v.push((ctx.name(), Instant::now(), ctx.retry));
+                    v.iter().filter(|x| x.0 == ctx.name()).count()
+                };
+                if ctx.name() == "perm" {
+                    return Err(HandlerError::permanent("never works"));
+                }
+                if n <= 3 {
+                    return Err(anyhow::anyhow!("induced timer failure {n}").into());
+                }
+                Ok(())
+            }
+        },
+    )
+    .backoff(Duration::from_millis(250), Duration::from_secs(30))
+    .without_jitter();
+    let op = Operator::new(client.clone(), PREFIX)
+        .config(config())
+        .controller(controller(&client, &ns).handler(timer));
+    let running = start(op);
+    let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
+    for n in ["flaky", "perm"] {
+        api.create(&PostParams::default(), &obj(n, "x"))
+            .await
+            .expect("create");
+    }
+    let of = |name: &str| -> Vec<(Instant, u32)> {
+        runs.lock()
+            .map(|v| {
+                v.iter()
+                    .filter(|x| x.0 == name)
+                    .map(|x| (x.1, x.2))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // Three failures, then three successful runs.
+    eventually(Duration::from_secs(30), "six runs of the timer", || async {
+        (of("flaky").len() >= 6).then_some(())
+    })
+    .await;
+    let v = of("flaky");
+    assert_eq!(
+        v.iter().take(6).map(|x| x.1).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3, 0, 0],
+        "ctx.retry counts the failures in a row and resets on success"
+    );
+    let gaps: Vec<Duration> = v.windows(2).take(5).map(|w| w[1].0 - w[0].0).collect();
+    assert!(
+        gaps[0] < gaps[1] && gaps[1] < gaps[2],
+        "the retries back off with growing gaps: {gaps:?}"
+    );
+    assert!(
+        gaps[2] < interval,
+        "failed runs are retried with the backoff, not the interval: {gaps:?}"
+    );
+    assert!(
+        gaps[3] >= interval && gaps[4] >= interval,
+        "after the success the normal interval applies again: {gaps:?}"
+    );
+    let c = eventually(Duration::from_secs(10), "condition cleared", || async {
+        let o = api.get("flaky").await.ok()?;
+        let c = condition(&o, "HandlerFailed")?.clone();
+        (c.status == "False").then_some(c)
+    })
+    .await;
+    assert_eq!(c.reason, "FlakyTick");
+
+    // A permanent error stops the timer for that object ...
+    let o = api.get("perm").await.expect("get perm");
+    let c = condition(&o, "HandlerFailed").expect("perm failure condition");
+    assert!(
+        c.status == "True" && c.message.contains("failed permanently"),
+        "{c:?}"
+    );
+    assert_eq!(of("perm").len(), 1, "no retries after a permanent error");
+    // ... until the spec changes.
+    api.patch(
+        "perm",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"value": "y"}})),
+    )
+    .await
+    .expect("patch perm");
+    eventually(
+        Duration::from_secs(10),
+        "timer restarted by the spec change",
+        || async { (of("perm").len() == 2).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(interval + Duration::from_millis(500)).await;
+    assert_eq!(of("perm").len(), 2, "stopped again after the new failure");
+    running.stop().await;
+    cleanup(&client, &ns).await;
+}

@@ -323,6 +323,10 @@ pub fn on_field(attr: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 /// Marks a timer: `#[on_timer(interval = "60s", initial_delay = "5s")]`.
+/// Failed runs are retried with the handler's backoff (`backoff_base`,
+/// `backoff_max`) instead of the interval; a permanent error (or more than
+/// `retries` failures in a row) stops the timer for that object until its
+/// spec changes.
 #[proc_macro_attribute]
 pub fn on_timer(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand(attr, item, Kind::Timer)
