@@ -37,6 +37,12 @@ impl MoverError {
         }
         Self::classify(context, err)
     }
+
+    /// Prefixes the message with what was being done; the kind stays.
+    pub fn context(mut self, context: &str) -> Self {
+        self.message = format!("{context}: {}", self.message);
+        self
+    }
 }
 
 impl fmt::Display for MoverError {

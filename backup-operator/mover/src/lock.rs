@@ -71,7 +71,7 @@ impl Crypto {
         Self { key }
     }
 
-    fn cipher(&self) -> Aes256CtrPoly1305Aes {
+    pub fn cipher(&self) -> Aes256CtrPoly1305Aes {
         Aes256CtrPoly1305Aes::new(aes256ctr_poly1305aes::Key::from_slice(&self.key))
     }
 

@@ -2,6 +2,7 @@
 //!
 //! See `README.md` in this crate for the CLI contract, tags and result JSON.
 
+mod archive;
 mod error;
 mod lock;
 mod meta;

@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use rustic_core::repofile::SnapshotFile;
 use rustic_core::{
-    BackupOptions, LocalDestination, OpenStatus, PathList, PruneOptions, Repository,
-    RestoreOptions, SnapshotOptions, StringList,
+    LocalDestination, OpenStatus, PruneOptions, Repository, RestoreOptions, SnapshotOptions,
+    StringList,
 };
 
+use crate::archive;
 use crate::error::{MResult, MoverError, RusticCtx};
 use crate::lock;
 use crate::meta;
@@ -126,8 +127,6 @@ pub fn backup(
     let repo = repo::open_or_init(be, o, true)?;
     let crypto = repo::crypto(&repo)?;
     let guard = lock::acquire(be.raw.clone(), crypto.clone(), false, a.lock_wait)?;
-    let repo = repo.to_indexed_ids().ctx("reading repository index")?;
-
     let tags = format!("ns={},policy={},pvc={}", a.namespace, a.policy, a.pvc);
     let tags = StringList::from_str(&tags)
         .map_err(|e| MoverError::new(ErrorKind::Other, format!("snapshot tags: {e}")))?;
@@ -139,21 +138,16 @@ pub fn backup(
         snap_opts = snap_opts.time(t.to_zoned(jiff::tz::TimeZone::UTC));
     }
     let snap = snap_opts.to_snapshot().ctx("preparing snapshot")?;
-    let source_str = a
-        .source
-        .to_str()
-        .ok_or_else(|| MoverError::new(ErrorKind::Other, "source path is not valid UTF-8"))?;
-    let paths = PathList::from_string(source_str)
-        .ctx("source path")?
-        .sanitize()
-        .map_err(|e| MoverError::new(ErrorKind::Other, format!("source path: {e}")))?;
-    // no_scan: skip rustic's size pre-scan (a second walk, only for progress bars).
-    let opts = BackupOptions::default()
-        .as_path(PathBuf::from(SNAPSHOT_PATH))
-        .no_scan(true);
-    let snap = repo
-        .backup(&opts, &paths, snap)
-        .ctx(&format!("backing up {}", a.source.display()))?;
+    // The newest snapshot of this PVC: unchanged files are not read again.
+    let parent = snapshots_for(&repo, Some(&a.pvc))?.into_iter().next();
+    let settings = archive::Settings {
+        source: &a.source,
+        as_path: SNAPSHOT_PATH,
+        parent: parent.as_ref(),
+        threads: None,
+    };
+    let snap = archive::backup(&repo, be, &crypto, &settings, snap)
+        .map_err(|e| e.context(&format!("backing up {}", a.source.display())))?;
     guard.release();
 
     r.snapshot_id = Some(snap.id.to_string());
@@ -165,7 +159,6 @@ pub fn backup(
         r.files = Some(s.total_files_processed);
     }
     r.ok = true;
-    let repo = repo.drop_index();
 
     let (n_skipped, examples) = skipped();
     if n_skipped > 0 {

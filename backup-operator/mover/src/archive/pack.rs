@@ -1,0 +1,270 @@
+//! Pack files in restic's format: encrypted blobs one after another, then
+//! the encrypted header listing them, then the header's length (u32 LE).
+//! A pack's id is the SHA-256 of the whole file.
+
+use aes256ctr_poly1305aes::Aes256CtrPoly1305Aes;
+use aes256ctr_poly1305aes::aead::AeadInPlace;
+use rustic_core::Id;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::{MResult, MoverError};
+use crate::result::ErrorKind;
+
+/// IV before and MAC after every encrypted piece.
+pub const CRYPTO_OVERHEAD: usize = 32;
+
+/// Data or tree blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Data,
+    Tree,
+}
+
+impl Kind {
+    fn json(self) -> &'static str {
+        match self {
+            Kind::Data => "data",
+            Kind::Tree => "tree",
+        }
+    }
+}
+
+/// A SHA-256 digest: blob ids, pack ids and file ids.
+pub type Hash = [u8; 32];
+
+pub fn sha256(data: &[u8]) -> Hash {
+    Sha256::digest(data).into()
+}
+
+pub fn hex(h: &Hash) -> String {
+    Id::new(*h).to_hex().to_string()
+}
+
+/// One blob's entry in a pack header and in the index.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub kind: Kind,
+    pub id: Hash,
+    pub offset: u32,
+    /// Encrypted length in the pack.
+    pub length: u32,
+    /// Set when the blob is stored zstd-compressed.
+    pub uncompressed_length: Option<u32>,
+}
+
+/// A finished pack, ready to upload.
+pub struct Pack {
+    pub id: Hash,
+    pub data: Vec<u8>,
+    pub entries: Vec<Entry>,
+}
+
+/// Fresh random IV from the kernel.
+pub fn nonce() -> MResult<[u8; 16]> {
+    let mut iv = [0u8; 16];
+    crate::lock::random_bytes(&mut iv)?;
+    Ok(iv)
+}
+
+/// Appends `IV || AES-256-CTR(plain) || Poly1305-AES MAC` to `out`.
+pub fn seal_into(cipher: &Aes256CtrPoly1305Aes, plain: &[u8], out: &mut Vec<u8>) -> MResult<()> {
+    let iv = nonce()?;
+    out.reserve(plain.len() + CRYPTO_OVERHEAD);
+    out.extend_from_slice(&iv);
+    let start = out.len();
+    out.extend_from_slice(plain);
+    let tag = cipher
+        .encrypt_in_place_detached((&iv).into(), &[], &mut out[start..])
+        .map_err(|_| MoverError::new(ErrorKind::Other, "encryption failed"))?;
+    out.extend_from_slice(&tag);
+    Ok(())
+}
+
+/// Collects blobs into one pack.
+pub struct PackBuilder {
+    buf: Vec<u8>,
+    entries: Vec<Entry>,
+}
+
+impl PackBuilder {
+    pub fn new() -> Self {
+        Self {
+            buf: Vec::new(),
+            entries: Vec::new(),
+        }
+    }
+
+    /// Bytes in the pack so far (without the header).
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Adds a blob; `stored` is the plaintext or its zstd compression (then
+    /// `uncompressed_length` is the plaintext's length). Returns the
+    /// encrypted length.
+    pub fn add(
+        &mut self,
+        cipher: &Aes256CtrPoly1305Aes,
+        kind: Kind,
+        id: Hash,
+        stored: &[u8],
+        uncompressed_length: Option<u32>,
+    ) -> MResult<u32> {
+        let offset = self.buf.len();
+        seal_into(cipher, stored, &mut self.buf)?;
+        let length = to_u32(self.buf.len() - offset)?;
+        self.entries.push(Entry {
+            kind,
+            id,
+            offset: to_u32(offset)?,
+            length,
+            uncompressed_length,
+        });
+        Ok(length)
+    }
+
+    /// Appends the header and computes the pack id; the builder is empty after.
+    pub fn finish(&mut self, cipher: &Aes256CtrPoly1305Aes) -> MResult<Pack> {
+        let mut header = Vec::with_capacity(self.entries.len() * 41);
+        for e in &self.entries {
+            let tpe: u8 = match (e.kind, e.uncompressed_length.is_some()) {
+                (Kind::Data, false) => 0,
+                (Kind::Tree, false) => 1,
+                (Kind::Data, true) => 2,
+                (Kind::Tree, true) => 3,
+            };
+            header.push(tpe);
+            header.extend_from_slice(&e.length.to_le_bytes());
+            if let Some(u) = e.uncompressed_length {
+                header.extend_from_slice(&u.to_le_bytes());
+            }
+            header.extend_from_slice(&e.id);
+        }
+        let mut data = std::mem::take(&mut self.buf);
+        let before = data.len();
+        seal_into(cipher, &header, &mut data)?;
+        let header_len = to_u32(data.len() - before)?;
+        data.extend_from_slice(&header_len.to_le_bytes());
+        let id = sha256(&data);
+        Ok(Pack {
+            id,
+            data,
+            entries: std::mem::take(&mut self.entries),
+        })
+    }
+}
+
+fn to_u32(n: usize) -> MResult<u32> {
+    u32::try_from(n).map_err(|_| MoverError::new(ErrorKind::Other, "pack larger than 4 GiB"))
+}
+
+/// An index file's JSON (restic format).
+#[derive(Serialize, Default)]
+pub struct IndexJson {
+    pub packs: Vec<IndexPackJson>,
+}
+
+#[derive(Serialize)]
+pub struct IndexPackJson {
+    pub id: String,
+    pub blobs: Vec<IndexBlobJson>,
+}
+
+#[derive(Serialize)]
+pub struct IndexBlobJson {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub tpe: &'static str,
+    pub offset: u32,
+    pub length: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uncompressed_length: Option<u32>,
+}
+
+impl IndexPackJson {
+    pub fn of(pack_id: &Hash, entries: &[Entry]) -> Self {
+        Self {
+            id: hex(pack_id),
+            blobs: entries
+                .iter()
+                .map(|e| IndexBlobJson {
+                    id: hex(&e.id),
+                    tpe: e.kind.json(),
+                    offset: e.offset,
+                    length: e.length,
+                    uncompressed_length: e.uncompressed_length,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cipher() -> Aes256CtrPoly1305Aes {
+        Aes256CtrPoly1305Aes::new(aes256ctr_poly1305aes::Key::from_slice(&[7u8; 64]))
+    }
+
+    fn open(c: &Aes256CtrPoly1305Aes, sealed: &[u8]) -> Vec<u8> {
+        let (iv, rest) = sealed.split_at(16);
+        let (ct, tag) = rest.split_at(rest.len() - 16);
+        let mut buf = ct.to_vec();
+        c.decrypt_in_place_detached(iv.into(), &[], &mut buf, tag.into())
+            .expect("MAC must verify");
+        buf
+    }
+
+    #[test]
+    fn pack_layout_matches_the_format() {
+        let c = cipher();
+        let mut b = PackBuilder::new();
+        let id1 = sha256(b"one");
+        let id2 = sha256(b"two");
+        b.add(&c, Kind::Data, id1, b"one", None).expect("add");
+        b.add(&c, Kind::Tree, id2, b"zz", Some(3)).expect("add");
+        let p = b.finish(&c).expect("finish");
+        assert!(b.is_empty());
+        assert_eq!(b.len(), 0);
+        assert_eq!(p.id, sha256(&p.data));
+
+        let n = p.data.len();
+        let hlen = u32::from_le_bytes(p.data[n - 4..].try_into().expect("4 bytes")) as usize;
+        let header = open(&c, &p.data[n - 4 - hlen..n - 4]);
+        // type, length, [uncompressed length], id
+        assert_eq!(header.len(), (1 + 4 + 32) + (1 + 4 + 4 + 32));
+        assert_eq!(header[0], 0);
+        assert_eq!(
+            u32::from_le_bytes(header[1..5].try_into().expect("4")),
+            3 + 32
+        );
+        assert_eq!(&header[5..37], &id1);
+        assert_eq!(header[37], 3);
+        assert_eq!(u32::from_le_bytes(header[42..46].try_into().expect("4")), 3);
+        assert_eq!(&header[46..78], &id2);
+
+        let e = &p.entries[1];
+        let blob = &p.data[e.offset as usize..(e.offset + e.length) as usize];
+        assert_eq!(open(&c, blob), b"zz");
+        let json = serde_json::to_string(&IndexPackJson::of(&p.id, &p.entries)).expect("json");
+        assert!(json.contains("\"type\":\"tree\""), "{json}");
+        assert!(json.contains("\"uncompressed_length\":3"), "{json}");
+        assert_eq!(json.matches("uncompressed_length").count(), 1, "{json}");
+    }
+
+    #[test]
+    fn every_seal_uses_a_new_iv() {
+        let c = cipher();
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        seal_into(&c, b"same", &mut a).expect("seal");
+        seal_into(&c, b"same", &mut b).expect("seal");
+        assert_ne!(a, b);
+        assert_eq!(open(&c, &a), open(&c, &b));
+    }
+}
