@@ -59,9 +59,22 @@ impl std::fmt::Display for Key {
 type Sender = tokio::sync::mpsc::UnboundedSender<(Key, Instant)>;
 type SecondaryFn = Arc<dyn Fn(Sender) -> BoxFuture<'static, ()> + Send + Sync>;
 
+/// What the operator tells its running controllers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RunState {
+    /// Keep handling.
+    Run,
+    /// Graceful shutdown: start nothing new, let in-flight handlers finish
+    /// (within `shutdown_timeout`).
+    Drain,
+    /// Leadership is lost: another replica may already act, so in-flight
+    /// handlers are cancelled at once.
+    Cancel,
+}
+
 /// Trait object form of a [`Controller`], used by the [`Operator`](crate::Operator).
 pub(crate) trait Runnable: Send + Sync {
-    fn run(&self, rt: Arc<Runtime>, shutdown: watch::Receiver<bool>) -> BoxFuture<'static, ()>;
+    fn run(&self, rt: Arc<Runtime>, state: watch::Receiver<RunState>) -> BoxFuture<'static, ()>;
 }
 
 /// A controller for objects of kind `K`: the handlers, and which other kinds
@@ -246,7 +259,7 @@ where
         + 'static,
     K::Scope: 'static,
 {
-    fn run(&self, rt: Arc<Runtime>, shutdown: watch::Receiver<bool>) -> BoxFuture<'static, ()> {
+    fn run(&self, rt: Arc<Runtime>, shutdown: watch::Receiver<RunState>) -> BoxFuture<'static, ()> {
         let ar = ApiResource::erase::<K>(&());
         let client = self.api.clone().into_client();
         let dyn_api: Api<DynamicObject> = match self.api.namespace() {
@@ -347,7 +360,7 @@ async fn run_controller<K>(
     dyn_api: Api<DynamicObject>,
     config: watcher::Config,
     secondaries: Vec<SecondaryFn>,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<RunState>,
 ) where
     K: Resource<DynamicType = ()>
         + Clone
@@ -472,7 +485,7 @@ async fn run_controller<K>(
     };
 
     loop {
-        if *shutdown.borrow() {
+        if *shutdown.borrow() != RunState::Run {
             break;
         }
         let now = Instant::now();
@@ -497,7 +510,7 @@ async fn run_controller<K>(
                     .waiting
                     .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 let permit = permit.ok()?;
-                if *shutdown2.borrow() {
+                if *shutdown2.borrow() != RunState::Run {
                     return None;
                 }
                 inner2.rt.metrics.in_flight_add(1);
@@ -556,13 +569,37 @@ async fn run_controller<K>(
         }
     }
 
-    // Graceful shutdown: stop watching, let in-flight handlers finish.
     background.abort_all();
-    let grace = inner.rt.config.shutdown_timeout;
-    let drained =
-        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
-    if drained.is_err() {
-        warn!(kind = %inner.kind, "shutdown timeout: cancelling in-flight handlers");
+    let drained = if *shutdown.borrow() == RunState::Cancel {
+        false
+    } else {
+        // Graceful shutdown: stop watching, let in-flight handlers finish,
+        // unless the grace period ends or leadership is lost meanwhile.
+        let grace = inner.rt.config.shutdown_timeout;
+        let drain =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} });
+        let lost = async {
+            // A dropped sender means the operator is gone and aborts us anyway.
+            if shutdown.wait_for(|s| *s == RunState::Cancel).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            r = drain => {
+                if r.is_err() {
+                    warn!(kind = %inner.kind, "shutdown timeout: cancelling in-flight handlers");
+                }
+                r.is_ok()
+            }
+            _ = lost => false,
+        }
+    };
+    if !drained {
+        if *shutdown.borrow() == RunState::Cancel {
+            warn!(kind = %inner.kind, "leadership lost: cancelling in-flight handlers");
+        }
+        // Dropping an object task drops its handler run, which aborts the
+        // handler's task (see `invoke`): nothing of it is recorded.
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
     }

@@ -119,6 +119,9 @@ pub enum Error {
     /// Binding or serving the metrics/health endpoint failed.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// A request did not answer in time (e.g. a lease renewal).
+    #[error("timeout: {0}")]
+    Timeout(String),
 }
 
 #[cfg(test)]

@@ -6,8 +6,24 @@ use k8s_openapi::api::coordination::v1::{Lease as KLease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::Client;
 use kube::api::{Api, ObjectMeta, PostParams};
+use std::future::Future;
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// How long a leader may go without a successful renewal before it stops
+/// acting: two thirds of the lease duration (client-go's 10 s of 15 s), so it
+/// has stopped before a standby, which waits the whole lease duration from
+/// its own observation of the last renewal, can take over.
+pub(crate) fn renew_deadline(lease_duration: Duration) -> Duration {
+    lease_duration * 2 / 3
+}
+
+/// The timeout of one lease request: half the renew deadline, since one
+/// attempt makes up to two requests, so a stalled request cannot keep a
+/// leader acting past its renew deadline.
+pub(crate) fn request_timeout(lease_duration: Duration) -> Duration {
+    (renew_deadline(lease_duration) / 2).max(Duration::from_millis(100))
+}
 
 /// Where and as whom to hold the lease. Durations are in
 /// [`OperatorConfig`](crate::OperatorConfig).
@@ -47,6 +63,7 @@ pub(crate) struct Lease {
     api: Api<KLease>,
     cfg: LeaderElection,
     duration: Duration,
+    request_timeout: Duration,
     observed: Option<(String, Instant)>,
 }
 
@@ -66,8 +83,26 @@ impl Lease {
             api: Api::namespaced(client, &cfg.lease_namespace),
             cfg,
             duration,
+            request_timeout: request_timeout(duration),
             observed: None,
         }
+    }
+
+    /// Runs one lease request with the request timeout; the inner result is
+    /// the API's answer, so callers can still tell a conflict apart.
+    async fn timed<T>(
+        &self,
+        what: &str,
+        request: impl Future<Output = Result<T, kube::Error>>,
+    ) -> Result<Result<T, kube::Error>, Error> {
+        tokio::time::timeout(self.request_timeout, request)
+            .await
+            .map_err(|_| {
+                Error::Timeout(format!(
+                    "lease {what} did not answer within {:?}",
+                    self.request_timeout
+                ))
+            })
     }
 
     pub(crate) fn identity(&self) -> &str {
@@ -88,7 +123,9 @@ impl Lease {
 
     /// Tries to become or stay the holder. `Ok(false)`: someone else holds it.
     pub(crate) async fn try_acquire_or_renew(&mut self) -> Result<bool, Error> {
-        let current = self.api.get_opt(&self.cfg.lease_name).await?;
+        let current = self
+            .timed("get", self.api.get_opt(&self.cfg.lease_name))
+            .await??;
         let Some(mut lease) = current else {
             let lease = KLease {
                 metadata: ObjectMeta {
@@ -98,7 +135,10 @@ impl Lease {
                 },
                 spec: Some(self.spec(0, None)),
             };
-            return match self.api.create(&PostParams::default(), &lease).await {
+            return match self
+                .timed("create", self.api.create(&PostParams::default(), &lease))
+                .await?
+            {
                 Ok(_) => Ok(true),
                 Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
                 Err(e) => Err(e.into()),
@@ -130,9 +170,12 @@ impl Lease {
         };
         lease.spec = Some(self.spec(transitions, acquire));
         match self
-            .api
-            .replace(&self.cfg.lease_name, &PostParams::default(), &lease)
-            .await
+            .timed(
+                "renewal",
+                self.api
+                    .replace(&self.cfg.lease_name, &PostParams::default(), &lease),
+            )
+            .await?
         {
             Ok(l) => {
                 self.observed = Some((record_of(&l), Instant::now()));
@@ -145,17 +188,39 @@ impl Lease {
 
     /// Gives the lease up if we hold it.
     pub(crate) async fn release(&mut self) -> Result<(), Error> {
-        if let Some(mut lease) = self.api.get_opt(&self.cfg.lease_name).await? {
+        if let Some(mut lease) = self
+            .timed("get", self.api.get_opt(&self.cfg.lease_name))
+            .await??
+        {
             let mut spec = lease.spec.clone().unwrap_or_default();
             if spec.holder_identity.as_deref() == Some(self.cfg.identity.as_str()) {
                 spec.holder_identity = None;
                 spec.lease_duration_seconds = Some(1);
                 lease.spec = Some(spec);
-                self.api
-                    .replace(&self.cfg.lease_name, &PostParams::default(), &lease)
-                    .await?;
+                self.timed(
+                    "release",
+                    self.api
+                        .replace(&self.cfg.lease_name, &PostParams::default(), &lease),
+                )
+                .await??;
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stalled_renewal_ends_before_the_lease_expires() {
+        let lease = Duration::from_secs(15);
+        assert_eq!(renew_deadline(lease), Duration::from_secs(10));
+        // One attempt = up to two requests, each bounded by the timeout.
+        assert!(request_timeout(lease) * 2 <= renew_deadline(lease));
+        assert!(renew_deadline(lease) < lease);
+        let short = Duration::from_secs(3);
+        assert!(request_timeout(short) * 2 <= renew_deadline(short));
     }
 }

@@ -161,8 +161,18 @@
 //!
 //! With [`OperatorConfig::leader_election`] only the replica holding the
 //! `coordination.k8s.io/v1` Lease runs controllers; on graceful shutdown the
-//! leader releases the lease so a standby takes over immediately, otherwise
-//! after [`OperatorConfig::lease_duration`].
+//! leader keeps renewing while its in-flight handlers finish, then releases
+//! the lease so a standby takes over immediately, otherwise after
+//! [`OperatorConfig::lease_duration`].
+//!
+//! A leader that loses the lease (another replica holds it, or no renewal
+//! succeeded within the renew deadline, two thirds of the lease duration)
+//! stops at once: its in-flight handlers are cancelled rather than given
+//! `shutdown_timeout`, because another replica may already act on the same
+//! objects; nothing of a cancelled run is recorded, so the new leader runs
+//! it again. Every lease request has a timeout (a third of the lease
+//! duration), so a stalled renewal cannot outlast the lease. Then it stands
+//! by as a candidate.
 //!
 //! # RBAC
 //!

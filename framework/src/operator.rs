@@ -1,9 +1,9 @@
 //! The operator: configuration, leader election, metrics endpoint, and the
 //! run loop of all controllers.
 
-use crate::controller::{Controller, Runnable};
+use crate::controller::{Controller, RunState, Runnable};
 use crate::error::Error;
-use crate::leader::{LeaderElection, Lease};
+use crate::leader::{LeaderElection, Lease, renew_deadline};
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use kube::{Client, Resource};
@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 /// Operator-wide settings. Construct with struct update syntax:
@@ -43,9 +44,13 @@ pub struct OperatorConfig {
     /// (default: the prefix).
     pub field_manager: Option<String>,
     /// Lease duration (default 15 s): a leader that has not renewed for this
-    /// long is replaced.
+    /// long is replaced. The leader itself stops acting (and cancels its
+    /// in-flight handlers at once) when it could not renew for two thirds of
+    /// it (the renew deadline), so that it has stopped before another replica
+    /// can take over; each lease request times out after a third of it.
     pub lease_duration: Duration,
-    /// How often the leader renews and candidates retry (default 2 s).
+    /// How often the leader renews and candidates retry (default 2 s); at
+    /// most half the renew deadline is used.
     pub lease_renew_interval: Duration,
 }
 
@@ -154,18 +159,18 @@ impl Operator {
             }
             None => None,
         };
-        let (stop_tx, stop_rx) = watch::channel(false);
         let mut signal = Box::pin(signal);
         let result = match self.config.leader_election.clone() {
             None => {
+                let (stop_tx, stop_rx) = watch::channel(RunState::Run);
                 self.metrics.set_leader(true);
-                let mut running = self.start(rt.clone(), stop_rx.clone());
+                let mut running = self.start(rt.clone(), stop_rx);
                 tokio::select! {
                     _ = &mut signal => {}
                     _ = wait_all(&mut running) => {}
                 }
                 info!("shutting down");
-                let _ = stop_tx.send(true);
+                let _ = stop_tx.send(RunState::Drain);
                 wait_all(&mut running).await;
                 Ok(())
             }
@@ -177,7 +182,7 @@ impl Operator {
         result
     }
 
-    fn start(&self, rt: Arc<Runtime>, stop: watch::Receiver<bool>) -> AbortOnDrop {
+    fn start(&self, rt: Arc<Runtime>, stop: watch::Receiver<RunState>) -> AbortOnDrop {
         self.metrics.set_unsynced(self.controllers.len());
         let handles: Vec<_> = self
             .controllers
@@ -195,15 +200,28 @@ impl Operator {
         signal: &mut (impl Future<Output = ()> + Unpin),
     ) -> Result<(), Error> {
         let mut lease = Lease::new(self.client.clone(), le, self.config.lease_duration);
-        let renew = self.config.lease_renew_interval;
+        let deadline = renew_deadline(self.config.lease_duration);
+        let mut renew = self.config.lease_renew_interval;
+        if renew > deadline / 2 {
+            // Else one slow attempt would already miss the deadline.
+            warn!(
+                ?renew,
+                ?deadline,
+                "lease_renew_interval is too long for lease_duration; renewing every half renew deadline"
+            );
+            renew = deadline / 2;
+        }
         loop {
             // Standby replicas are ready (they serve /healthz and wait).
             self.metrics.set_unsynced(0);
             self.metrics.set_ready(true);
-            // Candidate: wait for the lease.
-            loop {
+            // Candidate: wait for the lease. The deadline counts from before
+            // the winning request: the server wrote the lease after that, so
+            // a standby's wait for its expiry ends after our deadline.
+            let mut last_renew = loop {
+                let attempt = Instant::now();
                 match lease.try_acquire_or_renew().await {
-                    Ok(true) => break,
+                    Ok(true) => break attempt,
                     Ok(false) => {}
                     Err(e) => warn!(error = %e, "leader election: lease request failed"),
                 }
@@ -211,40 +229,91 @@ impl Operator {
                     _ = &mut *signal => return Ok(()),
                     _ = tokio::time::sleep(renew) => {}
                 }
-            }
+            };
             info!(identity = %lease.identity(), "became leader");
             self.metrics.set_leader(true);
-            let (stop_tx, stop_rx) = watch::channel(false);
+            let (stop_tx, stop_rx) = watch::channel(RunState::Run);
             let mut running = self.start(rt.clone(), stop_rx);
-            let mut last_renew = tokio::time::Instant::now();
             let lost = loop {
                 tokio::select! {
                     _ = &mut *signal => break false,
-                    _ = tokio::time::sleep(renew) => {}
+                    _ = tokio::time::sleep_until(next_renewal(last_renew, renew, deadline)) => {}
                 }
-                match lease.try_acquire_or_renew().await {
-                    Ok(true) => last_renew = tokio::time::Instant::now(),
-                    Ok(false) => break true,
-                    Err(e) => {
-                        warn!(error = %e, "leader election: renewing failed");
-                        if last_renew.elapsed() > self.config.lease_duration {
-                            break true;
+                if !renew_before_deadline(&mut lease, &mut last_renew, deadline).await {
+                    break true;
+                }
+            };
+            if lost {
+                // Another replica may act already: cancel, do not drain.
+                self.metrics.set_leader(false);
+                let _ = stop_tx.send(RunState::Cancel);
+                wait_all(&mut running).await;
+                warn!("lost the lease; cancelled in-flight handlers and standing by");
+                continue;
+            }
+            // Graceful shutdown: in-flight handlers may finish, but only while
+            // the lease is still ours; keep renewing it meanwhile.
+            info!("shutting down; draining in-flight handlers");
+            let _ = stop_tx.send(RunState::Drain);
+            let mut renewing = true;
+            loop {
+                tokio::select! {
+                    _ = wait_all(&mut running) => break,
+                    _ = tokio::time::sleep_until(next_renewal(last_renew, renew, deadline)), if renewing => {
+                        if !renew_before_deadline(&mut lease, &mut last_renew, deadline).await {
+                            warn!("lost the lease while shutting down; cancelling in-flight handlers");
+                            self.metrics.set_leader(false);
+                            let _ = stop_tx.send(RunState::Cancel);
+                            renewing = false;
                         }
                     }
                 }
-            };
-            let _ = stop_tx.send(true);
-            wait_all(&mut running).await;
-            self.metrics.set_leader(false);
-            if lost {
-                warn!("lost the lease; stopped handling and standing by");
-                continue;
             }
-            info!("shutting down; releasing the lease");
+            self.metrics.set_leader(false);
+            info!("releasing the lease");
             if let Err(e) = lease.release().await {
                 warn!(error = %e, "releasing the lease failed");
             }
             return Ok(());
+        }
+    }
+}
+
+/// When a leader tries to renew next: after `renew`, but never later than
+/// its renew deadline, so that failing attempts notice the deadline in time.
+fn next_renewal(last_renew: Instant, renew: Duration, deadline: Duration) -> Instant {
+    (Instant::now() + renew).min(last_renew + deadline)
+}
+
+/// One renewal attempt of a leader, bounded by its renew deadline. `false`:
+/// the lease is lost (someone else holds it, or no renewal succeeded within
+/// the deadline) and the leader must stop acting.
+async fn renew_before_deadline(
+    lease: &mut Lease,
+    last_renew: &mut Instant,
+    deadline: Duration,
+) -> bool {
+    let started = Instant::now();
+    let until = *last_renew + deadline;
+    match tokio::time::timeout_at(until, lease.try_acquire_or_renew()).await {
+        Ok(Ok(true)) => {
+            *last_renew = started;
+            true
+        }
+        Ok(Ok(false)) => {
+            warn!("leader election: another replica holds the lease");
+            false
+        }
+        Ok(Err(e)) => {
+            warn!(error = %e, "leader election: renewing failed");
+            Instant::now() < until
+        }
+        Err(_) => {
+            warn!(
+                ?deadline,
+                "leader election: no renewal within the renew deadline"
+            );
+            false
         }
     }
 }

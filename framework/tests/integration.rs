@@ -1639,3 +1639,103 @@ async fn a_failing_timer_backs_off_then_resumes_its_interval() {
     running.stop().await;
     cleanup(&client, &ns).await;
 }
+
+#[tokio::test]
+async fn a_leader_that_loses_its_lease_cancels_in_flight_handlers_at_once() {
+    let Some(client) =
+        client("a_leader_that_loses_its_lease_cancels_in_flight_handlers_at_once").await
+    else {
+        return;
+    };
+    let ns = namespace(&client, "cancel").await;
+    let runs: Log = log();
+    let cancelled_at: Arc<Mutex<Option<Instant>>> = Arc::default();
+    /// Records when the handler's future is dropped before it finished.
+    struct OnCancel(Arc<Mutex<Option<Instant>>>, bool);
+    impl Drop for OnCancel {
+        fn drop(&mut self) {
+            if !self.1
+                && let Ok(mut t) = self.0.lock()
+            {
+                *t = Some(Instant::now());
+            }
+        }
+    }
+    let (r, c) = (runs.clone(), cancelled_at.clone());
+    let slow = Handler::on_create("slow", move |ctx: Context<FwTest>| {
+        let (r, c) = (r.clone(), c.clone());
+        async move {
+            push(&r, format!("start:{}", ctx.name()));
+            let mut guard = OnCancel(c, false);
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            guard.1 = true;
+            push(&r, format!("done:{}", ctx.name()));
+            Ok(())
+        }
+    });
+    let op = Operator::new(client.clone(), PREFIX)
+        .config(OperatorConfig {
+            leader_election: Some(LeaderElection::new("fwtest-cancel", ns.clone(), "me")),
+            lease_duration: Duration::from_secs(3),
+            lease_renew_interval: Duration::from_millis(300),
+            // A graceful drain would let the handler run on for this long.
+            shutdown_timeout: Duration::from_secs(30),
+            ..config()
+        })
+        .controller(controller(&client, &ns).handler(slow));
+    let r = start(op);
+    eventually(Duration::from_secs(10), "leads", || async {
+        r.metrics.is_leader().then_some(())
+    })
+    .await;
+    let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
+    api.create(&PostParams::default(), &obj("long", "x"))
+        .await
+        .expect("create");
+    eventually(Duration::from_secs(20), "handler started", || async {
+        entries(&runs)
+            .contains(&"start:long".to_string())
+            .then_some(())
+    })
+    .await;
+    // Another replica takes the lease over.
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), &ns);
+    let stolen_at = Instant::now();
+    leases
+        .patch(
+            "fwtest-cancel",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {
+                "holderIdentity": "intruder",
+                "renewTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(jiff::Timestamp::now()),
+            }})),
+        )
+        .await
+        .expect("steal the lease");
+    let cancelled = eventually(Duration::from_secs(10), "handler cancelled", || async {
+        cancelled_at.lock().ok().and_then(|t| *t)
+    })
+    .await;
+    let took = cancelled.saturating_duration_since(stolen_at);
+    assert!(
+        took < Duration::from_secs(3),
+        "the in-flight handler was cancelled {took:?} after the lease was lost"
+    );
+    assert!(!r.metrics.is_leader(), "stopped leading");
+    assert_eq!(
+        entries(&runs),
+        vec!["start:long".to_string()],
+        "the handler's work was not completed"
+    );
+    let o = api.get("long").await.expect("get");
+    assert!(
+        annotation(&o, "last-handled-configuration").is_none()
+            && annotation(&o, "progress").is_none(),
+        "nothing of the cancelled run was recorded"
+    );
+    // The intruder never renews, so we would lead again and rerun the slow
+    // handler: end without the graceful drain.
+    r.crash().await;
+    cleanup(&client, &ns).await;
+}
