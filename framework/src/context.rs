@@ -2,7 +2,7 @@
 
 use crate::diff::{DiffItem, get_path};
 use crate::error::Error;
-use crate::handler::Cause;
+use crate::handler::{Cause, WatchEventType};
 use crate::runtime::Runtime;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -52,6 +52,11 @@ pub struct Context<K> {
     pub object: Arc<K>,
     /// Why the handler runs.
     pub cause: Cause,
+    /// For event handlers ([`on_event`](crate::on_event)): whether the object
+    /// exists ([`WatchEventType::Applied`]) or was deleted from the API
+    /// ([`WatchEventType::Deleted`], then `object` is its last known
+    /// version). `None` for all other handlers.
+    pub watch_event: Option<WatchEventType>,
     /// How many runs of this handler for this cause failed before (0 on the
     /// first attempt).
     pub retry: u32,
@@ -72,6 +77,7 @@ impl<K> Clone for Context<K> {
         Context {
             object: self.object.clone(),
             cause: self.cause,
+            watch_event: self.watch_event,
             retry: self.retry,
             diff: self.diff.clone(),
             handler_id: self.handler_id.clone(),

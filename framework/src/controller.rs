@@ -5,7 +5,7 @@ use crate::conditions;
 use crate::context::{Context, EventType, ObjectShared, is_namespaced};
 use crate::diff::{diff, filter_path, get_path};
 use crate::error::{Error, HandlerError};
-use crate::handler::{Cause, Handler, HandlerKind};
+use crate::handler::{Cause, Handler, HandlerKind, WatchEventType};
 use crate::progress::Progress;
 use crate::runtime::Runtime;
 use futures::future::BoxFuture;
@@ -273,6 +273,7 @@ where
             namespaced: is_namespaced::<K>(),
             handlers: self.handlers.clone(),
             store: Arc::new(Mutex::new(HashMap::new())),
+            deleted: Mutex::new(HashMap::new()),
             states: Mutex::new(HashMap::new()),
             ready: std::sync::atomic::AtomicBool::new(false),
             waiting: std::sync::atomic::AtomicUsize::new(0),
@@ -310,6 +311,9 @@ pub(crate) struct Inner<K> {
     namespaced: bool,
     handlers: Vec<Handler<K>>,
     store: Store,
+    /// The last known version of objects deleted from the API, until their
+    /// event handlers have seen the deletion (only kept when there are some).
+    deleted: Mutex<HashMap<Key, Arc<DynamicObject>>>,
     states: Mutex<HashMap<Key, ObjState>>,
     ready: std::sync::atomic::AtomicBool,
     /// Tasks of due objects waiting for a worker slot.
@@ -396,6 +400,7 @@ async fn run_controller<K>(
                         if let Ok(mut s) = inner.store.lock() {
                             s.remove(&key);
                         }
+                        inner.remember_deleted(key.clone(), Arc::new(o));
                         let _ = tx.send((key, Instant::now()));
                     }
                     Ok(watcher::Event::Init) => relist = Some(HashSet::new()),
@@ -407,8 +412,11 @@ async fn run_controller<K>(
                                 .map(|s| s.keys().filter(|k| !seen.contains(k)).cloned().collect())
                                 .unwrap_or_default();
                             for k in gone {
-                                if let Ok(mut s) = inner.store.lock() {
-                                    s.remove(&k);
+                                // Deleted while the watch was down: the last
+                                // version we know stands for the deleted one.
+                                let last = inner.store.lock().ok().and_then(|mut s| s.remove(&k));
+                                if let Some(o) = last {
+                                    inner.remember_deleted(k.clone(), o);
                                 }
                                 let _ = tx.send((k, Instant::now()));
                             }
@@ -667,8 +675,48 @@ where
         self.store.lock().ok()?.get(key).cloned()
     }
 
+    /// Keeps the last version of a deleted object for the event handlers.
+    fn remember_deleted(&self, key: Key, last: Arc<DynamicObject>) {
+        if !self.handlers.iter().any(|h| h.kind == HandlerKind::Event) {
+            return;
+        }
+        if let Ok(mut d) = self.deleted.lock() {
+            d.insert(key, last);
+        }
+    }
+
+    /// Runs the event handlers once for an object deleted from the API, with
+    /// its last known version. Not retried: there is nothing left to retry on.
+    async fn deliver_deleted(self: &Arc<Self>, last: &DynamicObject) {
+        let cur = match self.parse(last.clone()) {
+            Ok(c) => c,
+            Err((_, msg)) => {
+                debug!(error = %msg, "deleted object does not deserialise: event handlers skipped");
+                return;
+            }
+        };
+        for h in self.handlers.iter() {
+            if h.kind != HandlerKind::Event || !self.passes(h, &cur) {
+                continue;
+            }
+            let mut ctx = self.context(h, Cause::Event, &cur, 0, Vec::new(), None);
+            ctx.watch_event = Some(WatchEventType::Deleted);
+            if let Err(e) = self.invoke(h, ctx, false).await {
+                warn!(handler = %h.id, error = %e.message(), "event handler failed on the deleted object; not retried");
+            }
+        }
+    }
+
     async fn process(self: &Arc<Self>, key: &Key) -> Option<Instant> {
         self.rt.metrics.cycle(&self.kind);
+        let gone = self.deleted.lock().ok().and_then(|mut d| d.remove(key));
+        if let Some(last) = gone {
+            self.deliver_deleted(&last).await;
+            // A recreated object with the same name starts afresh.
+            if let Ok(mut s) = self.states.lock() {
+                s.remove(key);
+            }
+        }
         let Some(dobj) = self.store_get(key) else {
             if let Ok(mut s) = self.states.lock() {
                 s.remove(key);
@@ -930,7 +978,8 @@ where
                 next = min_opt(next, Some(not_before));
                 continue;
             }
-            let ctx = self.context(h, Cause::Event, &cur, fails, Vec::new(), None);
+            let mut ctx = self.context(h, Cause::Event, &cur, fails, Vec::new(), None);
+            ctx.watch_event = Some(WatchEventType::Applied);
             let res = self.invoke(h, ctx, fails > 0).await;
             self.refresh(&mut cur);
             match res {
@@ -1010,6 +1059,7 @@ where
         Context {
             object: cur.obj.clone(),
             cause,
+            watch_event: None,
             retry,
             diff,
             handler_id: h.id.clone(),

@@ -29,7 +29,8 @@ pub enum Cause {
     /// A timer fired.
     Timer,
     /// Level-triggered reconciliation (any watch event, a child change, or the
-    /// periodic resync).
+    /// periodic resync), and once more when the object was deleted; see
+    /// [`Context::watch_event`](crate::Context::watch_event).
     Event,
 }
 
@@ -49,6 +50,35 @@ impl Cause {
 }
 
 impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What an event handler ([`on_event`](crate::on_event)) is told about the
+/// object, in [`Context::watch_event`](crate::Context::watch_event).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WatchEventType {
+    /// The object exists and is not being deleted: it was added or
+    /// modified, a child or watched object changed, or the resync came
+    /// round. Failed runs are retried with backoff.
+    Applied,
+    /// The object was deleted from the API (after its finalizers); the
+    /// context holds its last known version. Delivered once, not retried.
+    Deleted,
+}
+
+impl WatchEventType {
+    /// Lower-case name for logs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            WatchEventType::Applied => "applied",
+            WatchEventType::Deleted => "deleted",
+        }
+    }
+}
+
+impl fmt::Display for WatchEventType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -80,7 +110,9 @@ pub enum HandlerKind {
         /// Delay before the first run after the object is first seen.
         initial_delay: Duration,
     },
-    /// Level-triggered reconcile: every watch event, child change, resync.
+    /// Level-triggered reconcile: every watch event, child change, resync
+    /// ([`WatchEventType::Applied`]), and once when the object was deleted
+    /// from the API ([`WatchEventType::Deleted`]).
     Event,
 }
 

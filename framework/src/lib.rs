@@ -99,11 +99,39 @@
 //! * Event handlers ([`on_event`]) are level-triggered: they run on every
 //!   cycle of an existing object that is not being deleted — after watch
 //!   events (including those caused by the operator's own writes), changes
-//!   of owned/watched children, and each resync — so they must be
-//!   idempotent and should write only what differs (as
+//!   of owned/watched children, and each resync — with
+//!   [`Context::watch_event`] `Some(`[`WatchEventType::Applied`]`)`, so they
+//!   must be idempotent and should write only what differs (as
 //!   [`Context::patch_status`] does by itself). They keep no progress on the
 //!   object; failures are retried with the handler's backoff (kept in memory;
-//!   reset early when the object's `generation` changes).
+//!   reset early when the object's `generation` changes). When the object
+//!   has been deleted from the API (after its finalizers), they run once more
+//!   with `Some(`[`WatchEventType::Deleted`]`)` and the last known version of
+//!   the object; that run is not retried (the object is gone).
+//!
+//!   Compared with kopf's `@kopf.on.event`, which receives each raw watch
+//!   event with its type (`ADDED`, `MODIFIED`, `DELETED`, or none for the
+//!   initial listing) exactly as it arrives: here events of one object
+//!   coalesce, `Applied` does not tell added from modified and also fires for
+//!   child changes and resyncs, nothing runs while the object carries a
+//!   `deletionTimestamp` (delete handlers do), and `Deleted` is seen only by
+//!   an operator that is running (and leading) when the deletion is
+//!   observed; objects that do not deserialise are skipped.
+//!
+//!   ```
+//!   use k8s_openapi::api::core::v1::ConfigMap;
+//!   use operator_framework::{Context, HandlerResult, WatchEventType, on_event};
+//!
+//!   #[on_event(backoff_base = "1s")]
+//!   async fn observed(ctx: Context<ConfigMap>) -> HandlerResult {
+//!       match ctx.watch_event {
+//!           Some(WatchEventType::Deleted) => tracing::info!(name = %ctx.name(), "gone"),
+//!           _ => tracing::info!(name = %ctx.name(), "exists"),
+//!       }
+//!       Ok(())
+//!   }
+//!   # let _ = observed();
+//!   ```
 //! * Timers ([`on_timer`]) run every `interval` (after `initial_delay` from
 //!   the first sight of the object in this process) while the object exists
 //!   and is not being deleted; they stop when it is gone. A failed run is
@@ -201,7 +229,7 @@ pub use context::{ChildrenReport, Context, EventType};
 pub use controller::{Controller, HANDLER_FAILED, INVALID_OBJECT, INVALID_OBJECT_DELETED};
 pub use diff::{DiffItem, DiffOp};
 pub use error::{Error, HandlerError, HandlerResult};
-pub use handler::{Cause, Handler, HandlerKind, MetaFilter};
+pub use handler::{Cause, Handler, HandlerKind, MetaFilter, WatchEventType};
 pub use leader::LeaderElection;
 pub use metrics::{Metrics, escape_label_value};
 pub use operator::{Operator, OperatorConfig, shutdown_signal};

@@ -106,7 +106,10 @@ async fn tick(_ctx: Context<MyCr>) -> HandlerResult {
 
 /// A documented level-triggered reconcile.
 #[on_event]
-pub async fn reconcile(_ctx: Context<MyCr>) -> HandlerResult {
+pub async fn reconcile(ctx: Context<MyCr>) -> HandlerResult {
+    if ctx.watch_event == Some(operator_framework::WatchEventType::Deleted) {
+        return Ok(());
+    }
     Ok(())
 }
 

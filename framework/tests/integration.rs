@@ -15,7 +15,7 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use operator_framework::{
     Context, Controller, EventType, Handler, HandlerError, HandlerResult, LeaderElection, Operator,
-    OperatorConfig, on_create, on_delete, on_update,
+    OperatorConfig, WatchEventType, on_create, on_delete, on_update,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -1737,5 +1737,111 @@ async fn a_leader_that_loses_its_lease_cancels_in_flight_handlers_at_once() {
     // The intruder never renews, so we would lead again and rerun the slow
     // handler: end without the graceful drain.
     r.crash().await;
+    cleanup(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn event_handlers_see_applied_then_deleted_once() {
+    let Some(client) = client("event_handlers_see_applied_then_deleted_once").await else {
+        return;
+    };
+    let ns = namespace(&client, "evtype").await;
+    let seen: Log = log();
+    let s = seen.clone();
+    let observe = Handler::on_event("observe", move |ctx: Context<FwTest>| {
+        let s = s.clone();
+        async move {
+            let what = match ctx.watch_event {
+                Some(WatchEventType::Applied) => "applied",
+                Some(WatchEventType::Deleted) => "deleted",
+                None => "none",
+            };
+            push(
+                &s,
+                format!("{what}:{}:{}", ctx.name(), ctx.object.spec.value),
+            );
+            if ctx.watch_event == Some(WatchEventType::Deleted) {
+                // Would be retried quickly if deletions were retried.
+                return Err(anyhow::anyhow!("induced failure after deletion").into());
+            }
+            Ok(())
+        }
+    })
+    .backoff(Duration::from_millis(100), Duration::from_millis(200));
+    // A delete handler too: the object goes through its finalizer first.
+    let d = seen.clone();
+    let on_delete = Handler::on_delete("cleanup", move |ctx: Context<FwTest>| {
+        let d = d.clone();
+        async move {
+            push(&d, format!("delete-handler:{}", ctx.name()));
+            Ok(())
+        }
+    });
+    let op = Operator::new(client.clone(), PREFIX)
+        .config(config())
+        .controller(controller(&client, &ns).handler(observe).handler(on_delete));
+    let running = start(op);
+    let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
+    api.create(&PostParams::default(), &obj("e", "v1"))
+        .await
+        .expect("create");
+    eventually(Duration::from_secs(20), "applied seen", || async {
+        entries(&seen)
+            .contains(&"applied:e:v1".to_string())
+            .then_some(())
+    })
+    .await;
+    api.patch(
+        "e",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"value": "v2"}})),
+    )
+    .await
+    .expect("patch");
+    eventually(Duration::from_secs(20), "modification seen", || async {
+        entries(&seen)
+            .contains(&"applied:e:v2".to_string())
+            .then_some(())
+    })
+    .await;
+    api.delete("e", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually(Duration::from_secs(20), "deletion seen", || async {
+        entries(&seen)
+            .iter()
+            .any(|e| e.starts_with("deleted:"))
+            .then_some(())
+    })
+    .await;
+    assert!(
+        matches!(api.get_opt("e").await, Ok(None)),
+        "seen as deleted only once gone from the API"
+    );
+    // Time for several retries, had there been any.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let e = entries(&seen);
+    let deleted: Vec<&String> = e.iter().filter(|x| x.starts_with("deleted:")).collect();
+    assert_eq!(
+        deleted,
+        vec!["deleted:e:v2"],
+        "one deletion run, with the last known object: {e:?}"
+    );
+    assert_eq!(e.last().map(String::as_str), Some("deleted:e:v2"), "{e:?}");
+    assert!(
+        e.iter()
+            .filter(|x| !x.starts_with("deleted:") && !x.starts_with("delete-handler:"))
+            .all(|x| x.starts_with("applied:e:")),
+        "everything before was applied: {e:?}"
+    );
+    let dh = e
+        .iter()
+        .position(|x| x == "delete-handler:e")
+        .expect("delete handler ran");
+    assert!(
+        e[dh + 1..].iter().all(|x| x.starts_with("deleted:")),
+        "no applied runs while being deleted: {e:?}"
+    );
+    running.stop().await;
     cleanup(&client, &ns).await;
 }

@@ -333,7 +333,9 @@ pub fn on_timer(attr: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 /// Marks a level-triggered event handler (every watch event, child change
-/// and resync).
+/// and resync: `ctx.watch_event` is `Some(WatchEventType::Applied)`), which
+/// also runs once, without retries, when the object was deleted from the API
+/// (`Some(WatchEventType::Deleted)`, with the last known object).
 #[proc_macro_attribute]
 pub fn on_event(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand(attr, item, Kind::Event)
