@@ -12,7 +12,8 @@
 //! * `api_requests_per_object`: HTTP requests of the operator's client
 //!   (lists, watches, patches, events) divided by N
 //! * `writes_on_noop_resync`: write requests of the operator's client during
-//!   a full resync of the handled, unchanged objects (must be 0)
+//!   a full resync of the handled, unchanged objects (must be 0: otherwise
+//!   the benchmark exits with status 1 and says so, after printing the lines)
 //!
 //! Usage: `cargo run --release -p operator-framework --example bench-framework -- [N]`
 //! (or env `BENCH_OBJECTS`). Uses `KUBECONFIG`, else
@@ -229,5 +230,10 @@ async fn run(
     println!("operator_peak_rss_mib={:.1}", peak_rss_mib());
     println!("api_requests_per_object={:.2}", requests as f64 / n as f64);
     println!("writes_on_noop_resync={noop_writes}");
+    // A regression, not just a slow number: fail the run (exit code 1).
+    anyhow::ensure!(
+        noop_writes == 0,
+        "FAILED: writes_on_noop_resync={noop_writes}, expected 0: a resync of handled, unchanged objects must not write"
+    );
     Ok(())
 }
