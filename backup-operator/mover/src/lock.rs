@@ -103,6 +103,21 @@ impl Crypto {
     }
 }
 
+/// Decrypts `IV || ciphertext || MAC` where it lies; returns the plaintext
+/// (a sub-slice) or `None` when the MAC does not verify.
+pub fn open_in_place<'a>(cipher: &Aes256CtrPoly1305Aes, sealed: &'a mut [u8]) -> Option<&'a [u8]> {
+    if sealed.len() < 32 {
+        return None;
+    }
+    let (nonce, rest) = sealed.split_at_mut(16);
+    let n = rest.len() - 16;
+    let (ct, tag) = rest.split_at_mut(n);
+    cipher
+        .decrypt_in_place_detached((&*nonce).into(), &[], ct, (&*tag).into())
+        .ok()?;
+    Some(ct)
+}
+
 pub fn random_bytes(buf: &mut [u8]) -> MResult<()> {
     use std::io::Read;
     std::fs::File::open("/dev/urandom")

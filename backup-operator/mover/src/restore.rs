@@ -22,11 +22,11 @@ use rustic_core::{DataId, FileType, IndexedFullStatus, Repository, WriteBackend}
 use sha2::{Digest, Sha256};
 
 use crate::error::{MResult, MoverError, RusticCtx};
-use crate::lock::Crypto;
+use crate::lock::{Crypto, open_in_place};
 use crate::result::ErrorKind;
 
 /// Largest single ranged read from the repository.
-const MAX_READ: u32 = 16 * 1024 * 1024;
+const MAX_READ: u32 = 8 * 1024 * 1024;
 /// Blobs per work unit for big files (lets several workers share one file).
 const BLOBS_PER_UNIT: usize = 64;
 
@@ -300,29 +300,45 @@ fn write_unit(
             format!("short read from pack {} for {}", first.pack, what()),
         ));
     }
+    // Decrypted where it was read: no second copy of the range.
+    let mut data = Vec::from(data);
+    let cipher = crypto.cipher();
+    let mut unpacked = Vec::new();
+    let mut zstd_ctx = None;
     let mut open: Option<(usize, File)> = None;
     let mut written = 0u64;
     for b in &unit.blobs {
         let path = &jobs[b.file].path;
         let a = (b.offset - start) as usize;
-        let plain = crypto
-            .decrypt(&data[a..a + b.length as usize])
-            .ok_or_else(|| {
-                MoverError::new(
-                    ErrorKind::Other,
-                    format!("blob {} of {} failed authentication", b.id, path.display()),
-                )
-            })?;
-        let plain = match b.uncompressed {
+        let sealed = data.get_mut(a..a + b.length as usize).ok_or_else(|| {
+            MoverError::new(
+                ErrorKind::Other,
+                format!("blob {} of {} lies outside its pack", b.id, path.display()),
+            )
+        })?;
+        let plain = open_in_place(&cipher, sealed).ok_or_else(|| {
+            MoverError::new(
+                ErrorKind::Other,
+                format!("blob {} of {} failed authentication", b.id, path.display()),
+            )
+        })?;
+        let plain: &[u8] = match b.uncompressed {
             Some(n) => {
-                let mut out = Vec::with_capacity(n as usize);
-                zstd::stream::copy_decode(&plain[..], &mut out)
+                let dec = match &mut zstd_ctx {
+                    Some(d) => d,
+                    None => zstd_ctx.insert(
+                        zstd::bulk::Decompressor::new().ctx("creating a zstd decompressor")?,
+                    ),
+                };
+                unpacked.clear();
+                unpacked.reserve(n as usize);
+                dec.decompress_to_buffer(plain, &mut unpacked)
                     .ctx(&format!("decompressing blob {}", b.id))?;
-                out
+                &unpacked
             }
             None => plain,
         };
-        let hash: [u8; 32] = Sha256::digest(&plain).into();
+        let hash: [u8; 32] = Sha256::digest(plain).into();
         if rustic_core::Id::new(hash) != b.id.into_inner() {
             return Err(MoverError::new(
                 ErrorKind::Other,
@@ -337,7 +353,7 @@ fn write_unit(
             open = Some((b.file, f));
         }
         if let Some((_, f)) = &open {
-            f.write_all_at(&plain, b.file_offset)
+            f.write_all_at(plain, b.file_offset)
                 .ctx(&format!("writing {}", path.display()))?;
         }
         written += plain.len() as u64;

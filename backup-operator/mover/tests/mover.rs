@@ -628,7 +628,11 @@ fn incremental(env: &Env, repo: &str) {
     // Nothing changed since: the files and trees of the parent are reused.
     let third = ok(env, &backup_args(repo, s, "incr"));
     assert_eq!(third.bytes_processed, Some(16 * MIB));
-    assert_eq!(third.bytes_added, Some(0), "unchanged source stored new data");
+    assert_eq!(
+        third.bytes_added,
+        Some(0),
+        "unchanged source stored new data"
+    );
     assert_ne!(third.snapshot_id, second.snapshot_id);
 }
 

@@ -41,13 +41,14 @@ impl Chunker {
         })
     }
 
-    /// Splits everything `r` yields into chunks, in order. `size_hint`
-    /// (the file size) only sizes the first buffer.
+    /// Splits everything `r` yields into chunks, in order. One buffer is
+    /// reused for every chunk (no allocation per chunk); `size_hint` (the
+    /// file size) only sizes it.
     pub fn for_each_chunk<R: Read, E: From<io::Error>>(
         &self,
         mut r: R,
         size_hint: u64,
-        mut emit: impl FnMut(Vec<u8>) -> Result<(), E>,
+        mut emit: impl FnMut(&[u8]) -> Result<(), E>,
     ) -> Result<(), E> {
         let first = usize::try_from(size_hint)
             .unwrap_or(self.max)
@@ -62,7 +63,7 @@ impl Chunker {
             if buf.len() < self.min {
                 // Only at the end of the input.
                 if !buf.is_empty() {
-                    emit(buf)?;
+                    emit(&buf)?;
                 }
                 return Ok(());
             }
@@ -91,16 +92,10 @@ impl Chunker {
                     }
                 }
             };
-            let rest = if cut < buf.len() {
-                let mut next = Vec::with_capacity(self.min.max(buf.len() - cut));
-                next.extend_from_slice(&buf[cut..]);
-                buf.truncate(cut);
-                next
-            } else {
-                Vec::new()
-            };
-            emit(buf)?;
-            buf = rest;
+            emit(&buf[..cut])?;
+            // What was read past the cut starts the next chunk.
+            buf.copy_within(cut.., 0);
+            buf.truncate(buf.len() - cut);
             if eof && buf.is_empty() {
                 return Ok(());
             }
@@ -155,7 +150,7 @@ mod tests {
     fn split(c: &Chunker, data: &[u8]) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         c.for_each_chunk::<_, io::Error>(data, data.len() as u64, |ch| {
-            out.push(ch);
+            out.push(ch.to_vec());
             Ok(())
         })
         .expect("in-memory reads cannot fail");
@@ -201,7 +196,7 @@ mod tests {
         let whole = split(&c, &data);
         let mut dribbled = Vec::new();
         c.for_each_chunk::<_, io::Error>(Dribble(&data), 0, |ch| {
-            dribbled.push(ch);
+            dribbled.push(ch.to_vec());
             Ok(())
         })
         .expect("in-memory reads cannot fail");

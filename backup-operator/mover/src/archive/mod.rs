@@ -107,7 +107,8 @@ pub fn backup(
 
     let (jobs_tx, jobs_rx) = bounded::<Job>(threads * 32);
     let (results_tx, results_rx) = unbounded::<(u64, FileResult)>();
-    let (packs_tx, packs_rx) = bounded::<Pack>(UPLOADERS);
+    // Rendezvous: a finished pack waits in its worker, not in a queue (memory).
+    let (packs_tx, packs_rx) = bounded::<Pack>(0);
 
     let (root_id, summary) = std::thread::scope(|scope| -> MResult<(TreeId, Summary)> {
         let mut uploaders = Vec::new();
@@ -357,7 +358,8 @@ impl<'a> Store<'a> {
         Self {
             shared,
             kind,
-            packer: PackBuilder::new(),
+            // Blobs plus a header of up to 1/16 of the pack.
+            packer: PackBuilder::new(PACK_SIZE + PACK_SIZE / 16),
             zbuf: Vec::new(),
             compressor,
             packs,
@@ -369,23 +371,34 @@ impl<'a> Store<'a> {
         if self.shared.known.contains(&Id::new(id)) || !lock(&self.shared.claimed).insert(id) {
             return Ok(());
         }
-        let mut stored: &[u8] = plain;
-        let mut uncompressed = None;
+        let mut compressed = false;
         if let Some(c) = &mut self.compressor {
             self.zbuf.clear();
             self.zbuf
                 .reserve(zstd::zstd_safe::compress_bound(plain.len()));
             // Incompressible blobs are stored as they are (saves the
             // decompression on restore).
-            if c.compress_to_buffer(plain, &mut self.zbuf).is_ok() && self.zbuf.len() < plain.len()
-            {
-                stored = &self.zbuf;
-                uncompressed =
-                    Some(u32::try_from(plain.len()).map_err(|_| {
-                        MoverError::new(ErrorKind::Other, "blob larger than 4 GiB")
-                    })?);
-            }
+            compressed = c.compress_to_buffer(plain, &mut self.zbuf).is_ok()
+                && self.zbuf.len() < plain.len();
         }
+        let stored_len = if compressed {
+            self.zbuf.len()
+        } else {
+            plain.len()
+        };
+        // Cut before the pack would outgrow its buffer.
+        if !self.packer.is_empty()
+            && self.packer.len() + stored_len + pack::CRYPTO_OVERHEAD > PACK_SIZE
+        {
+            self.send_pack()?;
+        }
+        let (stored, uncompressed) = if compressed {
+            let n = u32::try_from(plain.len())
+                .map_err(|_| MoverError::new(ErrorKind::Other, "blob larger than 4 GiB"))?;
+            (&self.zbuf[..], Some(n))
+        } else {
+            (plain, None)
+        };
         let len = self
             .packer
             .add(&self.shared.cipher, self.kind, id, stored, uncompressed)?;
@@ -397,9 +410,6 @@ impl<'a> Store<'a> {
         blobs.fetch_add(1, Ordering::Relaxed);
         plain_n.fetch_add(plain.len() as u64, Ordering::Relaxed);
         packed.fetch_add(u64::from(len), Ordering::Relaxed);
-        if self.packer.len() >= PACK_SIZE {
-            self.send_pack()?;
-        }
         Ok(())
     }
 
@@ -477,9 +487,9 @@ fn file_worker(
             Err(e) => Err(format!("{}: {}", job.path.display(), e.display_log())),
             Ok(reader) => {
                 let mut ids = Vec::new();
-                let r = chunker.for_each_chunk(reader, job.size, |chunk: Vec<u8>| {
-                    let id = sha256(&chunk);
-                    store.add(id, &chunk).map_err(Fail::Store)?;
+                let r = chunker.for_each_chunk(reader, job.size, |chunk: &[u8]| {
+                    let id = sha256(chunk);
+                    store.add(id, chunk).map_err(Fail::Store)?;
                     ids.push(DataId::from(Id::new(id)));
                     Ok::<(), Fail>(())
                 });

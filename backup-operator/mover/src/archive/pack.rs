@@ -85,13 +85,17 @@ pub fn seal_into(cipher: &Aes256CtrPoly1305Aes, plain: &[u8], out: &mut Vec<u8>)
 pub struct PackBuilder {
     buf: Vec<u8>,
     entries: Vec<Entry>,
+    /// Allocated at the first blob, so the buffer never grows by copying.
+    capacity: usize,
 }
 
 impl PackBuilder {
-    pub fn new() -> Self {
+    /// `capacity`: the expected pack size (blobs plus header).
+    pub fn new(capacity: usize) -> Self {
         Self {
             buf: Vec::new(),
             entries: Vec::new(),
+            capacity,
         }
     }
 
@@ -115,6 +119,9 @@ impl PackBuilder {
         stored: &[u8],
         uncompressed_length: Option<u32>,
     ) -> MResult<u32> {
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(self.capacity);
+        }
         let offset = self.buf.len();
         seal_into(cipher, stored, &mut self.buf)?;
         let length = to_u32(self.buf.len() - offset)?;
@@ -224,7 +231,7 @@ mod tests {
     #[test]
     fn pack_layout_matches_the_format() {
         let c = cipher();
-        let mut b = PackBuilder::new();
+        let mut b = PackBuilder::new(1024);
         let id1 = sha256(b"one");
         let id2 = sha256(b"two");
         b.add(&c, Kind::Data, id1, b"one", None).expect("add");

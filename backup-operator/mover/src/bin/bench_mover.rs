@@ -208,6 +208,8 @@ struct Run {
 /// Runs a command, returns wall time and the child's peak RSS (wait4).
 fn run(mut c: Command, what: &str) -> Res<Run> {
     c.stdout(Stdio::null()).stderr(Stdio::piped());
+    // No run pays for the previous run's dirty pages being written back.
+    let _ = Command::new("sync").status();
     let start = Instant::now();
     let mut child = c.spawn().map_err(|e| format!("{what}: spawn: {e}"))?;
     let mut stderr = String::new();
@@ -296,7 +298,6 @@ fn restic_backup(t: &Target, src: &Path, host: &str) -> Res<Run> {
 }
 
 fn mover_restore(o: &Opts, t: &Target, pvc: &str, target: &Path) -> Res<Run> {
-    let _ = std::fs::remove_dir_all(target);
     let mut c = env_cmd(&o.mover);
     c.args([
         "restore",
@@ -316,7 +317,6 @@ fn mover_restore(o: &Opts, t: &Target, pvc: &str, target: &Path) -> Res<Run> {
 }
 
 fn restic_restore(t: &Target, host: &str, target: &Path) -> Res<Run> {
-    let _ = std::fs::remove_dir_all(target);
     let mut c = env_cmd(Path::new("restic"));
     c.args([
         "-r",
@@ -366,12 +366,16 @@ fn run_target(o: &Opts, t: &Target, big: &Path, small: &Path) -> Res<()> {
     let r = restic_backup(t, small, "small")?;
     report(&format!("{n}.backup.small_20k"), small_bytes, &m, &r, "");
 
-    let m = mover_restore(o, t, "big", &out)?;
-    let r = restic_restore(t, "big", &out)?;
+    // Every restore gets its own new directory, all removed at the end: on
+    // ext4, creating files within seconds of deleting many others is slowed
+    // by the inode allocator (it skips recently freed inodes), which would
+    // measure the previous run's cleanup instead of the restore.
+    let m = mover_restore(o, t, "big", &out.join("mover-big"))?;
+    let r = restic_restore(t, "big", &out.join("restic-big"))?;
     report(&format!("{n}.restore.random_1g"), big_bytes, &m, &r, "");
 
-    let m = mover_restore(o, t, "small", &out)?;
-    let r = restic_restore(t, "small", &out)?;
+    let m = mover_restore(o, t, "small", &out.join("mover-small"))?;
+    let r = restic_restore(t, "small", &out.join("restic-small"))?;
     report(&format!("{n}.restore.small_20k"), small_bytes, &m, &r, "");
     let _ = std::fs::remove_dir_all(&out);
     Ok(())
