@@ -26,7 +26,7 @@ use crate::lock::{Crypto, open_in_place};
 use crate::result::ErrorKind;
 
 /// Largest single ranged read from the repository.
-const MAX_READ: u32 = 8 * 1024 * 1024;
+const MAX_READ: u32 = 4 * 1024 * 1024;
 /// Blobs per work unit for big files (lets several workers share one file).
 const BLOBS_PER_UNIT: usize = 64;
 

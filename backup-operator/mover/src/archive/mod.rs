@@ -95,7 +95,7 @@ pub fn backup(
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, NonZeroUsize::get));
     let shared = Shared {
-        known: &index.data_and_trees,
+        known: &index,
         claimed: Mutex::new(HashSet::new()),
         failed: AtomicBool::new(false),
         error: Mutex::new(None),
@@ -230,22 +230,25 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Blob ids already in the repository (packs marked for deletion do not
-/// count) and where its trees are.
+/// count) and where its trees are. Data and trees are kept apart: a file
+/// whose content equals a tree's JSON is still a data blob of its own.
 pub struct KnownBlobs {
-    data_and_trees: HashSet<Id>,
+    data: HashSet<Id>,
     trees: HashMap<Id, TreeLoc>,
 }
 
 impl KnownBlobs {
     fn read(repo: &Repository<OpenStatus>) -> MResult<Self> {
-        let mut data_and_trees = HashSet::new();
+        let mut data = HashSet::new();
         let mut trees = HashMap::new();
         for item in repo.stream_files::<IndexFile>().ctx("reading the index")? {
             let (_, file) = item.ctx("reading an index file")?;
             for p in file.packs {
                 for b in p.blobs {
                     let id: Id = *b.id;
-                    if b.tpe == rustic_core::repofile::BlobType::Tree {
+                    if b.tpe == rustic_core::repofile::BlobType::Data {
+                        data.insert(id);
+                    } else {
                         trees.insert(
                             id,
                             TreeLoc {
@@ -259,18 +262,21 @@ impl KnownBlobs {
                             },
                         );
                     }
-                    data_and_trees.insert(id);
                 }
             }
         }
-        Ok(Self {
-            data_and_trees,
-            trees,
-        })
+        Ok(Self { data, trees })
     }
 
     fn has_data(&self, id: &DataId) -> bool {
-        self.data_and_trees.contains(&**id)
+        self.data.contains(&**id)
+    }
+
+    fn has(&self, kind: Kind, id: &Id) -> bool {
+        match kind {
+            Kind::Data => self.data.contains(id),
+            Kind::Tree => self.trees.contains_key(id),
+        }
     }
 }
 
@@ -310,9 +316,9 @@ struct Stats {
 
 /// State every thread shares.
 struct Shared<'a> {
-    known: &'a HashSet<Id>,
+    known: &'a KnownBlobs,
     /// Blobs stored by this run (so two files with the same chunk store it once).
-    claimed: Mutex<HashSet<Hash>>,
+    claimed: Mutex<HashSet<(bool, Hash)>>,
     failed: AtomicBool,
     error: Mutex<Option<MoverError>>,
     index: Mutex<Vec<IndexPackJson>>,
@@ -368,7 +374,9 @@ impl<'a> Store<'a> {
 
     /// Stores `plain` under `id` unless the repository or this run has it.
     fn add(&mut self, id: Hash, plain: &[u8]) -> MResult<()> {
-        if self.shared.known.contains(&Id::new(id)) || !lock(&self.shared.claimed).insert(id) {
+        if self.shared.known.has(self.kind, &Id::new(id))
+            || !lock(&self.shared.claimed).insert((self.kind == Kind::Tree, id))
+        {
             return Ok(());
         }
         let mut compressed = false;
@@ -460,8 +468,9 @@ struct Job {
     path: PathBuf,
 }
 
-/// A file's content ids, or why it could not be read (it is then left out).
-type FileResult = Result<Vec<DataId>, String>;
+/// A file's content ids and the bytes read, or why it could not be read
+/// (it is then left out).
+type FileResult = Result<(Vec<DataId>, u64), String>;
 
 fn file_worker(
     store: &mut Store<'_>,
@@ -487,14 +496,16 @@ fn file_worker(
             Err(e) => Err(format!("{}: {}", job.path.display(), e.display_log())),
             Ok(reader) => {
                 let mut ids = Vec::new();
+                let mut read = 0u64;
                 let r = chunker.for_each_chunk(reader, job.size, |chunk: &[u8]| {
+                    read += chunk.len() as u64;
                     let id = sha256(chunk);
                     store.add(id, chunk).map_err(Fail::Store)?;
                     ids.push(DataId::from(Id::new(id)));
                     Ok::<(), Fail>(())
                 });
                 match r {
-                    Ok(()) => Ok(ids),
+                    Ok(()) => Ok((ids, read)),
                     Err(Fail::Read(e)) => Err(format!("{}: {e}", job.path.display())),
                     Err(Fail::Store(e)) => {
                         store.shared.fail(e);
@@ -652,7 +663,6 @@ impl Walk<'_, '_> {
             self.events.push_back(Event::Entry(node, None));
             return Ok(());
         }
-        self.summary.bytes += node.meta.size;
         if let Some(p) = in_parent {
             if unchanged(p, &node)
                 && p.content
@@ -660,6 +670,7 @@ impl Walk<'_, '_> {
                     .is_some_and(|c| c.iter().all(|id| index.has_data(id)))
             {
                 self.summary.files_unmodified += 1;
+                self.summary.bytes += node.meta.size;
                 let mut node = node;
                 node.content = p.content.clone();
                 self.events.push_back(Event::Entry(node, None));
@@ -707,7 +718,14 @@ impl Walk<'_, '_> {
                 Event::Entry(mut node, pending) => {
                     if let Some(seq) = pending {
                         match self.done.remove(&seq) {
-                            Some(Ok(ids)) => node.content = Some(ids),
+                            Some(Ok((ids, read))) => {
+                                // A file that changed size while being read is
+                                // recorded with what was read, so the size and
+                                // the content always agree.
+                                node.meta.size = read;
+                                self.summary.bytes += read;
+                                node.content = Some(ids);
+                            }
                             Some(Err(msg)) => {
                                 crate::ops::note_skipped(msg);
                                 continue;

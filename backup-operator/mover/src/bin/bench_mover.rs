@@ -25,6 +25,7 @@ struct Opts {
     small_files: u64,
     s3: bool,
     threads: Option<String>,
+    restore_dir: Option<PathBuf>,
 }
 
 fn parse_opts() -> Res<Opts> {
@@ -37,6 +38,7 @@ fn parse_opts() -> Res<Opts> {
         small_files: 20_000,
         s3: true,
         threads: None,
+        restore_dir: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -50,10 +52,11 @@ fn parse_opts() -> Res<Opts> {
                 o.small_files = val("--small-files")?.parse().map_err(|e| format!("{e}"))?
             }
             "--restore-threads" => o.threads = Some(val("--restore-threads")?),
+            "--restore-dir" => o.restore_dir = Some(PathBuf::from(val("--restore-dir")?)),
             "--no-s3" => o.s3 = false,
             "-h" | "--help" => {
                 println!(
-                    "bench-mover [--work-dir D] [--mover PATH] [--size-mib 1024] [--files 64] [--small-files 20000] [--restore-threads N] [--no-s3]"
+                    "bench-mover [--work-dir D] [--mover PATH] [--size-mib 1024] [--files 64] [--small-files 20000] [--restore-threads N] [--restore-dir D] [--no-s3]"
                 );
                 std::process::exit(0);
             }
@@ -332,8 +335,35 @@ fn restic_restore(t: &Target, host: &str, target: &Path) -> Res<Run> {
     run(c, &format!("restic restore {host} ({})", t.name))
 }
 
+/// Where restores write. On ext4, creating many files within minutes of
+/// deleting many others is slowed by the inode allocator skipping recently
+/// freed inodes (seconds of kernel time per 20,000 files, for either tool,
+/// depending on what ran before), so by default restores go to a tmpfs
+/// (`/dev/shm`) when one with room exists: what is compared is the tools'
+/// restore work, not the file system's history.
+fn restore_root(o: &Opts) -> (PathBuf, &'static str) {
+    if let Some(d) = &o.restore_dir {
+        return (d.clone(), "given");
+    }
+    let shm = Path::new("/dev/shm");
+    // SAFETY: zeroed statfs is a valid out-parameter; the path is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::statfs(c"/dev/shm".as_ptr(), &mut st) } == 0;
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    let free = (st.f_bavail as u64).saturating_mul(st.f_bsize as u64);
+    if ok && st.f_type as i64 == TMPFS_MAGIC && free >= 4 << 30 {
+        (
+            shm.join(format!("bench-mover-{}", std::process::id())),
+            "tmpfs",
+        )
+    } else {
+        (o.work.join("restore"), "work-dir")
+    }
+}
+
 fn run_target(o: &Opts, t: &Target, big: &Path, small: &Path) -> Res<()> {
-    let out = o.work.join("out");
+    let (root, _) = restore_root(o);
+    let out = root.join(t.name);
     let init = {
         let mut c = env_cmd(Path::new("restic"));
         c.args(["-r", &t.restic_repo, "init"]);
@@ -366,7 +396,7 @@ fn run_target(o: &Opts, t: &Target, big: &Path, small: &Path) -> Res<()> {
     let r = restic_backup(t, small, "small")?;
     report(&format!("{n}.backup.small_20k"), small_bytes, &m, &r, "");
 
-    // Every restore gets its own new directory, all removed at the end: on
+    // Every restore gets its own new directory, all removed at the very end: on
     // ext4, creating files within seconds of deleting many others is slowed
     // by the inode allocator (it skips recently freed inodes), which would
     // measure the previous run's cleanup instead of the restore.
@@ -377,7 +407,7 @@ fn run_target(o: &Opts, t: &Target, big: &Path, small: &Path) -> Res<()> {
     let m = mover_restore(o, t, "small", &out.join("mover-small"))?;
     let r = restic_restore(t, "small", &out.join("restic-small"))?;
     report(&format!("{n}.restore.small_20k"), small_bytes, &m, &r, "");
-    let _ = std::fs::remove_dir_all(&out);
+    let _ = std::fs::remove_dir_all(&root);
     Ok(())
 }
 
@@ -452,10 +482,12 @@ fn real_main() -> Res<()> {
         .arg("version")
         .output()
         .map_err(|e| format!("restic not runnable ({e}); apt-get install restic"))?;
+    let (restore_dir, restore_fs) = restore_root(&o);
     println!(
-        "restic_version=\"{}\" cpus={}",
+        "restic_version=\"{}\" cpus={} restore_dir={} restore_fs={restore_fs}",
         String::from_utf8_lossy(&ver.stdout).trim(),
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        restore_dir.display()
     );
     let _ = std::fs::remove_dir_all(&o.work);
     std::fs::create_dir_all(&o.work).map_err(|e| format!("{}: {e}", o.work.display()))?;
@@ -464,10 +496,10 @@ fn real_main() -> Res<()> {
         targets.push("s3");
     }
     for name in targets {
-        // Fresh datasets per target so the 1% change applies to the same base.
-        let big = o.work.join("data/big");
-        let small = o.work.join("data/small");
-        let _ = std::fs::remove_dir_all(o.work.join("data"));
+        // Fresh datasets per target so the 1% change applies to the same base
+        // (nothing is deleted before the end, see run_target).
+        let big = o.work.join(format!("data-{name}/big"));
+        let small = o.work.join(format!("data-{name}/small"));
         gen_big(&big, o.size_mib, o.files)?;
         gen_small(&small, o.small_files)?;
         let moto;
@@ -486,8 +518,6 @@ fn real_main() -> Res<()> {
             }
         };
         run_target(&o, &t, &big, &small)?;
-        let _ = std::fs::remove_dir_all(o.work.join("repo-mover"));
-        let _ = std::fs::remove_dir_all(o.work.join("repo-restic"));
     }
     let _ = std::fs::remove_dir_all(&o.work);
     Ok(())
