@@ -8,8 +8,8 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, CustomResource, ResourceExt};
 use operator_framework::{
-    Cause, Context, Controller, EventType, HandlerError, HandlerResult, LeaderElection, Operator,
-    OperatorConfig, conditions,
+    Cause, Context, Controller, EventType, Handler, HandlerError, HandlerKind, HandlerResult,
+    LeaderElection, Operator, OperatorConfig, conditions,
 };
 use operator_framework::{
     on_create, on_delete, on_event, on_field, on_resume, on_timer, on_update,
@@ -113,6 +113,35 @@ pub async fn reconcile(ctx: Context<MyCr>) -> HandlerResult {
     Ok(())
 }
 
+/// Non-default values for both backoff options (the defaults are 1s / 5m).
+#[on_update(
+    id = "backoff-both",
+    retries = 4,
+    backoff_base = "250ms",
+    backoff_max = "45s"
+)]
+async fn backoff_both(_ctx: Context<MyCr>) -> HandlerResult {
+    Ok(())
+}
+
+/// Only the cap: the base keeps its default.
+#[on_timer(interval = "1m", backoff_max = "90s")]
+async fn backoff_max_only(_ctx: Context<MyCr>) -> HandlerResult {
+    Ok(())
+}
+
+/// Only the base: the cap keeps its default.
+#[on_event(backoff_base = "1m30s")]
+async fn backoff_base_only(_ctx: Context<MyCr>) -> HandlerResult {
+    Ok(())
+}
+
+/// No backoff options at all.
+#[on_delete]
+async fn backoff_default(_ctx: Context<MyCr>) -> HandlerResult {
+    Ok(())
+}
+
 #[allow(dead_code)]
 fn build(client: Client) -> Result<Operator, Box<dyn std::error::Error>> {
     Ok(Operator::new(client.clone(), "backup.backup.example.com")
@@ -174,4 +203,51 @@ fn macro_options_end_up_in_the_handler() {
     let dbg = format!("{h:?}");
     assert!(dbg.contains("retries: Some(10)"), "{dbg}");
     assert!(dbg.contains("timeout: Some(60s)"), "{dbg}");
+}
+
+async fn noop(_ctx: Context<MyCr>) -> HandlerResult {
+    Ok(())
+}
+
+/// The backoff is visible only through `Debug`: a macro-built handler must
+/// print exactly like the same handler built with the builder methods.
+/// (`labels`, `annotations` and `when` are not visible through any public
+/// API; `tests/integration.rs` checks them by what they select.)
+#[test]
+fn macro_backoff_options_end_up_in_the_handler() {
+    let ms = Duration::from_millis;
+    let same = |macro_built: Handler<MyCr>, by_hand: Handler<MyCr>| {
+        assert_eq!(format!("{macro_built:?}"), format!("{by_hand:?}"));
+    };
+    same(
+        backoff_both(),
+        Handler::on_update("backoff-both", noop)
+            .retries(4)
+            .backoff(ms(250), ms(45_000)),
+    );
+    same(
+        backoff_max_only(),
+        Handler::on_timer("backoff_max_only", ms(60_000), ms(0), noop)
+            .backoff(ms(1_000), ms(90_000)),
+    );
+    same(
+        backoff_base_only(),
+        Handler::on_event("backoff_base_only", noop).backoff(ms(90_000), ms(300_000)),
+    );
+    same(
+        backoff_default(),
+        Handler::on_delete("backoff_default", noop),
+    );
+    // And the values themselves, in case Debug stopped printing them.
+    let dbg = format!("{:?}", backoff_both());
+    assert!(
+        dbg.contains("backoff: Backoff { base: 250ms, max: 45s, jitter: true }"),
+        "{dbg}"
+    );
+    let dbg = format!("{:?}", backoff_default());
+    assert!(
+        dbg.contains("backoff: Backoff { base: 1s, max: 300s, jitter: true }"),
+        "{dbg}"
+    );
+    assert_eq!(*backoff_default().kind(), HandlerKind::Delete);
 }

@@ -1048,6 +1048,112 @@ async fn field_handlers_see_old_and_new_values_and_filters_select_objects() {
     cleanup(&client, &ns).await;
 }
 
+fn value_is_go(o: &FwTest) -> bool {
+    o.spec.value == "go"
+}
+
+/// Every filter option of the macros at once; an object must pass all.
+#[on_create(
+    id = "macro-filtered",
+    labels("pick=yes", "!skip"),
+    annotations("team=a", "!hold"),
+    when = value_is_go
+)]
+async fn macro_filtered(ctx: Context<FwTest>) -> HandlerResult {
+    record(&ctx, "filtered");
+    Ok(())
+}
+
+#[tokio::test]
+async fn macro_label_annotation_and_when_filters_select_objects() {
+    let Some(client) = client("macro_label_annotation_and_when_filters_select_objects").await
+    else {
+        return;
+    };
+    let ns = namespace(&client, "macrofilter").await;
+    let op = Operator::new(client.clone(), PREFIX)
+        .config(config())
+        .controller(controller(&client, &ns).handler(macro_filtered()));
+    let running = start(op);
+    let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
+    let make = |name: &str, value: &str, labels: &[(&str, &str)], annotations: &[(&str, &str)]| {
+        let mut o = obj(name, value);
+        let map = |kv: &[(&str, &str)]| {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        o.metadata.labels = Some(map(labels));
+        o.metadata.annotations = Some(map(annotations));
+        o
+    };
+    let pick = ("pick", "yes");
+    let team_a = ("team", "a");
+    for o in [
+        make("match", "go", &[pick], &[team_a]),
+        make("nolabel", "go", &[], &[team_a]),
+        make("skipped", "go", &[pick, ("skip", "1")], &[team_a]),
+        make("otherteam", "go", &[pick], &[("team", "b")]),
+        make("held", "go", &[pick], &[team_a, ("hold", "")]),
+        make("notgo", "no", &[pick], &[team_a]),
+    ] {
+        api.create(&PostParams::default(), &o)
+            .await
+            .expect("create a test object");
+    }
+    eventually(Duration::from_secs(20), "match handled", || async {
+        annotation(&api.get("match").await.ok()?, "last-handled-configuration").map(|_| ())
+    })
+    .await;
+    // Time for the others to be (wrongly) handled.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(macro_log(&ns), vec!["filtered:match:go".to_string()]);
+    for name in ["nolabel", "skipped", "otherteam", "held", "notgo"] {
+        let o = api.get(name).await.expect("get a filtered-out object");
+        assert!(
+            annotation(&o, "last-handled-configuration").is_none(),
+            "{name}: filtered out, so not handled"
+        );
+    }
+
+    // Once an object matches, its (still pending) create runs: the filters,
+    // not timing, kept them out. An annotation change and a spec change.
+    api.patch(
+        "otherteam",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"metadata": {"annotations": {"team": "a"}}})),
+    )
+    .await
+    .expect("patch annotation");
+    api.patch(
+        "notgo",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"value": "go"}})),
+    )
+    .await
+    .expect("patch value");
+    eventually(Duration::from_secs(20), "both now handled", || async {
+        let l = macro_log(&ns);
+        (l.contains(&"filtered:otherteam:go".to_string())
+            && l.contains(&"filtered:notgo:go".to_string()))
+        .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut l = macro_log(&ns);
+    l.sort();
+    assert_eq!(
+        l,
+        vec![
+            "filtered:match:go".to_string(),
+            "filtered:notgo:go".to_string(),
+            "filtered:otherteam:go".to_string(),
+        ]
+    );
+    running.stop().await;
+    cleanup(&client, &ns).await;
+}
+
 #[tokio::test]
 async fn failing_delete_handlers_cannot_block_deletion() {
     let Some(client) = client("failing_delete_handlers_cannot_block_deletion").await else {
