@@ -24,7 +24,7 @@ fmt: ## Format the code.
 lint: ## cargo fmt --check, clippy -D warnings, rustdoc warnings.
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p operator-framework -p backup-operator
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p operator-framework -p operator-framework-macros -p backup-operator
 
 manifests: ## Regenerate the CRD YAML (crds/, config/crd/bases/) from the Rust types.
 	$(CARGO) run -q -p backup-operator -- manifests crds config/crd/bases

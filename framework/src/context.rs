@@ -60,9 +60,10 @@ pub struct Context<K> {
     /// How many runs of this handler for this cause failed before (0 on the
     /// first attempt).
     pub retry: u32,
-    /// What changed since the last handled configuration (create: everything
-    /// is an `Add`; field handlers: only the items of their field; otherwise
-    /// empty).
+    /// What changed between the last successfully handled configuration and
+    /// the object now: for create everything is an `Add`; update, resume and
+    /// delete handlers get the whole diff; field handlers only the items
+    /// below their field; timers and event handlers an empty list.
     pub diff: Vec<DiffItem>,
     /// The id of the running handler.
     pub handler_id: String,

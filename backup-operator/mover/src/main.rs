@@ -66,6 +66,10 @@ enum Cmd {
         /// Do not fail with SourceEmpty on an empty directory
         #[arg(long)]
         allow_empty: bool,
+        /// Files read, chunked, compressed and encrypted at once (each may
+        /// hold about 34 MiB); default: the CPUs available, at most 4
+        #[arg(long)]
+        backup_threads: Option<usize>,
         /// Record this RFC 3339 time as the snapshot time (testing)
         #[arg(long, hide = true)]
         time: Option<String>,
@@ -159,6 +163,7 @@ fn run(cmd: Cmd, r: &mut MoverResult) -> MResult<()> {
             keep_last,
             keep_within_days,
             allow_empty,
+            backup_threads,
             time,
         } => {
             r.pvc = Some(pvc.clone());
@@ -176,6 +181,7 @@ fn run(cmd: Cmd, r: &mut MoverResult) -> MResult<()> {
                 allow_empty,
                 lock_wait: Duration::from_secs(common.lock_wait_seconds),
                 time,
+                threads: backup_threads,
             };
             ops::backup(&be, &o, &args, r)
         }

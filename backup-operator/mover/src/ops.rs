@@ -64,6 +64,8 @@ pub struct BackupArgs {
     pub lock_wait: Duration,
     /// Snapshot time override (tests of age-based retention).
     pub time: Option<Timestamp>,
+    /// File workers (None: the archive's default).
+    pub threads: Option<usize>,
 }
 
 fn tag_value<'a>(s: &'a SnapshotFile, key: &str) -> Option<&'a str> {
@@ -144,7 +146,7 @@ pub fn backup(
         source: &a.source,
         as_path: SNAPSHOT_PATH,
         parent: parent.as_ref(),
-        threads: None,
+        threads: a.threads,
     };
     let snap = archive::backup(&repo, be, &crypto, &settings, snap)
         .map_err(|e| e.context(&format!("backing up {}", a.source.display())))?;

@@ -44,6 +44,10 @@ pub const PACK_SIZE: usize = 16 * 1024 * 1024;
 const PACKS_PER_INDEX: usize = 5_000;
 /// Walk-ahead limit: entries waiting for their file contents.
 const MAX_PENDING: usize = 20_000;
+/// Default cap on file workers: each may hold a pack (16 MiB), a chunk and
+/// its compression (up to 8 MiB each), and a large node must not multiply
+/// that past the Job's memory limit.
+pub const MAX_DEFAULT_THREADS: usize = 4;
 /// Concurrent pack uploads.
 const UPLOADERS: usize = 2;
 
@@ -53,7 +57,7 @@ pub struct Settings<'a> {
     /// Path the contents are stored under (`/data`).
     pub as_path: &'a str,
     pub parent: Option<&'a SnapshotFile>,
-    /// File workers; defaults to the number of CPUs.
+    /// File workers; defaults to the CPUs available, at most [`MAX_DEFAULT_THREADS`].
     pub threads: Option<usize>,
 }
 
@@ -93,7 +97,12 @@ pub fn backup(
 
     let threads = s
         .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, NonZeroUsize::get));
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map_or(2, NonZeroUsize::get)
+                .min(MAX_DEFAULT_THREADS)
+        })
+        .clamp(1, 64);
     let shared = Shared {
         known: &index,
         claimed: Mutex::new(HashSet::new()),
