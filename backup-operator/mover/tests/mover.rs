@@ -887,6 +887,35 @@ fn locked_and_password(env: &Env, repo: &str) {
     );
 }
 
+/// Identical contents, within one run and in files the workers handle at
+/// the same time, are stored once; the repository stays valid for restic.
+fn duplicates(env: &Env, repo: &str) {
+    let t = TempDir::new("dups");
+    let src = t.join("src");
+    let content = prng_bytes(4242, 3 * MIB as usize);
+    for d in 0..4 {
+        let dir = src.join(format!("d{d}"));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        for f in 0..6 {
+            std::fs::write(dir.join(format!("copy{f}")), &content).expect("w");
+        }
+    }
+    let r = ok(env, &backup_args(repo, src.to_str().expect("utf8"), "dups"));
+    assert_eq!(r.bytes_processed, Some(24 * 3 * MIB));
+    let added = r.bytes_added.unwrap_or(u64::MAX);
+    // One copy of the data plus a few small trees.
+    assert!(
+        added >= 3 * MIB && added < 3 * MIB + 64 * 1024,
+        "added {added} bytes for 24 copies of 3 MiB"
+    );
+    let o = restic(env, &["-r", repo, "check", "--read-data"]);
+    assert!(
+        o.status.success(),
+        "restic check: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 // ---------- tests ----------
 
 #[test]
@@ -897,6 +926,7 @@ fn local_repository() {
     let base = t.path().to_str().expect("utf8").to_string();
     roundtrip_and_restic(&env, &format!("{base}/ns1/roundtrip"));
     incremental(&env, &format!("{base}/ns1/incr"));
+    duplicates(&env, &format!("{base}/ns1/dups"));
     retention(&env, &format!("{base}/ns1/ret"));
     concurrent(&env, &format!("{base}/ns1/conc"));
     locked_and_password(&env, &format!("{base}/ns1/lock"));
