@@ -905,7 +905,7 @@ fn duplicates(env: &Env, repo: &str) {
     let added = r.bytes_added.unwrap_or(u64::MAX);
     // One copy of the data plus a few small trees.
     assert!(
-        added >= 3 * MIB && added < 3 * MIB + 64 * 1024,
+        (3 * MIB..3 * MIB + 64 * 1024).contains(&added),
         "added {added} bytes for 24 copies of 3 MiB"
     );
     let o = restic(env, &["-r", repo, "check", "--read-data"]);

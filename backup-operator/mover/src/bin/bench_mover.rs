@@ -262,18 +262,31 @@ fn env_cmd(program: &Path) -> Command {
     c
 }
 
-fn report(case: &str, bytes: u64, m: &Run, r: &Run, extra: &str) {
+/// One figure per line, keys prefixed with the case (`local.backup.small_20k.ratio=1.85`).
+fn report(case: &str, bytes: u64, m: &Run, r: &Run, extra: &[(&str, String)]) {
     let mb = bytes as f64 / 1e6;
     let mm = mb / m.secs;
     let rm = mb / r.secs;
-    println!(
-        "case={case} bytes={bytes} mover_mbps={mm:.1} restic_mbps={rm:.1} ratio={:.2} mover_seconds={:.2} restic_seconds={:.2} mover_peak_rss_mib={:.0} restic_peak_rss_mib={:.0}{extra}",
-        mm / rm,
-        m.secs,
-        r.secs,
-        m.rss_kib as f64 / 1024.0,
-        r.rss_kib as f64 / 1024.0
-    );
+    let mut lines = vec![
+        ("bytes", bytes.to_string()),
+        ("mover_mbps", format!("{mm:.1}")),
+        ("restic_mbps", format!("{rm:.1}")),
+        ("ratio", format!("{:.2}", mm / rm)),
+        ("mover_seconds", format!("{:.2}", m.secs)),
+        ("restic_seconds", format!("{:.2}", r.secs)),
+        (
+            "mover_peak_rss_mib",
+            format!("{:.0}", m.rss_kib as f64 / 1024.0),
+        ),
+        (
+            "restic_peak_rss_mib",
+            format!("{:.0}", r.rss_kib as f64 / 1024.0),
+        ),
+    ];
+    lines.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
+    for (k, v) in lines {
+        println!("{case}.{k}={v}");
+    }
     let _ = std::io::stdout().flush();
 }
 
@@ -379,7 +392,7 @@ fn run_target(o: &Opts, t: &Target, big: &Path, small: &Path) -> Res<()> {
 
     let m = mover_backup(o, t, big, "big")?;
     let r = restic_backup(t, big, "big")?;
-    report(&format!("{n}.backup.random_1g"), big_bytes, &m, &r, "");
+    report(&format!("{n}.backup.random_1g"), big_bytes, &m, &r, &[]);
 
     let changed = change_big(big)?;
     let m = mover_backup(o, t, big, "big")?;
@@ -389,12 +402,12 @@ fn run_target(o: &Opts, t: &Target, big: &Path, small: &Path) -> Res<()> {
         big_bytes,
         &m,
         &r,
-        &format!(" changed_bytes={changed}"),
+        &[("changed_bytes", changed.to_string())],
     );
 
     let m = mover_backup(o, t, small, "small")?;
     let r = restic_backup(t, small, "small")?;
-    report(&format!("{n}.backup.small_20k"), small_bytes, &m, &r, "");
+    report(&format!("{n}.backup.small_20k"), small_bytes, &m, &r, &[]);
 
     // Every restore gets its own new directory, all removed at the very end: on
     // ext4, creating files within seconds of deleting many others is slowed
@@ -402,11 +415,11 @@ fn run_target(o: &Opts, t: &Target, big: &Path, small: &Path) -> Res<()> {
     // measure the previous run's cleanup instead of the restore.
     let m = mover_restore(o, t, "big", &out.join("mover-big"))?;
     let r = restic_restore(t, "big", &out.join("restic-big"))?;
-    report(&format!("{n}.restore.random_1g"), big_bytes, &m, &r, "");
+    report(&format!("{n}.restore.random_1g"), big_bytes, &m, &r, &[]);
 
     let m = mover_restore(o, t, "small", &out.join("mover-small"))?;
     let r = restic_restore(t, "small", &out.join("restic-small"))?;
-    report(&format!("{n}.restore.small_20k"), small_bytes, &m, &r, "");
+    report(&format!("{n}.restore.small_20k"), small_bytes, &m, &r, &[]);
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
 }
@@ -484,11 +497,15 @@ fn real_main() -> Res<()> {
         .map_err(|e| format!("restic not runnable ({e}); apt-get install restic"))?;
     let (restore_dir, restore_fs) = restore_root(&o);
     println!(
-        "restic_version=\"{}\" cpus={} restore_dir={} restore_fs={restore_fs}",
-        String::from_utf8_lossy(&ver.stdout).trim(),
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        restore_dir.display()
+        "restic_version=\"{}\"",
+        String::from_utf8_lossy(&ver.stdout).trim()
     );
+    println!(
+        "cpus={}",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!("restore_dir={}", restore_dir.display());
+    println!("restore_fs={restore_fs}");
     let _ = std::fs::remove_dir_all(&o.work);
     std::fs::create_dir_all(&o.work).map_err(|e| format!("{}: {e}", o.work.display()))?;
     let mut targets = vec!["local"];
