@@ -13,6 +13,7 @@
 //! * `#[on_update]` `updated`: any other spec change (e.g. another source).
 //! * `#[on_timer(interval = "30s")]` `resync`: repairs drift (source data
 //!   changed, a copy edited or deleted); writes only when something differs.
+//!   [`operator_with_resync`] runs it at another interval.
 //! * `#[on_delete]` `deleted`: removes every copy.
 
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -21,17 +22,22 @@ use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams};
 use kube::runtime::watcher;
 use kube::{Client, CustomResource, CustomResourceExt, ResourceExt};
 use operator_framework::{
-    Context, Controller, EventType, HandlerError, HandlerResult, Operator, OperatorConfig,
+    Context, Controller, EventType, Handler, HandlerError, HandlerResult, Operator, OperatorConfig,
     conditions, on_create, on_delete, on_field, on_timer, on_update,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 /// Prefix of the operator's annotations, finalizer and labels.
 pub const PREFIX: &str = "configmap-sync.examples.operator-framework.dev";
 /// Label put on every copy: `<namespace>.<name>` of the owning ConfigMapSync.
 pub const COPY_LABEL: &str = "configmap-sync.examples.operator-framework.dev/owner";
+/// How often the drift repair ([`resync`]) runs per object by default.
+pub const DEFAULT_RESYNC_INTERVAL: Duration = Duration::from_secs(30);
+/// How long to wait before syncing again while the source ConfigMap is missing.
+pub const SOURCE_MISSING_RETRY: Duration = Duration::from_secs(10);
 
 /// Which ConfigMap to copy where.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -109,6 +115,37 @@ pub fn copy_is_current(existing: &ConfigMap, desired: &ConfigMap) -> bool {
         && existing.labels().get(COPY_LABEL) == desired.labels().get(COPY_LABEL)
 }
 
+/// The JSON merge patch that turns the copy `existing` into `desired`: the
+/// owner label, and `data` / `binaryData` with exactly the desired keys (keys
+/// only in `existing` are set to `null`, i.e. removed; a map the source does
+/// not have is removed as a whole).
+pub fn copy_repair_patch(existing: &ConfigMap, desired: &ConfigMap) -> serde_json::Value {
+    fn exactly<V: Serialize>(
+        existing: Option<&BTreeMap<String, V>>,
+        desired: Option<&BTreeMap<String, V>>,
+    ) -> serde_json::Value {
+        let Some(desired) = desired else {
+            return serde_json::Value::Null;
+        };
+        let mut out = serde_json::Map::new();
+        for k in existing.into_iter().flat_map(|m| m.keys()) {
+            out.insert(k.clone(), serde_json::Value::Null);
+        }
+        for (k, v) in desired {
+            out.insert(
+                k.clone(),
+                serde_json::to_value(v).unwrap_or(serde_json::Value::Null),
+            );
+        }
+        serde_json::Value::Object(out)
+    }
+    serde_json::json!({
+        "metadata": {"labels": {COPY_LABEL: desired.labels().get(COPY_LABEL)}},
+        "data": exactly(existing.data.as_ref(), desired.data.as_ref()),
+        "binaryData": exactly(existing.binary_data.as_ref(), desired.binary_data.as_ref()),
+    })
+}
+
 /// Namespaces in `old` but not in `new`.
 pub fn removed_namespaces(old: &[String], new: &[String]) -> Vec<String> {
     let new: BTreeSet<&String> = new.iter().collect();
@@ -141,7 +178,7 @@ async fn sync(ctx: &Context<ConfigMapSync>) -> Result<Vec<String>, HandlerError>
                 "source ConfigMap {ns}/{} not found",
                 ctx.object.spec.source.name
             ),
-            Some(std::time::Duration::from_secs(10)),
+            Some(SOURCE_MISSING_RETRY),
         ));
     };
     let mut written = Vec::new();
@@ -152,18 +189,30 @@ async fn sync(ctx: &Context<ConfigMapSync>) -> Result<Vec<String>, HandlerError>
         }
         let api: Api<ConfigMap> = Api::namespaced(client.clone(), target);
         let desired = desired_copy(&ctx.object, &source, target);
-        let current = api.get_opt(&ctx.object.spec.source.name).await?;
-        if !current
-            .as_ref()
-            .is_some_and(|c| copy_is_current(c, &desired))
-        {
-            api.patch(
-                &ctx.object.spec.source.name,
-                &PatchParams::apply(ctx.field_manager()).force(),
-                &Patch::Apply(&desired),
-            )
-            .await?;
-            written.push(target.clone());
+        let name = &ctx.object.spec.source.name;
+        match api.get_opt(name).await? {
+            Some(c) if copy_is_current(&c, &desired) => {}
+            Some(c) => {
+                // A merge patch, not server-side apply: keys someone else
+                // added to the copy belong to their field manager, and apply
+                // would leave them in place.
+                let pp = PatchParams {
+                    field_manager: Some(ctx.field_manager().to_string()),
+                    ..Default::default()
+                };
+                api.patch(name, &pp, &Patch::Merge(copy_repair_patch(&c, &desired)))
+                    .await?;
+                written.push(target.clone());
+            }
+            None => {
+                api.patch(
+                    name,
+                    &PatchParams::apply(ctx.field_manager()).force(),
+                    &Patch::Apply(&desired),
+                )
+                .await?;
+                written.push(target.clone());
+            }
         }
         synced.push(target.clone());
     }
@@ -279,9 +328,20 @@ pub async fn updated(ctx: Context<ConfigMapSync>) -> HandlerResult {
     Ok(())
 }
 
-/// Drift repair: writes only what differs.
+/// Drift repair every [`DEFAULT_RESYNC_INTERVAL`] (first run that long after
+/// the operator first sees the object): writes only what differs.
 #[on_timer(interval = "30s", initial_delay = "30s")]
 pub async fn resync(ctx: Context<ConfigMapSync>) -> HandlerResult {
+    repair_drift(ctx).await
+}
+
+/// The drift-repair timer ([`resync`]) with another interval, used also as
+/// its initial delay (tests use a short one).
+pub fn resync_every(interval: Duration) -> Handler<ConfigMapSync> {
+    Handler::on_timer("resync", interval, interval, repair_drift)
+}
+
+async fn repair_drift(ctx: Context<ConfigMapSync>) -> HandlerResult {
     let written = sync(&ctx).await?;
     if !written.is_empty() {
         ctx.event(
@@ -303,11 +363,26 @@ pub async fn deleted(ctx: Context<ConfigMapSync>) -> HandlerResult {
 
 /// The controller with all handlers, watching `api`.
 pub fn controller(api: Api<ConfigMapSync>) -> Controller<ConfigMapSync> {
+    controller_with_timer(api, resync())
+}
+
+/// The controller with a drift-repair timer that runs every `interval`.
+pub fn controller_with_resync(
+    api: Api<ConfigMapSync>,
+    interval: Duration,
+) -> Controller<ConfigMapSync> {
+    controller_with_timer(api, resync_every(interval))
+}
+
+fn controller_with_timer(
+    api: Api<ConfigMapSync>,
+    timer: Handler<ConfigMapSync>,
+) -> Controller<ConfigMapSync> {
     Controller::new(api, watcher::Config::default())
         .handler(created())
         .handler(targets_changed())
         .handler(updated())
-        .handler(resync())
+        .handler(timer)
         .handler(deleted())
 }
 
@@ -316,6 +391,19 @@ pub fn operator(client: Client, api: Api<ConfigMapSync>, config: OperatorConfig)
     Operator::new(client, PREFIX)
         .config(config)
         .controller(controller(api))
+}
+
+/// The whole operator with the drift repair running every `interval`
+/// instead of [`DEFAULT_RESYNC_INTERVAL`].
+pub fn operator_with_resync(
+    client: Client,
+    api: Api<ConfigMapSync>,
+    config: OperatorConfig,
+    interval: Duration,
+) -> Operator {
+    Operator::new(client, PREFIX)
+        .config(config)
+        .controller(controller_with_resync(api, interval))
 }
 
 #[cfg(test)]
@@ -357,6 +445,30 @@ mod tests {
     }
 
     #[test]
+    fn repair_patch_sets_desired_keys_and_removes_others() {
+        let source = ConfigMap {
+            data: Some(BTreeMap::from([("color".to_string(), "blue".to_string())])),
+            ..Default::default()
+        };
+        let desired = desired_copy(&sync_obj(), &source, "a");
+        let mut edited = desired.clone();
+        edited.data = Some(BTreeMap::from([
+            ("color".to_string(), "red".to_string()),
+            ("extra".to_string(), "x".to_string()),
+        ]));
+        edited.labels_mut().insert("mine".into(), "yes".into());
+        edited.labels_mut().remove(COPY_LABEL);
+        assert_eq!(
+            copy_repair_patch(&edited, &desired),
+            serde_json::json!({
+                "metadata": {"labels": {COPY_LABEL: "src.s"}},
+                "data": {"color": "blue", "extra": null},
+                "binaryData": null,
+            })
+        );
+    }
+
+    #[test]
     fn removed_namespaces_diff() {
         let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         assert_eq!(
@@ -373,6 +485,21 @@ mod tests {
         assert!(y.contains("kind: ConfigMapSync"));
         assert!(y.contains("targetNamespaces"));
         assert!(y.contains("status: {}") || y.contains("status:"));
+    }
+
+    #[test]
+    fn resync_every_matches_the_macro_timer_at_the_default_interval() {
+        assert_eq!(
+            format!("{:?}", resync_every(DEFAULT_RESYNC_INTERVAL)),
+            format!("{:?}", resync())
+        );
+        assert_eq!(
+            *resync_every(Duration::from_secs(2)).kind(),
+            operator_framework::HandlerKind::Timer {
+                interval: Duration::from_secs(2),
+                initial_delay: Duration::from_secs(2)
+            }
+        );
     }
 
     #[test]
