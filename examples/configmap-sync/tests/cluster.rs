@@ -138,8 +138,27 @@ async fn namespaces(client: &Client, prefix: &str, roles: &[&str]) -> Vec<String
     out
 }
 
+/// Deletes the test namespaces, first removing the finalizer from
+/// ConfigMapSyncs left in them (no operator runs any more to remove it).
 async fn delete_namespaces(client: &Client, names: &[String]) {
     let nss: Api<Namespace> = Api::all(client.clone());
+    for n in names {
+        let syncs: Api<ConfigMapSync> = Api::namespaced(client.clone(), n);
+        for s in syncs
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+        {
+            let _ = syncs
+                .patch(
+                    &s.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}})),
+                )
+                .await;
+        }
+    }
     for n in names {
         let _ = nss.delete(n, &DeleteParams::background()).await;
     }
