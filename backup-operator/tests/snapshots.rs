@@ -491,10 +491,20 @@ async fn snapshots_on_schedule_retention_restore_and_copy_source() {
     copy.metadata.uid = None;
     let run_for = base + SignedDuration::from_mins(30);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let setup = snapshot::copy_setup(&client, &copy)
+        .await
+        .expect("snapshot API and class");
     let (snap, tmp) = loop {
-        match snapshot::ensure_copy_source(&client, &copy, "data", run_for, Timestamp::now())
-            .await
-            .expect("copy source")
+        match snapshot::ensure_copy_source(
+            &client,
+            &copy,
+            &setup,
+            "data",
+            run_for,
+            Timestamp::now(),
+        )
+        .await
+        .expect("copy source")
         {
             CopySourceState::Ready { snapshot, pvc } => break (snapshot, pvc),
             CopySourceState::Pending { .. } => {}

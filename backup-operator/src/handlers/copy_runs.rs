@@ -5,7 +5,7 @@ use super::settings;
 use crate::api::BackupPolicy;
 use crate::schedule::Schedule;
 use crate::snapshot::copy_run::{self, CopyStep};
-use crate::snapshot::{self, CopyRunItem, CopySourceState, PvcProblem, SnapshotError};
+use crate::snapshot::{self, CopyRunItem, CopySetup, CopySourceState, PvcProblem, SnapshotError};
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::PostParams;
@@ -29,6 +29,8 @@ pub async fn drive(
         .as_ref()
         .map_or(now, |t| t.0);
     let mut problems = Vec::new();
+    // Discovery and the class lookup, only once a PVC needs a step.
+    let mut setup: Option<CopySetup> = None;
     for pvc in pvcs {
         let mut snaps = Vec::new();
         let mut jobs = Vec::new();
@@ -43,7 +45,11 @@ pub async fn drive(
         match step {
             CopyStep::Idle | CopyStep::WaitForJob { .. } => {}
             CopyStep::Start { run_for } | CopyStep::Advance { run_for, .. } => {
-                if let Some(p) = advance(ctx, pvc, run_for, now).await? {
+                let setup = match &setup {
+                    Some(s) => s,
+                    None => setup.insert(snapshot::copy_setup(&client, policy).await?),
+                };
+                if let Some(p) = advance(ctx, setup, pvc, run_for, now).await? {
                     problems.push(p);
                 }
             }
@@ -64,7 +70,8 @@ pub async fn start_now(
     now: Timestamp,
 ) -> Result<(), SnapshotError> {
     let run_for = Timestamp::from_second(now.as_second()).unwrap_or(now);
-    match advance(ctx, pvc, run_for, now).await? {
+    let setup = snapshot::copy_setup(&ctx.client(), &ctx.object).await?;
+    match advance(ctx, &setup, pvc, run_for, now).await? {
         None => Ok(()),
         Some(p) => {
             tracing::warn!(%pvc, reason = p.reason, message = %p.message, "on-demand run not started");
@@ -77,13 +84,14 @@ pub async fn start_now(
 /// copy Job. A problem that prevents the run is returned for the status.
 async fn advance(
     ctx: &Context<BackupPolicy>,
+    setup: &CopySetup,
     pvc: &str,
     run_for: Timestamp,
     now: Timestamp,
 ) -> Result<Option<PvcProblem>, SnapshotError> {
     let policy = &ctx.object;
     let client = ctx.client();
-    match snapshot::ensure_copy_source(&client, policy, pvc, run_for, now).await? {
+    match snapshot::ensure_copy_source(&client, policy, setup, pvc, run_for, now).await? {
         CopySourceState::Pending { .. } => Ok(None),
         CopySourceState::Problem(p) => Ok(Some(p)),
         CopySourceState::Failed { snapshot, message } => {

@@ -108,13 +108,7 @@ pub fn next_step(
 mod tests {
     use super::*;
 
-    fn ts(s: &str) -> Timestamp {
-        s.parse().expect("test timestamp")
-    }
-
-    fn hourly() -> Schedule {
-        Schedule::parse("0 * * * *", None).expect("valid")
-    }
+    use crate::snapshot::test_support::{hourly, ts};
 
     fn snap(name: &str, run_for: &str, finished: bool) -> SourceSnapshot {
         SourceSnapshot {

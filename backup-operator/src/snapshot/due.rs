@@ -47,13 +47,7 @@ pub fn earliest(times: impl IntoIterator<Item = Option<Timestamp>>) -> Option<Ti
 mod tests {
     use super::*;
 
-    fn ts(s: &str) -> Timestamp {
-        s.parse().expect("test timestamp")
-    }
-
-    fn hourly() -> Schedule {
-        Schedule::parse("0 * * * *", None).expect("valid")
-    }
+    use crate::snapshot::test_support::{hourly, ts};
 
     #[test]
     fn nothing_due_right_after_creation() {

@@ -30,9 +30,9 @@ mod reconcile;
 pub mod status;
 
 pub use reconcile::{
-    CopyRunItem, CopySourceState, PvcProblem, SnapshotError, SnapshotOutcome, api_available,
-    api_available_in, cleanup_copy_source, copy_runs, copy_source_name, ensure_copy_source,
-    fail_copy_source, reconcile_snapshots, restore_from_snapshot,
+    CopyRunItem, CopySetup, CopySourceState, PvcProblem, SnapshotError, SnapshotOutcome,
+    api_available, api_available_in, cleanup_copy_source, copy_runs, copy_setup, copy_source_name,
+    ensure_copy_source, fail_copy_source, reconcile_snapshots, restore_from_snapshot,
 };
 
 use kube::api::{ApiResource, GroupVersionKind};
@@ -79,4 +79,19 @@ pub fn volume_snapshot_class_resource() -> ApiResource {
         &GroupVersionKind::gvk(SNAPSHOT_GROUP, SNAPSHOT_VERSION, "VolumeSnapshotClass"),
         "volumesnapshotclasses",
     )
+}
+
+/// Helpers shared by the snapshot modules' unit tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use crate::schedule::Schedule;
+    use jiff::Timestamp;
+
+    pub fn ts(s: &str) -> Timestamp {
+        s.parse().expect("test timestamp")
+    }
+
+    pub fn hourly() -> Schedule {
+        Schedule::parse("0 * * * *", None).expect("valid")
+    }
 }

@@ -473,22 +473,41 @@ pub enum CopySourceState {
     Problem(PvcProblem),
 }
 
+/// What every `SnapshotThenCopy` step of one policy needs from the cluster:
+/// looked up once per round, not once per PVC.
+#[derive(Debug, Clone)]
+pub struct CopySetup {
+    class: String,
+    driver: String,
+}
+
+/// Checks that the snapshot API is served and finds the policy's
+/// VolumeSnapshotClass and its driver.
+pub async fn copy_setup(
+    client: &Client,
+    policy: &BackupPolicy,
+) -> Result<CopySetup, SnapshotError> {
+    let settings = settings(policy)?;
+    api_available(client).await?;
+    let class = settings.volume_snapshot_class_name.clone();
+    let driver = class_driver(client, &class).await?;
+    Ok(CopySetup { class, driver })
+}
+
 /// For a `SnapshotThenCopy` run of `pvc` scheduled at `run_for`: makes sure
 /// the intermediate snapshot exists and, once it is ready, the temporary PVC
 /// made from it. Idempotent; call it until it returns `Ready` or `Failed`.
 pub async fn ensure_copy_source(
     client: &Client,
     policy: &BackupPolicy,
+    setup: &CopySetup,
     pvc: &str,
     run_for: Timestamp,
     now: Timestamp,
 ) -> Result<CopySourceState, SnapshotError> {
-    let settings = settings(policy)?;
-    api_available(client).await?;
-    let class = settings.volume_snapshot_class_name.as_str();
-    let driver = class_driver(client, class).await?;
+    let class = setup.class.as_str();
     let ns = policy.namespace().unwrap_or_default();
-    let facts = match check_pvc(client, &ns, pvc, class, &driver).await? {
+    let facts = match check_pvc(client, &ns, pvc, class, &setup.driver).await? {
         Ok(f) => f,
         Err(p) => return Ok(CopySourceState::Problem(p)),
     };
@@ -579,7 +598,7 @@ pub async fn cleanup_copy_source(
         .is_some_and(|s| s.keep_snapshot);
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
     delete_ignoring_missing(&pvcs, "temporary PVC", &temporary_pvc_name(snapshot)).await?;
-    api_available(client).await?;
+    // The API was seen by `copy_runs` this round: that is how the run was found.
     let api: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), &ns, &volume_snapshot_resource());
     if keep {
