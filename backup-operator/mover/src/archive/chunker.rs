@@ -104,13 +104,18 @@ impl Chunker {
 }
 
 /// Reads until `buf` holds `want` bytes or the input ends; true at the end.
+/// The buffer grows only as data arrives (doubling, at least 64 KiB), so a
+/// small file never costs a buffer of the minimum chunk size.
 fn fill<R: Read>(r: &mut R, buf: &mut Vec<u8>, want: usize) -> io::Result<bool> {
-    if buf.capacity() < want {
-        buf.reserve(want - buf.len());
-    }
     while buf.len() < want {
+        if buf.len() == buf.capacity() {
+            let grow = buf.capacity().max(64 * 1024).min(want - buf.len());
+            // One spare byte so the read that reports the end needs no growth.
+            buf.reserve(grow.max(1));
+        }
         let start = buf.len();
-        buf.resize(want, 0);
+        let room = (buf.capacity() - start).min(want - start);
+        buf.resize(start + room, 0);
         match r.read(&mut buf[start..]) {
             Ok(0) => {
                 buf.truncate(start);
