@@ -998,53 +998,17 @@ fn source_and_snapshot_errors() {
     );
     std::fs::write(empty.join("f"), "x").expect("w");
     ok(&env, &backup_args(repo_s, e, "p"));
-    assert_eq!(
-        err_kind(
-            &env,
-            &[
-                "restore",
-                "--repository",
-                repo_s,
-                "--snapshot",
-                "deadbeef",
-                "--target",
-                out_s
-            ]
-        ),
-        ErrorKind::NotFound
-    );
-    assert_eq!(
-        err_kind(
-            &env,
-            &[
-                "restore",
-                "--repository",
-                repo_s,
-                "--snapshot",
-                "latest",
-                "--pvc",
-                "nope",
-                "--target",
-                out_s
-            ]
-        ),
-        ErrorKind::NotFound
-    );
-    assert_eq!(
-        err_kind(
-            &env,
-            &[
-                "restore",
-                "--repository",
-                repo_s,
-                "--before",
-                "2000-01-01T00:00:00Z",
-                "--target",
-                out_s
-            ]
-        ),
-        ErrorKind::NotFound
-    );
+    // A snapshot that does not exist, by id, by PVC and by time.
+    for selector in [
+        &["--snapshot", "deadbeef"][..],
+        &["--snapshot", "latest", "--pvc", "nope"],
+        &["--before", "2000-01-01T00:00:00Z"],
+    ] {
+        let mut args = vec!["restore", "--repository", repo_s];
+        args.extend_from_slice(selector);
+        args.extend_from_slice(&["--target", out_s]);
+        assert_eq!(err_kind(&env, &args), ErrorKind::NotFound, "{selector:?}");
+    }
     let no_pw = Env { vars: Vec::new() };
     assert_eq!(
         err_kind(&no_pw, &["snapshots", "--repository", repo_s]),
