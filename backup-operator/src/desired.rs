@@ -1,7 +1,9 @@
 //! Desired state: the CronJobs, Jobs and PVCs a policy or restore asks for.
 //! Pure functions of the spec; the handlers apply what these return.
 
-use crate::api::{BackupPolicy, Destination, JobSettings, POLICY_LABEL, PVC_LABEL, RESTORE_LABEL};
+use crate::api::{
+    BackupPolicy, Destination, JobSettings, POLICY_LABEL, PVC_ANNOTATION, PVC_LABEL, RESTORE_LABEL,
+};
 use crate::naming;
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
@@ -28,26 +30,35 @@ pub enum DesiredError {
     /// The policy has no destination but its method needs one.
     #[error("spec.destination is required for method {0}")]
     NoDestination(String),
-    /// A name that must go into a label value is longer than 63 characters.
-    #[error(
-        "PVC name {0:?} is longer than 63 characters; it cannot be a label value, so this PVC is not backed up"
-    )]
-    NameTooLong(String),
 }
 
-/// Label values hold at most 63 characters.
-const LABEL_VALUE_MAX: usize = 63;
-
-/// Labels on every object made for (policy, pvc).
+/// Labels on every object made for (policy, pvc). Policy names are at most
+/// 63 characters (CEL); a longer PVC name is shortened with a hash and kept
+/// whole in [`pvc_annotations`].
 pub fn labels(policy: &str, pvc: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (POLICY_LABEL.to_string(), policy.to_string()),
-        (PVC_LABEL.to_string(), pvc.to_string()),
+        (PVC_LABEL.to_string(), naming::label_value(pvc)),
         (
             "app.kubernetes.io/managed-by".to_string(),
             MANAGER.to_string(),
         ),
     ])
+}
+
+/// Annotations on every object made for a PVC: its full name.
+pub fn pvc_annotations(pvc: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(PVC_ANNOTATION.to_string(), pvc.to_string())])
+}
+
+/// The PVC an object was made for: the annotation, else (objects made
+/// before it existed) the label.
+pub fn pvc_of(meta: &ObjectMeta) -> Option<String> {
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(PVC_ANNOTATION))
+        .or_else(|| meta.labels.as_ref().and_then(|l| l.get(PVC_LABEL)))
+        .cloned()
 }
 
 /// Repository URL for one PVC, as the mover reads it (no credentials inside).
@@ -220,9 +231,6 @@ pub fn backup_job_template(
 ) -> Result<JobTemplateSpec, DesiredError> {
     let name = policy.metadata.name.clone().unwrap_or_default();
     let ns = policy.metadata.namespace.clone().unwrap_or_default();
-    if pvc.len() > LABEL_VALUE_MAX {
-        return Err(DesiredError::NameTooLong(pvc.to_string()));
-    }
     let spec = &policy.spec;
     let dest = spec
         .destination
@@ -271,6 +279,7 @@ pub fn backup_job_template(
     Ok(JobTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels.clone()),
+            annotations: Some(pvc_annotations(pvc)),
             ..Default::default()
         }),
         spec: Some(JobSpec {
@@ -291,6 +300,7 @@ pub fn cronjob(policy: &BackupPolicy, pvc: &str, image: &str) -> Result<CronJob,
             name: Some(naming::cronjob_name(&name, pvc)),
             namespace: policy.metadata.namespace.clone(),
             labels: Some(labels(&name, pvc)),
+            annotations: Some(pvc_annotations(pvc)),
             ..Default::default()
         },
         spec: Some(CronJobSpec {
@@ -318,15 +328,17 @@ pub fn manual_job(
     let template = backup_job_template(policy, pvc, image)?;
     let mut labels = labels(&name, pvc);
     labels.insert("backup.backup.example.com/trigger".into(), "manual".into());
+    let mut annotations = pvc_annotations(pvc);
+    annotations.insert(
+        crate::api::RUN_NOW_ANNOTATION.to_string(),
+        run_now.to_string(),
+    );
     Ok(Job {
         metadata: ObjectMeta {
             name: Some(naming::manual_job_name(&name, pvc, run_now)),
             namespace: policy.metadata.namespace.clone(),
             labels: Some(labels),
-            annotations: Some(BTreeMap::from([(
-                crate::api::RUN_NOW_ANNOTATION.to_string(),
-                run_now.to_string(),
-            )])),
+            annotations: Some(annotations),
             ..Default::default()
         },
         spec: template.spec,
@@ -515,12 +527,27 @@ mod tests {
     }
 
     #[test]
-    fn a_pvc_name_too_long_for_a_label_is_an_error_naming_it() {
-        let long = "d".repeat(64);
-        let err = cronjob(&policy(), &long, "img").expect_err("too long");
-        assert_eq!(err, DesiredError::NameTooLong(long.clone()));
-        assert!(err.to_string().contains("63 characters"));
-        assert!(cronjob(&policy(), &"d".repeat(63), "img").is_ok());
+    fn a_pvc_name_too_long_for_a_label_is_hashed_in_labels_and_whole_in_annotations() {
+        let long = format!("data-{}", "d".repeat(80));
+        let cj = cronjob(&policy(), &long, "img").expect("cronjob");
+        let label = &cj.metadata.labels.as_ref().expect("labels")[PVC_LABEL];
+        assert!(label.len() <= 63 && label.starts_with("data-"), "{label}");
+        assert_eq!(pvc_of(&cj.metadata).as_deref(), Some(long.as_str()));
+        let job_meta = cj
+            .spec
+            .and_then(|s| s.job_template.metadata)
+            .expect("job template metadata");
+        assert_eq!(pvc_of(&job_meta).as_deref(), Some(long.as_str()));
+        let job = manual_job(&policy(), &long, "img", "1").expect("job");
+        assert_eq!(pvc_of(&job.metadata).as_deref(), Some(long.as_str()));
+        let short = cronjob(&policy(), "data", "img").expect("cronjob");
+        assert_eq!(short.metadata.labels.expect("labels")[PVC_LABEL], "data");
+        // Objects from before the annotation existed: the label.
+        let old = ObjectMeta {
+            labels: Some(labels("p", "vol")),
+            ..Default::default()
+        };
+        assert_eq!(pvc_of(&old).as_deref(), Some("vol"));
     }
 
     #[test]

@@ -49,6 +49,16 @@ fn hashed_name(readable: &str, hash: &str, max: usize) -> String {
     }
 }
 
+/// `name` as a label value: itself when it fits in 63 characters, else a
+/// readable prefix and a hash of the whole (the full name goes into an
+/// annotation next to it).
+pub fn label_value(name: &str) -> String {
+    if name.len() <= NAME_MAX {
+        return name.to_string();
+    }
+    hashed_name(name, &short_hash(&[name]), NAME_MAX)
+}
+
 /// Name of the CronJob that backs up `pvc` for `policy`.
 pub fn cronjob_name(policy: &str, pvc: &str) -> String {
     hashed_name(
@@ -113,6 +123,19 @@ mod tests {
         let n = cronjob_name(&long, &"v".repeat(250));
         assert!(n.len() <= CRONJOB_NAME_MAX, "{} > 52", n.len());
         assert!(is_dns_label(&n), "{n}");
+    }
+
+    #[test]
+    fn label_values_keep_short_names_and_hash_long_ones() {
+        assert_eq!(label_value("data"), "data");
+        let exact = "d".repeat(63);
+        assert_eq!(label_value(&exact), exact);
+        let a = format!("{}.part-a", "v".repeat(70));
+        let b = format!("{}.part-b", "v".repeat(70));
+        let (la, lb) = (label_value(&a), label_value(&b));
+        assert!(la.len() <= 63 && is_dns_label(&la), "{la}");
+        assert_ne!(la, lb, "names differing after the cut stay apart");
+        assert_eq!(la, label_value(&a), "deterministic");
     }
 
     #[test]

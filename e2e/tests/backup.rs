@@ -5,7 +5,7 @@
 mod support;
 
 use anyhow::Result;
-use backup_operator::api::{BackupPolicy, Phase, Restore, RestorePhase};
+use backup_operator::api::{BackupPolicy, PVC_ANNOTATION, PVC_LABEL, Phase, Restore, RestorePhase};
 use e2e::{
     TestNamespace, checksum_pvc, create_pvc, manifest_of, sample_files, wait_for, wait_pvc_bound,
 };
@@ -182,6 +182,75 @@ async fn on_demand_backup_then_restore_into_new_pvc_is_byte_identical() -> Resul
         manifest_of(&files),
         "restored data differs from the original"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_pvc_name_longer_than_a_label_value_is_backed_up_and_restored() -> Result<()> {
+    let (cluster, ns, s3) = setup("longpvc").await?;
+    let files = sample_files();
+    // 84 characters: a valid PVC name, too long for a label value.
+    let long = format!("data-{}", "l".repeat(79));
+    pvc_with_files(&cluster, &ns, &long, &files).await?;
+    create_policy(
+        &ns,
+        "long",
+        s3_spec(&s3, serde_json::json!({"names": [long]}), NEVER_SOON, 5),
+    )
+    .await?;
+    let cjs = wait_for(
+        "the CronJob of the long-named PVC",
+        Duration::from_secs(60),
+        || async {
+            let c = cronjobs(&ns, "long").await?;
+            Ok((!c.is_empty()).then_some(c))
+        },
+    )
+    .await?;
+    assert_eq!(cjs.len(), 1, "one CronJob for the PVC");
+    let meta = &cjs[0].metadata;
+    assert_eq!(
+        meta.annotations
+            .as_ref()
+            .and_then(|a| a.get(PVC_ANNOTATION)),
+        Some(&long),
+        "the full name is kept in an annotation"
+    );
+    let label = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(PVC_LABEL))
+        .cloned()
+        .unwrap_or_default();
+    assert!(label.len() <= 63 && label.starts_with("data-"), "{label}");
+
+    run_now(&ns, "long", "1").await?;
+    let p = wait_policy(
+        &ns,
+        "long",
+        "the backup in status",
+        Duration::from_secs(180),
+        |p| !stored(p).is_empty(),
+    )
+    .await?;
+    let entry = stored(&p)[0].clone();
+    assert_eq!(entry.pvc_name, long, "stored under the PVC's full name");
+
+    let done = restore_and_wait(
+        &ns,
+        "back",
+        serde_json::json!({"policyName": "long", "backupName": entry.name, "target": {"pvcName": "long-restored"}}),
+    )
+    .await?;
+    let st = done.status.clone().unwrap_or_default();
+    assert_eq!(
+        st.phase,
+        Some(RestorePhase::Succeeded),
+        "{:?}",
+        st.conditions
+    );
+    let restored = checksum_pvc(&cluster, &ns, "long-restored").await?;
+    assert_eq!(restored, manifest_of(&files), "restored data differs");
     Ok(())
 }
 

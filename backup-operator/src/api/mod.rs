@@ -10,8 +10,11 @@ pub use restore::*;
 pub const GROUP: &str = "backup.backup.example.com";
 /// Label on every object the operator creates for a policy.
 pub const POLICY_LABEL: &str = "backup.backup.example.com/policy";
-/// Label naming the PVC a CronJob or Job backs up.
+/// Label naming the PVC a CronJob or Job backs up (names longer than a
+/// label value are shortened with a hash; see [`PVC_ANNOTATION`]).
 pub const PVC_LABEL: &str = "backup.backup.example.com/pvc";
+/// Annotation holding the PVC's full name on the same objects.
+pub const PVC_ANNOTATION: &str = "backup.backup.example.com/pvc";
 /// Label on restore Jobs and PVCs.
 pub const RESTORE_LABEL: &str = "backup.backup.example.com/restore";
 /// Annotation that starts an on-demand backup once per new value.

@@ -1,6 +1,6 @@
 //! Reading the cluster: PVCs, Secrets, Jobs and the mover results their pods left.
 
-use crate::api::{BackupPolicy, POLICY_LABEL, PVC_LABEL};
+use crate::api::{BackupPolicy, POLICY_LABEL};
 use crate::results::{self, JobOutcome, MoverResult};
 use crate::status::JobRecord;
 use crate::targets::PvcInfo;
@@ -104,12 +104,7 @@ pub(crate) async fn backup_jobs(
     let mut out = Vec::new();
     for job in jobs.items {
         let name = job.metadata.name.clone().unwrap_or_default();
-        let pvc = job
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(PVC_LABEL).cloned())
-            .unwrap_or_default();
+        let pvc = crate::desired::pvc_of(&job.metadata).unwrap_or_default();
         let finished_outcome = results::job_outcome(&job, None);
         let result = if finished_outcome == JobOutcome::Running {
             None

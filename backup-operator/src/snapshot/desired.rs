@@ -6,7 +6,7 @@ use super::{
     VOLUME_SNAPSHOT_KIND, volume_snapshot_resource,
 };
 use crate::api::{BackupPolicy, Restore};
-use crate::desired::labels;
+use crate::desired::{labels, pvc_annotations};
 use crate::{naming, restore_plan};
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
@@ -51,10 +51,9 @@ fn snapshot_object(
     let mut l = labels(&name, pvc);
     l.insert(ROLE_LABEL.to_string(), role.to_string());
     obj.metadata.labels = Some(l);
-    obj.metadata.annotations = Some(BTreeMap::from([(
-        SCHEDULED_TIME_ANNOTATION.to_string(),
-        run_for.to_string(),
-    )]));
+    let mut annotations = pvc_annotations(pvc);
+    annotations.insert(SCHEDULED_TIME_ANNOTATION.to_string(), run_for.to_string());
+    obj.metadata.annotations = Some(annotations);
     obj
 }
 
@@ -127,6 +126,7 @@ pub fn temporary_pvc(
             name: Some(temporary_pvc_name(snapshot)),
             namespace: policy.metadata.namespace.clone(),
             labels: Some(l),
+            annotations: Some(pvc_annotations(pvc)),
             owner_references: policy_owner(policy).map(|o| vec![o]),
             ..Default::default()
         },
@@ -183,10 +183,10 @@ pub fn copy_job(
     );
     labels.insert(ROLE_LABEL.into(), ROLE_COPY_SOURCE.into());
     // Which run this Job belongs to, read back by the copy-run planner.
-    job.metadata.annotations = Some(BTreeMap::from([
-        (COPY_SOURCE_ANNOTATION.to_string(), snapshot.to_string()),
-        (SCHEDULED_TIME_ANNOTATION.to_string(), run_for.to_string()),
-    ]));
+    let mut annotations = pvc_annotations(pvc);
+    annotations.insert(COPY_SOURCE_ANNOTATION.to_string(), snapshot.to_string());
+    annotations.insert(SCHEDULED_TIME_ANNOTATION.to_string(), run_for.to_string());
+    job.metadata.annotations = Some(annotations);
     let volumes = job
         .spec
         .as_mut()

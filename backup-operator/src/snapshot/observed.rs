@@ -2,7 +2,7 @@
 //! `storedBackups` entries they become; retention over them.
 
 use super::{SCHEDULED_TIME_ANNOTATION, VOLUME_SNAPSHOT_KIND};
-use crate::api::{PVC_LABEL, Retention, StoredBackup};
+use crate::api::{Retention, StoredBackup};
 use jiff::{SignedDuration, Timestamp};
 use kube::api::DynamicObject;
 use std::collections::BTreeMap;
@@ -59,8 +59,7 @@ pub fn parse(
     now: Timestamp,
 ) -> Option<SnapshotInfo> {
     let name = obj.metadata.name.clone()?;
-    let labels = obj.metadata.labels.clone().unwrap_or_default();
-    let pvc = labels.get(PVC_LABEL).cloned().or_else(|| {
+    let pvc = crate::desired::pvc_of(&obj.metadata).or_else(|| {
         obj.data
             .pointer("/spec/source/persistentVolumeClaimName")
             .and_then(|v| v.as_str())

@@ -4,7 +4,8 @@ use super::desired::{self, temporary_pvc_name};
 use super::due;
 use super::observed::{self, SnapshotInfo, SnapshotState};
 use super::*;
-use crate::api::{BackupMethod, BackupPolicy, POLICY_LABEL, PVC_LABEL, Restore, StoredBackup};
+use crate::api::{BackupMethod, BackupPolicy, POLICY_LABEL, Restore, StoredBackup};
+use crate::desired::pvc_of as desired_pvc_of;
 use crate::schedule::{Schedule, ScheduleError};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::batch::v1::Job;
@@ -173,15 +174,6 @@ async fn check_pvc(
             message,
         }))
     };
-    if pvc.len() > 63 {
-        // Snapshots carry the PVC name as a label value.
-        return problem(
-            "PVCNameTooLong",
-            format!(
-                "PVC name {pvc:?} is longer than 63 characters; it cannot be a label value, so this PVC is not snapshotted"
-            ),
-        );
-    }
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
     let Some(claim) = pvcs
         .get_opt(pvc)
@@ -666,8 +658,7 @@ pub async fn copy_runs(
     )))?;
     for obj in list.items {
         let ann = obj.annotations();
-        let (Some(pvc), Some(run_for)) =
-            (obj.labels().get(PVC_LABEL).cloned(), scheduled_time(ann))
+        let (Some(pvc), Some(run_for)) = (desired_pvc_of(&obj.metadata), scheduled_time(ann))
         else {
             continue;
         };
@@ -689,7 +680,7 @@ pub async fn copy_runs(
     for job in list.items {
         let ann = job.annotations();
         let (Some(pvc), Some(snapshot), Some(run_for)) = (
-            job.labels().get(PVC_LABEL).cloned(),
+            desired_pvc_of(&job.metadata),
             ann.get(desired::COPY_SOURCE_ANNOTATION).cloned(),
             scheduled_time(ann),
         ) else {
