@@ -1706,24 +1706,18 @@ mod tests {
             namespace: Some("ns".into()),
             name: "a".into(),
         };
-        let rv = store
-            .lock()
-            .unwrap()
-            .get(&key)
-            .unwrap()
-            .metadata
-            .resource_version
-            .clone();
-        assert_eq!(rv.as_deref(), Some("10"));
+        let rv = || {
+            store
+                .lock()
+                .unwrap()
+                .get(&key)
+                .unwrap()
+                .metadata
+                .resource_version
+                .clone()
+        };
+        assert_eq!(rv().as_deref(), Some("10"));
         store_insert(&store, mk("11"));
-        let rv = store
-            .lock()
-            .unwrap()
-            .get(&key)
-            .unwrap()
-            .metadata
-            .resource_version
-            .clone();
-        assert_eq!(rv.as_deref(), Some("11"));
+        assert_eq!(rv().as_deref(), Some("11"));
     }
 }

@@ -109,15 +109,7 @@ impl Metrics {
     /// Processing cycles (an object taken from the queue and looked at) of
     /// all controllers.
     pub fn cycles(&self) -> u64 {
-        self.counters
-            .lock()
-            .map(|c| {
-                c.iter()
-                    .filter(|((n, _), _)| *n == "operator_object_cycles_total")
-                    .map(|(_, v)| *v)
-                    .sum()
-            })
-            .unwrap_or(0)
+        self.sum("operator_object_cycles_total", |_| true)
     }
 
     pub(crate) fn handler_failure(&self, controller: &str, handler: &str, permanent: bool) {
@@ -190,22 +182,23 @@ impl Metrics {
 
     /// Total handler runs of `handler` (all controllers).
     pub fn handler_runs(&self, handler: &str) -> u64 {
-        self.sum_where("operator_handler_runs_total", handler)
+        self.sum("operator_handler_runs_total", |l| has_handler(l, handler))
     }
 
     /// Total failed runs of `handler` (all controllers).
     pub fn handler_failures(&self, handler: &str) -> u64 {
-        self.sum_where("operator_handler_failures_total", handler)
+        self.sum("operator_handler_failures_total", |l| {
+            has_handler(l, handler)
+        })
     }
 
-    fn sum_where(&self, name: &str, handler: &str) -> u64 {
+    /// The sum of the counters `name` whose labels pass `keep`.
+    fn sum(&self, name: &str, keep: impl Fn(&Labels) -> bool) -> u64 {
         self.counters
             .lock()
             .map(|c| {
                 c.iter()
-                    .filter(|((n, l), _)| {
-                        *n == name && l.iter().any(|(k, v)| *k == "handler" && v == handler)
-                    })
+                    .filter(|((n, l), _)| *n == name && keep(l))
                     .map(|(_, v)| *v)
                     .sum()
             })
@@ -214,15 +207,7 @@ impl Metrics {
 
     /// API requests made by the framework (watches excluded).
     pub fn api_requests(&self) -> u64 {
-        self.counters
-            .lock()
-            .map(|c| {
-                c.iter()
-                    .filter(|((n, _), _)| *n == "operator_api_requests_total")
-                    .map(|(_, v)| *v)
-                    .sum()
-            })
-            .unwrap_or(0)
+        self.sum("operator_api_requests_total", |_| true)
     }
 
     /// Write requests (create/patch/apply/delete/event) made by the framework.
@@ -347,6 +332,11 @@ impl Metrics {
         }
         out
     }
+}
+
+/// Whether the labels `l` name the handler `handler`.
+fn has_handler(l: &Labels, handler: &str) -> bool {
+    l.iter().any(|(k, v)| *k == "handler" && v == handler)
 }
 
 /// A label value escaped for the Prometheus text format (backslash, double

@@ -9,13 +9,13 @@
 mod common;
 
 use common::*;
+use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
-use kube::runtime::watcher;
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject};
 use kube::{Client, ResourceExt};
 use operator_framework::{
-    Context, Controller, EventType, Handler, HandlerError, HandlerResult, LeaderElection, Operator,
-    OperatorConfig, WatchEventType, on_create, on_delete, on_update,
+    Context, EventType, Handler, HandlerError, HandlerResult, LeaderElection, OperatorConfig,
+    WatchEventType, on_create, on_delete, on_update,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -40,19 +40,128 @@ fn push(l: &Log, s: String) {
     }
 }
 
-fn config() -> OperatorConfig {
-    OperatorConfig {
-        resync: Duration::from_secs(60),
-        shutdown_timeout: Duration::from_secs(10),
-        ..Default::default()
+/// A handler body that appends `{prefix}{object name}` to `log` (when the
+/// run starts, inside the handler's task).
+fn pushes_name(
+    log: &Log,
+    prefix: &str,
+) -> impl Fn(Context<FwTest>) -> BoxFuture<'static, HandlerResult> + Send + Sync + 'static {
+    let (log, prefix) = (log.clone(), prefix.to_string());
+    move |ctx| {
+        let (log, prefix) = (log.clone(), prefix.clone());
+        Box::pin(async move {
+            push(&log, format!("{prefix}{}", ctx.name()));
+            Ok(())
+        })
     }
 }
 
-fn controller(client: &Client, ns: &str) -> Controller<FwTest> {
-    Controller::new(
-        Api::<FwTest>::namespaced(client.clone(), ns),
-        watcher::Config::default(),
+/// Waits until `log` holds `entry`.
+async fn wait_for_entry(log: &Log, entry: &str) {
+    eventually(
+        Duration::from_secs(20),
+        &format!("log entry `{entry}`"),
+        || async { entries(log).iter().any(|e| e == entry).then_some(()) },
     )
+    .await;
+}
+
+/// The test [`config`] with leader election: Lease `lease` in `ns`, held as
+/// `identity`.
+fn leader_config(
+    ns: &str,
+    lease: &str,
+    identity: &str,
+    lease_duration: Duration,
+    lease_renew_interval: Duration,
+) -> OperatorConfig {
+    OperatorConfig {
+        leader_election: Some(LeaderElection::new(lease, ns, identity)),
+        lease_duration,
+        lease_renew_interval,
+        ..config()
+    }
+}
+
+/// Waits until the replica `r` holds the lease.
+async fn wait_until_leading(r: &Running, what: &str, timeout: Duration) {
+    eventually(timeout, what, || async {
+        r.metrics.is_leader().then_some(())
+    })
+    .await;
+}
+
+/// Starts two replicas of an operator with leader election on the Lease
+/// `lease` (renewed every 500 ms): `leader` first, until it leads, then
+/// `standby`, which must stand by. Their create handler `who` logs
+/// `{identity}:{object}` to `handled`.
+async fn start_leader_and_standby(
+    client: &Client,
+    ns: &str,
+    lease: &str,
+    lease_duration: Duration,
+    (leader, standby): (&str, &str),
+    handled: &Log,
+) -> (Running, Running) {
+    let replica = |id: &str| {
+        let handler = Handler::on_create("who", pushes_name(handled, &format!("{id}:")));
+        let config = leader_config(ns, lease, id, lease_duration, Duration::from_millis(500));
+        start(operator_with(
+            client,
+            config,
+            controller(client, ns).handler(handler),
+        ))
+    };
+    let r1 = replica(leader);
+    wait_until_leading(&r1, &format!("{leader} leads"), Duration::from_secs(10)).await;
+    let r2 = replica(standby);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!r2.metrics.is_leader(), "{standby} must stand by");
+    (r1, r2)
+}
+
+/// Leader election for the only replica, `me`, on the Lease `lease` (3 s,
+/// renewed every 300 ms).
+fn only_replica_config(ns: &str, lease: &str) -> OperatorConfig {
+    leader_config(
+        ns,
+        lease,
+        "me",
+        Duration::from_secs(3),
+        Duration::from_millis(300),
+    )
+}
+
+/// Starts an operator with `config` (with leader election) running `handler`
+/// on the objects in `ns`, and waits until it leads.
+async fn start_leading(
+    client: &Client,
+    ns: &str,
+    config: OperatorConfig,
+    handler: Handler<FwTest>,
+) -> Running {
+    let r = start(operator_with(
+        client,
+        config,
+        controller(client, ns).handler(handler),
+    ));
+    wait_until_leading(&r, "leads", Duration::from_secs(10)).await;
+    r
+}
+
+/// Another replica (`intruder`) takes the Lease `lease` over, as if this one
+/// had been partitioned away.
+async fn steal_lease(client: &Client, ns: &str, lease: &str) {
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), ns);
+    let renew_time =
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(jiff::Timestamp::now());
+    merge_patch(
+        &leases,
+        lease,
+        serde_json::json!({"spec": {"holderIdentity": "intruder", "renewTime": renew_time}}),
+    )
+    .await;
 }
 
 /// What the macro-based handlers below record, per namespace.
@@ -111,19 +220,15 @@ async fn create_update_delete_fire_once_each_in_order_with_finalizer() {
         return;
     };
     let ns = namespace(&client, "cud").await;
-    let op = Operator::new(client.clone(), PREFIX)
-        .config(config())
-        .controller(
-            controller(&client, &ns)
-                .handler(created())
-                .handler(updated())
-                .handler(deleted()),
-        );
-    let running = start(op);
+    let running = start(operator(
+        &client,
+        controller(&client, &ns)
+            .handler(created())
+            .handler(updated())
+            .handler(deleted()),
+    ));
     let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
-    api.create(&PostParams::default(), &obj("one", "v1"))
-        .await
-        .expect("create");
+    create(&api, &obj("one", "v1")).await;
 
     // Created, finalizer added, last-handled stored, status written.
     let o = eventually(Duration::from_secs(20), "create handled", || async {
@@ -143,13 +248,7 @@ async fn create_update_delete_fire_once_each_in_order_with_finalizer() {
         "no progress left after success"
     );
 
-    api.patch(
-        "one",
-        &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({"spec": {"value": "v2"}})),
-    )
-    .await
-    .expect("update");
+    merge_patch(&api, "one", serde_json::json!({"spec": {"value": "v2"}})).await;
     eventually(Duration::from_secs(20), "update handled", || async {
         macro_log(&ns)
             .iter()
@@ -161,17 +260,8 @@ async fn create_update_delete_fire_once_each_in_order_with_finalizer() {
     api.delete("one", &DeleteParams::default())
         .await
         .expect("delete");
-    eventually(
-        Duration::from_secs(20),
-        "object gone after delete handler",
-        || async {
-            match api.get_opt("one").await {
-                Ok(None) => Some(()),
-                _ => None,
-            }
-        },
-    )
-    .await;
+    // Gone once the delete handler ran.
+    wait_gone(&api, "one", Duration::from_secs(20)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         macro_log(&ns),
@@ -215,27 +305,12 @@ async fn failing_twice_then_succeeding_is_retried_with_growing_delays() {
     })
     .backoff(Duration::from_millis(800), Duration::from_secs(30))
     .without_jitter();
-    let op = Operator::new(client.clone(), PREFIX)
-        .config(config())
-        .controller(controller(&client, &ns).handler(flaky));
-    let running = start(op);
+    let running = start(operator(&client, controller(&client, &ns).handler(flaky)));
     let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
-    api.create(&PostParams::default(), &obj("flaky", "x"))
-        .await
-        .expect("create");
+    create(&api, &obj("flaky", "x")).await;
 
     // While failing, the object shows the retry count and the HandlerFailed condition.
-    let failing = eventually(
-        Duration::from_secs(20),
-        "HandlerFailed condition",
-        || async {
-            let o = api.get("flaky").await.ok()?;
-            let c = condition(&o, "HandlerFailed")?;
-            (c.status == "True").then_some(o)
-        },
-    )
-    .await;
-    let c = condition(&failing, "HandlerFailed").expect("condition");
+    let c = wait_handler_failed(&api, "flaky", "True", Duration::from_secs(20)).await;
     assert_eq!(c.reason, "Flaky");
     assert!(c.message.contains("induced failure"), "{}", c.message);
     // The condition shows how often the handler failed so far.
@@ -250,13 +325,7 @@ async fn failing_twice_then_succeeding_is_retried_with_growing_delays() {
         c.message
     );
 
-    let done = eventually(Duration::from_secs(30), "handler succeeded", || async {
-        let o = api.get("flaky").await.ok()?;
-        annotation(&o, "last-handled-configuration")
-            .is_some()
-            .then_some(o)
-    })
-    .await;
+    let done = wait_handled(&api, "flaky", Duration::from_secs(30)).await;
     let v = attempts.lock().expect("lock").clone();
     assert_eq!(v.len(), 3, "exactly three runs");
     assert_eq!(
@@ -284,12 +353,7 @@ async fn failing_twice_then_succeeding_is_retried_with_growing_delays() {
     );
     // After success: no progress annotation, condition cleared, no finalizer (no delete handler).
     assert!(annotation(&done, "progress").is_none());
-    let c = eventually(Duration::from_secs(10), "condition cleared", || async {
-        let o = api.get("flaky").await.ok()?;
-        let c = condition(&o, "HandlerFailed")?.clone();
-        (c.status == "False").then_some(c)
-    })
-    .await;
+    let c = wait_handler_failed(&api, "flaky", "False", Duration::from_secs(10)).await;
     assert_eq!(c.reason, "Flaky");
     assert!(
         done.finalizers().is_empty(),
@@ -334,14 +398,7 @@ async fn restarted_operator_does_not_rerun_finished_handlers_and_keeps_backoff()
     let ns = namespace(&client, "restart").await;
     let runs: Log = log();
     let build = |runs: Log, who: &'static str| {
-        let r1 = runs.clone();
-        let first = Handler::on_create("first", move |ctx: Context<FwTest>| {
-            let r = r1.clone();
-            async move {
-                push(&r, format!("{who}:first:{}", ctx.name()));
-                Ok(())
-            }
-        });
+        let first = Handler::on_create("first", pushes_name(&runs, &format!("{who}:first:")));
         let r2 = runs.clone();
         let second = Handler::on_create("second", move |ctx: Context<FwTest>| {
             let r = r2.clone();
@@ -356,28 +413,18 @@ async fn restarted_operator_does_not_rerun_finished_handlers_and_keeps_backoff()
                 Ok(())
             }
         });
-        let r3 = runs.clone();
-        let resume = Handler::on_resume("resume", move |ctx: Context<FwTest>| {
-            let r = r3.clone();
-            async move {
-                push(&r, format!("{who}:resume:{}", ctx.name()));
-                Ok(())
-            }
-        });
-        Operator::new(client.clone(), PREFIX)
-            .config(config())
-            .controller(
-                controller(&client, &ns)
-                    .handler(first)
-                    .handler(second)
-                    .handler(resume),
-            )
+        let resume = Handler::on_resume("resume", pushes_name(&runs, &format!("{who}:resume:")));
+        operator(
+            &client,
+            controller(&client, &ns)
+                .handler(first)
+                .handler(second)
+                .handler(resume),
+        )
     };
     let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
     let op1 = start(build(runs.clone(), "op1"));
-    api.create(&PostParams::default(), &obj("r", "x"))
-        .await
-        .expect("create");
+    create(&api, &obj("r", "x")).await;
     let failed_at = eventually(
         Duration::from_secs(20),
         "second handler failed once",
@@ -449,7 +496,6 @@ async fn adopted_children_follow_owner_and_child_changes_retrigger_events() {
     };
     let ns = namespace(&client, "children").await;
     let events: Log = log();
-    let ev = events.clone();
     let apply = Handler::on_create("children", |ctx: Context<FwTest>| async move {
         let cm = |name: &str| -> ConfigMap {
             serde_json::from_value(serde_json::json!({
@@ -498,28 +544,17 @@ async fn adopted_children_follow_owner_and_child_changes_retrigger_events() {
         }
         Ok(())
     });
-    let on_event = Handler::on_event("reconcile", move |ctx: Context<FwTest>| {
-        let ev = ev.clone();
-        async move {
-            push(&ev, ctx.name());
-            Ok(())
-        }
-    });
-    let op = Operator::new(client.clone(), PREFIX)
-        .config(config())
-        .controller(
-            controller(&client, &ns)
-                .handler(apply)
-                .handler(on_event)
-                .owns::<ConfigMap>(Api::namespaced(client.clone(), &ns)),
-        );
-    let running = start(op);
+    let on_event = Handler::on_event("reconcile", pushes_name(&events, ""));
+    let running = start(operator(
+        &client,
+        controller(&client, &ns)
+            .handler(apply)
+            .handler(on_event)
+            .owns::<ConfigMap>(Api::namespaced(client.clone(), &ns)),
+    ));
     let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    let owner = api
-        .create(&PostParams::default(), &obj("parent", "x"))
-        .await
-        .expect("create");
+    let owner = create(&api, &obj("parent", "x")).await;
     let child = eventually(Duration::from_secs(20), "child applied", || async {
         let o = api.get("parent").await.ok()?;
         annotation(&o, "last-handled-configuration")?;
@@ -548,13 +583,12 @@ async fn adopted_children_follow_owner_and_child_changes_retrigger_events() {
     // A change of the child re-runs the owner's event handler.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = entries(&events).len();
-    cms.patch(
+    merge_patch(
+        &cms,
         "parent-a",
-        &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({"metadata": {"labels": {"touched": "yes"}}})),
+        serde_json::json!({"metadata": {"labels": {"touched": "yes"}}}),
     )
-    .await
-    .expect("touch child");
+    .await;
     eventually(
         Duration::from_secs(10),
         "event handler re-ran after the child changed",
@@ -565,12 +599,7 @@ async fn adopted_children_follow_owner_and_child_changes_retrigger_events() {
     api.delete("parent", &DeleteParams::background())
         .await
         .expect("delete");
-    eventually(
-        Duration::from_secs(90),
-        "child garbage-collected",
-        || async { matches!(cms.get_opt("parent-a").await, Ok(None)).then_some(()) },
-    )
-    .await;
+    wait_gone(&cms, "parent-a", Duration::from_secs(90)).await;
     running.stop().await;
     cleanup(&client, &ns).await;
 }
@@ -582,27 +611,15 @@ async fn timer_fires_repeatedly_and_stops_when_object_goes() {
     };
     let ns = namespace(&client, "timer").await;
     let ticks: Log = log();
-    let t = ticks.clone();
     let timer = Handler::on_timer(
         "tick",
         Duration::from_millis(700),
         Duration::from_millis(200),
-        move |ctx: Context<FwTest>| {
-            let t = t.clone();
-            async move {
-                push(&t, ctx.name());
-                Ok(())
-            }
-        },
+        pushes_name(&ticks, ""),
     );
-    let op = Operator::new(client.clone(), PREFIX)
-        .config(config())
-        .controller(controller(&client, &ns).handler(timer));
-    let running = start(op);
+    let running = start(operator(&client, controller(&client, &ns).handler(timer)));
     let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
-    api.create(&PostParams::default(), &obj("tick", "x"))
-        .await
-        .expect("create");
+    create(&api, &obj("tick", "x")).await;
     eventually(Duration::from_secs(20), "three ticks", || async {
         (entries(&ticks).len() >= 3).then_some(())
     })
@@ -610,10 +627,7 @@ async fn timer_fires_repeatedly_and_stops_when_object_goes() {
     api.delete("tick", &DeleteParams::default())
         .await
         .expect("delete");
-    eventually(Duration::from_secs(20), "object gone", || async {
-        matches!(api.get_opt("tick").await, Ok(None)).then_some(())
-    })
-    .await;
+    wait_gone(&api, "tick", Duration::from_secs(20)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after_delete = entries(&ticks).len();
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -646,26 +660,18 @@ async fn objects_run_concurrently_but_one_object_never_twice_at_once() {
             Ok(())
         }
     });
-    let op = Operator::new(client.clone(), PREFIX)
-        .config(config())
-        .controller(controller(&client, &ns).handler(slow));
-    let running = start(op);
+    let running = start(operator(&client, controller(&client, &ns).handler(slow)));
     let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
-    api.create(&PostParams::default(), &obj("a", "0"))
-        .await
-        .expect("create a");
-    api.create(&PostParams::default(), &obj("b", "0"))
-        .await
-        .expect("create b");
+    create(&api, &obj("a", "0")).await;
+    create(&api, &obj("b", "0")).await;
     // A burst of changes on `a`.
     for i in 1..=8 {
-        api.patch(
+        merge_patch(
+            &api,
             "a",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {"value": i.to_string()}})),
+            serde_json::json!({"spec": {"value": i.to_string()}}),
         )
-        .await
-        .expect("patch");
+        .await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     eventually(Duration::from_secs(20), "runs for both", || async {
@@ -702,41 +708,18 @@ async fn with_two_replicas_only_the_leader_handles() {
     };
     let ns = namespace(&client, "leader").await;
     let handled: Log = log();
-    let make = |id: &'static str| {
-        let h = handled.clone();
-        let handler = Handler::on_create("who", move |ctx: Context<FwTest>| {
-            let h = h.clone();
-            async move {
-                push(&h, format!("{id}:{}", ctx.name()));
-                Ok(())
-            }
-        });
-        Operator::new(client.clone(), PREFIX)
-            .config(OperatorConfig {
-                leader_election: Some(LeaderElection {
-                    lease_name: "fwtest-leader".into(),
-                    lease_namespace: ns.clone(),
-                    identity: id.into(),
-                }),
-                lease_duration: Duration::from_secs(4),
-                lease_renew_interval: Duration::from_millis(500),
-                ..config()
-            })
-            .controller(controller(&client, &ns).handler(handler))
-    };
-    let r1 = start(make("replica-1"));
-    eventually(Duration::from_secs(10), "replica-1 leads", || async {
-        r1.metrics.is_leader().then_some(())
-    })
+    let (r1, r2) = start_leader_and_standby(
+        &client,
+        &ns,
+        "fwtest-leader",
+        Duration::from_secs(4),
+        ("replica-1", "replica-2"),
+        &handled,
+    )
     .await;
-    let r2 = start(make("replica-2"));
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(!r2.metrics.is_leader(), "replica-2 must stand by");
     let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
     for n in ["x1", "x2", "x3"] {
-        api.create(&PostParams::default(), &obj(n, "v"))
-            .await
-            .expect("create");
+        create(&api, &obj(n, "v")).await;
     }
     eventually(Duration::from_secs(20), "three handled", || async {
         (entries(&handled).len() >= 3).then_some(())
@@ -751,19 +734,9 @@ async fn with_two_replicas_only_the_leader_handles() {
     );
     // Hand-over: the leader stops gracefully, replica-2 takes over.
     r1.stop().await;
-    eventually(Duration::from_secs(10), "replica-2 leads", || async {
-        r2.metrics.is_leader().then_some(())
-    })
-    .await;
-    api.create(&PostParams::default(), &obj("y1", "v"))
-        .await
-        .expect("create");
-    eventually(Duration::from_secs(20), "handled by replica-2", || async {
-        entries(&handled)
-            .contains(&"replica-2:y1".to_string())
-            .then_some(())
-    })
-    .await;
+    wait_until_leading(&r2, "replica-2 leads", Duration::from_secs(10)).await;
+    create(&api, &obj("y1", "v")).await;
+    wait_for_entry(&handled, "replica-2:y1").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         entries(&handled).len(),
@@ -794,10 +767,7 @@ async fn bad_objects_are_reported_and_panics_are_failed_runs() {
         }
     })
     .backoff(Duration::from_millis(300), Duration::from_secs(2));
-    let op = Operator::new(client.clone(), PREFIX)
-        .config(config())
-        .controller(controller(&client, &ns).handler(h));
-    let running = start(op);
+    let running = start(operator(&client, controller(&client, &ns).handler(h)));
     // An object whose spec does not fit FwTestSpec (count must be an integer).
     let ar = ApiResource::erase::<FwTest>(&());
     let dapi: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
@@ -807,39 +777,16 @@ async fn bad_objects_are_reported_and_panics_are_failed_runs() {
         "spec": {"value": "x", "count": "many"}
     }))
     .expect("json");
-    dapi.create(&PostParams::default(), &bad)
-        .await
-        .expect("create bad");
+    create(&dapi, &bad).await;
     let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
-    api.create(&PostParams::default(), &obj("good", "x"))
-        .await
-        .expect("create good");
-    api.create(&PostParams::default(), &obj("panicky", "x"))
-        .await
-        .expect("create panicky");
-    let cond = eventually(
-        Duration::from_secs(20),
-        "InvalidObject condition on `bad`",
-        || async {
-            let o = dapi.get("bad").await.ok()?;
-            let conds = o.data.pointer("/status/conditions")?.as_array()?.clone();
-            conds
-                .into_iter()
-                .find(|c| c["type"] == "InvalidObject" && c["status"] == "True")
-        },
-    )
-    .await;
+    create(&api, &obj("good", "x")).await;
+    create(&api, &obj("panicky", "x")).await;
+    let cond = wait_invalid_object(&dapi, "bad").await;
     let msg = cond["message"].as_str().unwrap_or_default().to_string();
     assert!(msg.contains("spec.count"), "names the field: {msg}");
     assert!(msg.contains("invalid type"), "says why: {msg}");
     // The Warning Event about `bad` names the field too.
-    let ev = eventually(Duration::from_secs(10), "InvalidObject event", || async {
-        events_for(&client, &ns, "bad", "InvalidObject")
-            .await
-            .into_iter()
-            .next()
-    })
-    .await;
+    let ev = wait_event(&client, &ns, "bad", "InvalidObject").await;
     assert_eq!(ev.type_.as_deref(), Some("Warning"));
     let note = ev.note.unwrap_or_default();
     assert!(note.contains("spec.count"), "names the field: {note}");
@@ -857,17 +804,8 @@ async fn bad_objects_are_reported_and_panics_are_failed_runs() {
     assert!(!entries(&runs).iter().any(|e| e.starts_with("bad:")));
     assert_eq!(running.metrics.handler_failures("maybe-panic"), 1);
     // Fixing the object makes it handled.
-    dapi.patch(
-        "bad",
-        &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({"spec": {"count": 3}})),
-    )
-    .await
-    .expect("fix");
-    eventually(Duration::from_secs(20), "fixed object handled", || async {
-        entries(&runs).contains(&"bad:0".to_string()).then_some(())
-    })
-    .await;
+    merge_patch(&dapi, "bad", serde_json::json!({"spec": {"count": 3}})).await;
+    wait_for_entry(&runs, "bad:0").await;
     running.stop().await;
     cleanup(&client, &ns).await;
 }
@@ -882,22 +820,18 @@ async fn metrics_endpoint_and_no_writes_on_noop_resync() {
     let addr = listener.local_addr().expect("addr");
     drop(listener);
     let h = Handler::on_create("trivial", |_ctx: Context<FwTest>| async { Ok(()) });
-    let op = Operator::new(client.clone(), PREFIX)
-        .config(OperatorConfig {
+    let running = start(operator_with(
+        &client,
+        OperatorConfig {
             metrics_addr: Some(addr),
             resync: Duration::from_secs(1),
             ..config()
-        })
-        .controller(controller(&client, &ns).handler(h));
-    let running = start(op);
+        },
+        controller(&client, &ns).handler(h),
+    ));
     let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
-    api.create(&PostParams::default(), &obj("m", "x"))
-        .await
-        .expect("create");
-    eventually(Duration::from_secs(20), "handled", || async {
-        annotation(&api.get("m").await.ok()?, "last-handled-configuration").map(|_| ())
-    })
-    .await;
+    create(&api, &obj("m", "x")).await;
+    wait_handled(&api, "m", Duration::from_secs(20)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let writes = running.metrics.api_writes();
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -964,54 +898,25 @@ async fn field_handlers_see_old_and_new_values_and_filters_select_objects() {
             }
         },
     );
-    let s2 = seen.clone();
-    let labelled = Handler::on_create("labelled", move |ctx: Context<FwTest>| {
-        let s = s2.clone();
-        async move {
-            push(&s, format!("labelled:{}", ctx.name()));
-            Ok(())
-        }
-    })
-    .label("pick=yes");
-    let s3 = seen.clone();
-    let predicate = Handler::on_create("predicate", move |ctx: Context<FwTest>| {
-        let s = s3.clone();
-        async move {
-            push(&s, format!("predicate:{}", ctx.name()));
-            Ok(())
-        }
-    })
-    .when(|o: &FwTest| o.spec.value == "go");
-    let op = Operator::new(client.clone(), PREFIX)
-        .config(config())
-        .controller(
-            controller(&client, &ns)
-                .handler(field)
-                .handler(labelled)
-                .handler(predicate),
-        );
-    let running = start(op);
+    let labelled =
+        Handler::on_create("labelled", pushes_name(&seen, "labelled:")).label("pick=yes");
+    let predicate = Handler::on_create("predicate", pushes_name(&seen, "predicate:"))
+        .when(|o: &FwTest| o.spec.value == "go");
+    let running = start(operator(
+        &client,
+        controller(&client, &ns)
+            .handler(field)
+            .handler(labelled)
+            .handler(predicate),
+    ));
     let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
     let mut f = obj("f", "go");
     f.spec.count = Some(1);
     f.metadata.labels = Some([("pick".to_string(), "yes".to_string())].into());
-    api.create(&PostParams::default(), &f)
-        .await
-        .expect("create f");
-    api.create(&PostParams::default(), &obj("g", "no"))
-        .await
-        .expect("create g");
-    eventually(Duration::from_secs(20), "f created", || async {
-        annotation(&api.get("f").await.ok()?, "last-handled-configuration").map(|_| ())
-    })
-    .await;
-    api.patch(
-        "f",
-        &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({"spec": {"count": 2}})),
-    )
-    .await
-    .expect("patch count");
+    create(&api, &f).await;
+    create(&api, &obj("g", "no")).await;
+    wait_handled(&api, "f", Duration::from_secs(20)).await;
+    merge_patch(&api, "f", serde_json::json!({"spec": {"count": 2}})).await;
     eventually(Duration::from_secs(20), "count change seen", || async {
         entries(&seen)
             .iter()
@@ -1019,13 +924,7 @@ async fn field_handlers_see_old_and_new_values_and_filters_select_objects() {
             .then_some(())
     })
     .await;
-    api.patch(
-        "f",
-        &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({"spec": {"value": "gone"}})),
-    )
-    .await
-    .expect("patch value");
+    merge_patch(&api, "f", serde_json::json!({"spec": {"value": "gone"}})).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut e = entries(&seen);
     e.sort();
@@ -1071,10 +970,10 @@ async fn macro_label_annotation_and_when_filters_select_objects() {
         return;
     };
     let ns = namespace(&client, "macrofilter").await;
-    let op = Operator::new(client.clone(), PREFIX)
-        .config(config())
-        .controller(controller(&client, &ns).handler(macro_filtered()));
-    let running = start(op);
+    let running = start(operator(
+        &client,
+        controller(&client, &ns).handler(macro_filtered()),
+    ));
     let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
     let make = |name: &str, value: &str, labels: &[(&str, &str)], annotations: &[(&str, &str)]| {
         let mut o = obj(name, value);
@@ -1097,14 +996,9 @@ async fn macro_label_annotation_and_when_filters_select_objects() {
         make("held", "go", &[pick], &[team_a, ("hold", "")]),
         make("notgo", "no", &[pick], &[team_a]),
     ] {
-        api.create(&PostParams::default(), &o)
-            .await
-            .expect("create a test object");
+        create(&api, &o).await;
     }
-    eventually(Duration::from_secs(20), "match handled", || async {
-        annotation(&api.get("match").await.ok()?, "last-handled-configuration").map(|_| ())
-    })
-    .await;
+    wait_handled(&api, "match", Duration::from_secs(20)).await;
     // Time for the others to be (wrongly) handled.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(macro_log(&ns), vec!["filtered:match:go".to_string()]);
@@ -1118,20 +1012,13 @@ async fn macro_label_annotation_and_when_filters_select_objects() {
 
     // Once an object matches, its (still pending) create runs: the filters,
     // not timing, kept them out. An annotation change and a spec change.
-    api.patch(
+    merge_patch(
+        &api,
         "otherteam",
-        &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({"metadata": {"annotations": {"team": "a"}}})),
+        serde_json::json!({"metadata": {"annotations": {"team": "a"}}}),
     )
-    .await
-    .expect("patch annotation");
-    api.patch(
-        "notgo",
-        &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({"spec": {"value": "go"}})),
-    )
-    .await
-    .expect("patch value");
+    .await;
+    merge_patch(&api, "notgo", serde_json::json!({"spec": {"value": "go"}})).await;
     eventually(Duration::from_secs(20), "both now handled", || async {
         let l = macro_log(&ns);
         (l.contains(&"filtered:otherteam:go".to_string())
@@ -1174,15 +1061,13 @@ async fn failing_delete_handlers_cannot_block_deletion() {
     })
     .retries(1)
     .backoff(Duration::from_millis(200), Duration::from_secs(1));
-    let op = Operator::new(client.clone(), PREFIX)
-        .config(config())
-        .controller(controller(&client, &ns).handler(bad_delete));
-    let running = start(op);
+    let running = start(operator(
+        &client,
+        controller(&client, &ns).handler(bad_delete),
+    ));
     let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
     for n in ["perm", "flaky"] {
-        api.create(&PostParams::default(), &obj(n, "x"))
-            .await
-            .expect("create");
+        create(&api, &obj(n, "x")).await;
     }
     for n in ["perm", "flaky"] {
         eventually(Duration::from_secs(20), "finalizer added", || async {
@@ -1193,13 +1078,9 @@ async fn failing_delete_handlers_cannot_block_deletion() {
             .await
             .expect("delete");
     }
+    // Deleted despite the failing delete handler.
     for n in ["perm", "flaky"] {
-        eventually(
-            Duration::from_secs(30),
-            "object deleted despite failing delete handler",
-            || async { matches!(api.get_opt(n).await, Ok(None)).then_some(()) },
-        )
-        .await;
+        wait_gone(&api, n, Duration::from_secs(30)).await;
     }
     let e = entries(&runs);
     assert_eq!(
@@ -1250,20 +1131,10 @@ async fn graceful_shutdown_lets_in_flight_handlers_finish() {
             Ok(())
         }
     });
-    let op = Operator::new(client.clone(), PREFIX)
-        .config(config())
-        .controller(controller(&client, &ns).handler(slow));
-    let running = start(op);
+    let running = start(operator(&client, controller(&client, &ns).handler(slow)));
     let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
-    api.create(&PostParams::default(), &obj("s", "x"))
-        .await
-        .expect("create");
-    eventually(Duration::from_secs(20), "handler started", || async {
-        entries(&runs)
-            .contains(&"start:s".to_string())
-            .then_some(())
-    })
-    .await;
+    create(&api, &obj("s", "x")).await;
+    wait_for_entry(&runs, "start:s").await;
     running.stop().await;
     assert_eq!(
         entries(&runs),
@@ -1298,18 +1169,17 @@ async fn max_in_flight_limits_objects_processed_at_once() {
             Ok(())
         }
     });
-    let op = Operator::new(client.clone(), PREFIX)
-        .config(OperatorConfig {
+    let running = start(operator_with(
+        &client,
+        OperatorConfig {
             max_in_flight: 2,
             ..config()
-        })
-        .controller(controller(&client, &ns).handler(h));
-    let running = start(op);
+        },
+        controller(&client, &ns).handler(h),
+    ));
     let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
     for i in 0..6 {
-        api.create(&PostParams::default(), &obj(&format!("o{i}"), "x"))
-            .await
-            .expect("create");
+        create(&api, &obj(&format!("o{i}"), "x")).await;
     }
     eventually(Duration::from_secs(30), "all six handled", || async {
         (entries(&done).len() == 6).then_some(())
@@ -1331,32 +1201,15 @@ async fn a_crashed_leader_is_replaced_after_the_lease_expires() {
     };
     let ns = namespace(&client, "crash").await;
     let handled: Log = log();
-    let make = |id: &'static str| {
-        let h = handled.clone();
-        let handler = Handler::on_create("who", move |ctx: Context<FwTest>| {
-            let h = h.clone();
-            async move {
-                push(&h, format!("{id}:{}", ctx.name()));
-                Ok(())
-            }
-        });
-        Operator::new(client.clone(), PREFIX)
-            .config(OperatorConfig {
-                leader_election: Some(LeaderElection::new("fwtest-crash", ns.clone(), id)),
-                lease_duration: Duration::from_secs(3),
-                lease_renew_interval: Duration::from_millis(500),
-                ..config()
-            })
-            .controller(controller(&client, &ns).handler(handler))
-    };
-    let r1 = start(make("crashy"));
-    eventually(Duration::from_secs(10), "crashy leads", || async {
-        r1.metrics.is_leader().then_some(())
-    })
+    let (r1, r2) = start_leader_and_standby(
+        &client,
+        &ns,
+        "fwtest-crash",
+        Duration::from_secs(3),
+        ("crashy", "standby"),
+        &handled,
+    )
     .await;
-    let r2 = start(make("standby"));
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(!r2.metrics.is_leader());
     let crashed_at = Instant::now();
     r1.crash().await;
     let took_over = eventually(Duration::from_secs(20), "standby takes over", || async {
@@ -1368,19 +1221,8 @@ async fn a_crashed_leader_is_replaced_after_the_lease_expires() {
         "the lease was not released, so the standby waited for it to expire ({took_over:?})"
     );
     let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
-    api.create(&PostParams::default(), &obj("after", "v"))
-        .await
-        .expect("create");
-    eventually(
-        Duration::from_secs(20),
-        "handled by the standby",
-        || async {
-            entries(&handled)
-                .contains(&"standby:after".to_string())
-                .then_some(())
-        },
-    )
-    .await;
+    create(&api, &obj("after", "v")).await;
+    wait_for_entry(&handled, "standby:after").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         entries(&handled),
@@ -1398,40 +1240,27 @@ async fn watched_objects_are_mapped_back_by_the_mapper() {
     };
     let ns = namespace(&client, "watches").await;
     let events: Log = log();
-    let ev = events.clone();
-    let on_event = Handler::on_event("seen", move |ctx: Context<FwTest>| {
-        let ev = ev.clone();
-        async move {
-            push(&ev, ctx.name());
-            Ok(())
-        }
-    });
-    let op = Operator::new(client.clone(), PREFIX)
-        .config(config())
-        .controller(
-            controller(&client, &ns)
-                .handler(on_event)
-                .watches::<ConfigMap, _>(Api::namespaced(client.clone(), &ns), |cm: &ConfigMap| {
-                    // Map by label, not by ownership.
-                    cm.labels()
-                        .get("fwtest/for")
-                        .map(|n| {
-                            vec![
-                                operator_framework::ObjectRef::new(n)
-                                    .within(&cm.namespace().unwrap_or_default()),
-                            ]
-                        })
-                        .unwrap_or_default()
-                }),
-        );
-    let running = start(op);
+    let on_event = Handler::on_event("seen", pushes_name(&events, ""));
+    let running = start(operator(
+        &client,
+        controller(&client, &ns)
+            .handler(on_event)
+            .watches::<ConfigMap, _>(Api::namespaced(client.clone(), &ns), |cm: &ConfigMap| {
+                // Map by label, not by ownership.
+                cm.labels()
+                    .get("fwtest/for")
+                    .map(|n| {
+                        vec![
+                            operator_framework::ObjectRef::new(n)
+                                .within(&cm.namespace().unwrap_or_default()),
+                        ]
+                    })
+                    .unwrap_or_default()
+            }),
+    ));
     let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
-    api.create(&PostParams::default(), &obj("target", "x"))
-        .await
-        .expect("create");
-    api.create(&PostParams::default(), &obj("other", "x"))
-        .await
-        .expect("create");
+    create(&api, &obj("target", "x")).await;
+    create(&api, &obj("other", "x")).await;
     eventually(Duration::from_secs(20), "initial events", || async {
         let e = entries(&events);
         (e.contains(&"target".to_string()) && e.contains(&"other".to_string())).then_some(())
@@ -1445,10 +1274,7 @@ async fn watched_objects_are_mapped_back_by_the_mapper() {
         "data": {"k": "v"}
     }))
     .expect("cm");
-    Api::<ConfigMap>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &cm)
-        .await
-        .expect("create cm");
+    create(&Api::<ConfigMap>::namespaced(client.clone(), &ns), &cm).await;
     eventually(
         Duration::from_secs(10),
         "target re-run by the mapped ConfigMap",
@@ -1477,59 +1303,29 @@ async fn a_leader_that_loses_its_lease_stops_handling_until_it_wins_it_back() {
     };
     let ns = namespace(&client, "lost").await;
     let handled: Log = log();
-    let h = handled.clone();
-    let handler = Handler::on_create("who", move |ctx: Context<FwTest>| {
-        let h = h.clone();
-        async move {
-            push(&h, ctx.name());
-            Ok(())
-        }
-    });
-    let op = Operator::new(client.clone(), PREFIX)
-        .config(OperatorConfig {
-            leader_election: Some(LeaderElection::new("fwtest-lost", ns.clone(), "me")),
-            lease_duration: Duration::from_secs(3),
-            lease_renew_interval: Duration::from_millis(300),
-            ..config()
-        })
-        .controller(controller(&client, &ns).handler(handler));
-    let r = start(op);
-    eventually(Duration::from_secs(10), "leads", || async {
-        r.metrics.is_leader().then_some(())
-    })
+    let handler = Handler::on_create("who", pushes_name(&handled, ""));
+    let r = start_leading(
+        &client,
+        &ns,
+        only_replica_config(&ns, "fwtest-lost"),
+        handler,
+    )
     .await;
     // Someone else takes the lease over (as if we had been partitioned away).
-    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
-        Api::namespaced(client.clone(), &ns);
-    leases
-        .patch(
-            "fwtest-lost",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {
-                "holderIdentity": "intruder",
-                "renewTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(jiff::Timestamp::now()),
-            }})),
-        )
-        .await
-        .expect("steal the lease");
+    steal_lease(&client, &ns, "fwtest-lost").await;
     eventually(Duration::from_secs(10), "stops leading", || async {
         (!r.metrics.is_leader()).then_some(())
     })
     .await;
     let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
-    api.create(&PostParams::default(), &obj("during", "x"))
-        .await
-        .expect("create");
+    create(&api, &obj("during", "x")).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
         entries(&handled).is_empty(),
         "nothing handled while not leading"
     );
     // The intruder never renews: the lease expires and we lead again.
-    eventually(Duration::from_secs(20), "leads again", || async {
-        r.metrics.is_leader().then_some(())
-    })
-    .await;
+    wait_until_leading(&r, "leads again", Duration::from_secs(20)).await;
     eventually(
         Duration::from_secs(20),
         "object handled after winning the lease back",
@@ -1549,24 +1345,15 @@ async fn an_invalid_object_carrying_the_finalizer_can_still_be_deleted() {
     };
     let ns = namespace(&client, "invdel").await;
     let runs: Log = log();
-    let r = runs.clone();
-    let cleanup_handler = Handler::on_delete("cleanup", move |ctx: Context<FwTest>| {
-        let r = r.clone();
-        async move {
-            push(&r, ctx.name());
-            Ok(())
-        }
-    });
-    let op = Operator::new(client.clone(), PREFIX)
-        .config(config())
-        .controller(controller(&client, &ns).handler(cleanup_handler));
-    let running = start(op);
+    let cleanup_handler = Handler::on_delete("cleanup", pushes_name(&runs, ""));
+    let running = start(operator(
+        &client,
+        controller(&client, &ns).handler(cleanup_handler),
+    ));
     let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
     let dapi: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), &ns, &ApiResource::erase::<FwTest>(&()));
-    api.create(&PostParams::default(), &obj("doomed", "x"))
-        .await
-        .expect("create");
+    create(&api, &obj("doomed", "x")).await;
     eventually(Duration::from_secs(20), "finalizer added", || async {
         let o = api.get("doomed").await.ok()?;
         o.finalizers()
@@ -1575,46 +1362,19 @@ async fn an_invalid_object_carrying_the_finalizer_can_still_be_deleted() {
     })
     .await;
     // The CRD keeps unknown spec fields, so the server accepts a wrong type.
-    dapi.patch(
+    merge_patch(
+        &dapi,
         "doomed",
-        &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({"spec": {"count": "many"}})),
-    )
-    .await
-    .expect("make invalid");
-    eventually(
-        Duration::from_secs(20),
-        "InvalidObject reported",
-        || async {
-            let o = dapi.get("doomed").await.ok()?;
-            let conds = o.data.pointer("/status/conditions")?.as_array()?.clone();
-            conds
-                .iter()
-                .any(|c| c["type"] == "InvalidObject" && c["status"] == "True")
-                .then_some(())
-        },
+        serde_json::json!({"spec": {"count": "many"}}),
     )
     .await;
+    wait_invalid_object(&dapi, "doomed").await;
     dapi.delete("doomed", &DeleteParams::default())
         .await
         .expect("delete");
-    eventually(
-        Duration::from_secs(20),
-        "invalid object gone despite our finalizer",
-        || async { matches!(dapi.get_opt("doomed").await, Ok(None)).then_some(()) },
-    )
-    .await;
-    let ev = eventually(
-        Duration::from_secs(10),
-        "InvalidObjectDeleted event",
-        || async {
-            events_for(&client, &ns, "doomed", "InvalidObjectDeleted")
-                .await
-                .into_iter()
-                .next()
-        },
-    )
-    .await;
+    // Gone despite our finalizer.
+    wait_gone(&dapi, "doomed", Duration::from_secs(20)).await;
+    let ev = wait_event(&client, &ns, "doomed", "InvalidObjectDeleted").await;
     assert_eq!(ev.type_.as_deref(), Some("Warning"));
     let note = ev.note.unwrap_or_default();
     assert!(note.contains("spec.count"), "names the field: {note}");
@@ -1666,15 +1426,10 @@ async fn a_failing_timer_backs_off_then_resumes_its_interval() {
     )
     .backoff(Duration::from_millis(250), Duration::from_secs(30))
     .without_jitter();
-    let op = Operator::new(client.clone(), PREFIX)
-        .config(config())
-        .controller(controller(&client, &ns).handler(timer));
-    let running = start(op);
+    let running = start(operator(&client, controller(&client, &ns).handler(timer)));
     let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
     for n in ["flaky", "perm"] {
-        api.create(&PostParams::default(), &obj(n, "x"))
-            .await
-            .expect("create");
+        create(&api, &obj(n, "x")).await;
     }
     let of = |name: &str| -> Vec<(Instant, u32)> {
         runs.lock()
@@ -1710,12 +1465,7 @@ async fn a_failing_timer_backs_off_then_resumes_its_interval() {
         gaps[3] >= interval && gaps[4] >= interval,
         "after the success the normal interval applies again: {gaps:?}"
     );
-    let c = eventually(Duration::from_secs(10), "condition cleared", || async {
-        let o = api.get("flaky").await.ok()?;
-        let c = condition(&o, "HandlerFailed")?.clone();
-        (c.status == "False").then_some(c)
-    })
-    .await;
+    let c = wait_handler_failed(&api, "flaky", "False", Duration::from_secs(10)).await;
     assert_eq!(c.reason, "FlakyTick");
 
     // A permanent error stops the timer for that object ...
@@ -1727,13 +1477,7 @@ async fn a_failing_timer_backs_off_then_resumes_its_interval() {
     );
     assert_eq!(of("perm").len(), 1, "no retries after a permanent error");
     // ... until the spec changes.
-    api.patch(
-        "perm",
-        &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({"spec": {"value": "y"}})),
-    )
-    .await
-    .expect("patch perm");
+    merge_patch(&api, "perm", serde_json::json!({"spec": {"value": "y"}})).await;
     eventually(
         Duration::from_secs(10),
         "timer restarted by the spec change",
@@ -1779,46 +1523,18 @@ async fn a_leader_that_loses_its_lease_cancels_in_flight_handlers_at_once() {
             Ok(())
         }
     });
-    let op = Operator::new(client.clone(), PREFIX)
-        .config(OperatorConfig {
-            leader_election: Some(LeaderElection::new("fwtest-cancel", ns.clone(), "me")),
-            lease_duration: Duration::from_secs(3),
-            lease_renew_interval: Duration::from_millis(300),
-            // A graceful drain would let the handler run on for this long.
-            shutdown_timeout: Duration::from_secs(30),
-            ..config()
-        })
-        .controller(controller(&client, &ns).handler(slow));
-    let r = start(op);
-    eventually(Duration::from_secs(10), "leads", || async {
-        r.metrics.is_leader().then_some(())
-    })
-    .await;
+    let config = OperatorConfig {
+        // A graceful drain would let the handler run on for this long.
+        shutdown_timeout: Duration::from_secs(30),
+        ..only_replica_config(&ns, "fwtest-cancel")
+    };
+    let r = start_leading(&client, &ns, config, slow).await;
     let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
-    api.create(&PostParams::default(), &obj("long", "x"))
-        .await
-        .expect("create");
-    eventually(Duration::from_secs(20), "handler started", || async {
-        entries(&runs)
-            .contains(&"start:long".to_string())
-            .then_some(())
-    })
-    .await;
+    create(&api, &obj("long", "x")).await;
+    wait_for_entry(&runs, "start:long").await;
     // Another replica takes the lease over.
-    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
-        Api::namespaced(client.clone(), &ns);
     let stolen_at = Instant::now();
-    leases
-        .patch(
-            "fwtest-cancel",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {
-                "holderIdentity": "intruder",
-                "renewTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(jiff::Timestamp::now()),
-            }})),
-        )
-        .await
-        .expect("steal the lease");
+    steal_lease(&client, &ns, "fwtest-cancel").await;
     let cancelled = eventually(Duration::from_secs(10), "handler cancelled", || async {
         cancelled_at.lock().ok().and_then(|t| *t)
     })
@@ -1875,41 +1591,17 @@ async fn event_handlers_see_applied_then_deleted_once() {
     })
     .backoff(Duration::from_millis(100), Duration::from_millis(200));
     // A delete handler too: the object goes through its finalizer first.
-    let d = seen.clone();
-    let on_delete = Handler::on_delete("cleanup", move |ctx: Context<FwTest>| {
-        let d = d.clone();
-        async move {
-            push(&d, format!("delete-handler:{}", ctx.name()));
-            Ok(())
-        }
-    });
-    let op = Operator::new(client.clone(), PREFIX)
-        .config(config())
-        .controller(controller(&client, &ns).handler(observe).handler(on_delete));
-    let running = start(op);
+    let on_delete = Handler::on_delete("cleanup", pushes_name(&seen, "delete-handler:"));
+    let running = start(operator(
+        &client,
+        controller(&client, &ns).handler(observe).handler(on_delete),
+    ));
     let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
-    api.create(&PostParams::default(), &obj("e", "v1"))
-        .await
-        .expect("create");
-    eventually(Duration::from_secs(20), "applied seen", || async {
-        entries(&seen)
-            .contains(&"applied:e:v1".to_string())
-            .then_some(())
-    })
-    .await;
-    api.patch(
-        "e",
-        &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({"spec": {"value": "v2"}})),
-    )
-    .await
-    .expect("patch");
-    eventually(Duration::from_secs(20), "modification seen", || async {
-        entries(&seen)
-            .contains(&"applied:e:v2".to_string())
-            .then_some(())
-    })
-    .await;
+    create(&api, &obj("e", "v1")).await;
+    wait_for_entry(&seen, "applied:e:v1").await;
+    merge_patch(&api, "e", serde_json::json!({"spec": {"value": "v2"}})).await;
+    // The modification is seen.
+    wait_for_entry(&seen, "applied:e:v2").await;
     api.delete("e", &DeleteParams::default())
         .await
         .expect("delete");

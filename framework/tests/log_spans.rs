@@ -11,9 +11,8 @@
 mod common;
 
 use common::*;
-use kube::api::{Api, DeleteParams, PostParams};
-use kube::runtime::watcher;
-use operator_framework::{Context, Controller, Handler, Operator, OperatorConfig, WatchEventType};
+use kube::api::{Api, DeleteParams};
+use operator_framework::{Context, Handler, WatchEventType};
 use serde_json::Value;
 use std::io;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -134,7 +133,7 @@ async fn every_handler_log_line_carries_the_object_key_and_handler_id() {
 
     // Each handler logs a line naming itself and the object it was given, so
     // the test can tell which object's span the line must sit in.
-    let create = Handler::on_create("log-create", |ctx: Context<FwTest>| async move {
+    let create_handler = Handler::on_create("log-create", |ctx: Context<FwTest>| async move {
         tracing::info!("logspan-marker create {}", ctx.name());
         Ok(())
     });
@@ -159,30 +158,19 @@ async fn every_handler_log_line_carries_the_object_key_and_handler_id() {
         tracing::info!("logspan-marker delete {}", ctx.name());
         Ok(())
     });
-    let op = Operator::new(client.clone(), PREFIX)
-        .config(OperatorConfig {
-            resync: Duration::from_secs(60),
-            shutdown_timeout: Duration::from_secs(10),
-            ..Default::default()
-        })
-        .controller(
-            Controller::new(
-                Api::<FwTest>::namespaced(client.clone(), &ns),
-                watcher::Config::default(),
-            )
-            .handler(create)
+    let running = start(operator(
+        &client,
+        controller(&client, &ns)
+            .handler(create_handler)
             .handler(timer)
             .handler(event)
             .handler(delete),
-        );
-    let running = start(op);
+    ));
 
     // Two objects handled at the same time: each line must carry its own key.
     let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
     for name in ["alpha", "beta"] {
-        api.create(&PostParams::default(), &obj(name, "v"))
-            .await
-            .expect("create a test object");
+        create(&api, &obj(name, "v")).await;
     }
     let marker_seen = |what: String| {
         let cap = cap.clone();

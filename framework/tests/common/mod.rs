@@ -1,15 +1,18 @@
 //! Shared helpers of the integration tests (cluster access, test CRD,
-//! namespaces, operator start/stop, polling).
+//! namespaces, operator setup, start/stop, object changes, polling).
 #![allow(dead_code)]
 
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config, CustomResource, ResourceExt};
-use operator_framework::{Metrics, Operator};
+use kube::runtime::watcher;
+use kube::{Client, Config, CustomResource, Resource, ResourceExt};
+use operator_framework::{Controller, Metrics, Operator, OperatorConfig};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use std::fmt::Debug;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -189,6 +192,39 @@ pub async fn cleanup(client: &Client, ns: &str) {
     let _ = nss.delete(ns, &DeleteParams::background()).await;
 }
 
+/// The operator settings of the tests: a 60 s resync, a 10 s shutdown drain.
+pub fn config() -> OperatorConfig {
+    OperatorConfig {
+        resync: Duration::from_secs(60),
+        shutdown_timeout: Duration::from_secs(10),
+        ..Default::default()
+    }
+}
+
+/// A controller of the FwTest objects in `ns`.
+pub fn controller(client: &Client, ns: &str) -> Controller<FwTest> {
+    Controller::new(
+        Api::<FwTest>::namespaced(client.clone(), ns),
+        watcher::Config::default(),
+    )
+}
+
+/// An operator with the test [`config`] running `controller`.
+pub fn operator(client: &Client, controller: Controller<FwTest>) -> Operator {
+    operator_with(client, config(), controller)
+}
+
+/// An operator with `config` running `controller`.
+pub fn operator_with(
+    client: &Client,
+    config: OperatorConfig,
+    controller: Controller<FwTest>,
+) -> Operator {
+    Operator::new(client.clone(), PREFIX)
+        .config(config)
+        .controller(controller)
+}
+
 pub fn obj(name: &str, value: &str) -> FwTest {
     FwTest::new(
         name,
@@ -215,6 +251,80 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Creates `object`; panics if the API server refuses it.
+pub async fn create<K>(api: &Api<K>, object: &K) -> K
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + Debug,
+{
+    api.create(&PostParams::default(), object)
+        .await
+        .unwrap_or_else(|e| panic!("creating {}: {e}", object.name_any()))
+}
+
+/// Applies the JSON merge patch `patch` to the object `name`.
+pub async fn merge_patch<K>(api: &Api<K>, name: &str, patch: serde_json::Value)
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap_or_else(|e| panic!("patching {name}: {e}"));
+}
+
+/// Waits until the object `name` no longer exists.
+pub async fn wait_gone<K>(api: &Api<K>, name: &str, timeout: Duration)
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    eventually(timeout, &format!("`{name}` gone"), || async {
+        matches!(api.get_opt(name).await, Ok(None)).then_some(())
+    })
+    .await;
+}
+
+/// Waits until the object `name` carries the record of a finished create or
+/// update (the `last-handled-configuration` annotation) and returns it.
+pub async fn wait_handled(api: &Api<FwTest>, name: &str, timeout: Duration) -> FwTest {
+    eventually(timeout, &format!("`{name}` handled"), || async {
+        let o = api.get(name).await.ok()?;
+        annotation(&o, "last-handled-configuration")
+            .is_some()
+            .then_some(o)
+    })
+    .await
+}
+
+/// Waits until the object `name` has the `HandlerFailed` condition with
+/// `status` and returns that condition.
+pub async fn wait_handler_failed(
+    api: &Api<FwTest>,
+    name: &str,
+    status: &str,
+    timeout: Duration,
+) -> Condition {
+    let what = format!("condition HandlerFailed={status} on `{name}`");
+    eventually(timeout, &what, || async {
+        let o = api.get(name).await.ok()?;
+        let c = condition(&o, "HandlerFailed")?;
+        (c.status == status).then(|| c.clone())
+    })
+    .await
+}
+
+/// Waits until the object `name` (read untyped: its spec does not fit
+/// [`FwTestSpec`]) has the condition `InvalidObject=True` and returns it.
+pub async fn wait_invalid_object(api: &Api<DynamicObject>, name: &str) -> serde_json::Value {
+    let what = format!("InvalidObject condition on `{name}`");
+    eventually(Duration::from_secs(20), &what, || async {
+        let o = api.get(name).await.ok()?;
+        let conds = o.data.pointer("/status/conditions")?.as_array()?.clone();
+        conds
+            .into_iter()
+            .find(|c| c["type"] == "InvalidObject" && c["status"] == "True")
+    })
+    .await
 }
 
 /// A running operator that can be stopped gracefully.
@@ -288,4 +398,22 @@ pub async fn events_for(
                 && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
         })
         .collect()
+}
+
+/// Waits for the first events.k8s.io Event in `ns` regarding the object
+/// `name` with `reason`.
+pub async fn wait_event(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    reason: &str,
+) -> k8s_openapi::api::events::v1::Event {
+    let what = format!("{reason} event about `{name}`");
+    eventually(Duration::from_secs(10), &what, || async {
+        events_for(client, ns, name, reason)
+            .await
+            .into_iter()
+            .next()
+    })
+    .await
 }
