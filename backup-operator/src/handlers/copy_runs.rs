@@ -11,13 +11,18 @@ use k8s_openapi::api::batch::v1::Job;
 use kube::api::PostParams;
 use kube::{Api, ResourceExt};
 use operator_framework::{Context, EventType};
+use std::collections::HashSet;
 
 /// One round over the selected PVCs. Returns the per-PVC problems to report;
 /// an `Err` concerns the whole policy (no snapshot API, unknown class, ...).
+/// `results_read`: copy Jobs seen finished (their results read) before this
+/// round; only those are cleaned up, since cleaning up deletes the pods that
+/// hold the mover's result.
 pub async fn drive(
     ctx: &Context<BackupPolicy>,
     schedule: &Schedule,
     pvcs: &[String],
+    results_read: &HashSet<&str>,
     now: Timestamp,
 ) -> Result<Vec<PvcProblem>, SnapshotError> {
     let policy = &ctx.object;
@@ -53,6 +58,8 @@ pub async fn drive(
                     problems.push(p);
                 }
             }
+            // Finished after the Jobs were observed: the next round cleans up.
+            CopyStep::Cleanup { job, .. } if !results_read.contains(job.as_str()) => {}
             CopyStep::Cleanup { snapshot, job } => {
                 snapshot::cleanup_copy_source(&client, policy, &snapshot, &job).await?;
                 tracing::info!(%pvc, %snapshot, "copy run finished; temporary PVC removed");

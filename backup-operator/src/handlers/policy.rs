@@ -103,7 +103,15 @@ async fn reconcile_policy(ctx: Context<BackupPolicy>) -> HandlerResult {
     if policy.spec.method == BackupMethod::SnapshotThenCopy
         && let (Ok(res), Ok(schedule)) = (&obs.targets, &obs.schedule)
     {
-        let result = copy_runs::drive(&ctx, schedule, &res.selected, obs.now).await;
+        // Only Jobs whose end was observed (and their result read) above
+        // may lose their pods, which hold the result.
+        let finished: std::collections::HashSet<&str> = obs
+            .jobs
+            .iter()
+            .filter(|j| j.outcome != crate::results::JobOutcome::Running)
+            .map(|j| j.name.as_str())
+            .collect();
+        let result = copy_runs::drive(&ctx, schedule, &res.selected, &finished, obs.now).await;
         if let Err(e) = &result
             && e.is_transient()
         {
