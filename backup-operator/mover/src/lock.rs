@@ -12,14 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use aes256ctr_poly1305aes::Aes256CtrPoly1305Aes;
-use aes256ctr_poly1305aes::aead::AeadInPlace;
 use jiff::Timestamp;
-use rustic_core::repofile::MasterKey;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::error::{MResult, MoverError, RusticCtx};
+use crate::crypto::{Crypto, random_u64};
+use crate::error::{MResult, MoverError};
 use crate::repo::Raw;
 use crate::result::ErrorKind;
 
@@ -44,94 +42,6 @@ pub struct LockFile {
 
 fn is_zero(v: &u32) -> bool {
     *v == 0
-}
-
-/// The raw 64-byte key (encryption key, poly1305 k, poly1305 r).
-#[derive(Clone)]
-pub struct Crypto {
-    key: [u8; 64],
-}
-
-impl Crypto {
-    pub fn from_master(m: &MasterKey) -> MResult<Self> {
-        if m.encrypt.len() != 32 || m.mac.k.len() != 16 || m.mac.r.len() != 16 {
-            return Err(MoverError::new(
-                ErrorKind::Other,
-                "unexpected master key layout in repository key",
-            ));
-        }
-        let mut key = [0u8; 64];
-        key[..32].copy_from_slice(&m.encrypt);
-        key[32..48].copy_from_slice(&m.mac.k);
-        key[48..].copy_from_slice(&m.mac.r);
-        Ok(Self { key })
-    }
-
-    pub fn from_raw(key: [u8; 64]) -> Self {
-        Self { key }
-    }
-
-    pub fn cipher(&self) -> Aes256CtrPoly1305Aes {
-        Aes256CtrPoly1305Aes::new(aes256ctr_poly1305aes::Key::from_slice(&self.key))
-    }
-
-    pub fn encrypt(&self, data: &[u8]) -> MResult<Vec<u8>> {
-        let mut nonce = [0u8; 16];
-        random_bytes(&mut nonce)?;
-        let mut out = Vec::with_capacity(data.len() + 32);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(data);
-        let tag = self
-            .cipher()
-            .encrypt_in_place_detached((&nonce).into(), &[], &mut out[16..])
-            .map_err(|_| MoverError::new(ErrorKind::Other, "encrypting lock file failed"))?;
-        out.extend_from_slice(&tag);
-        Ok(out)
-    }
-
-    pub fn decrypt(&self, data: &[u8]) -> Option<Vec<u8>> {
-        if data.len() < 32 {
-            return None;
-        }
-        let (nonce, rest) = data.split_at(16);
-        let (ct, tag) = rest.split_at(rest.len() - 16);
-        let mut buf = ct.to_vec();
-        self.cipher()
-            .decrypt_in_place_detached(nonce.into(), &[], &mut buf, tag.into())
-            .ok()?;
-        Some(buf)
-    }
-}
-
-/// Decrypts `IV || ciphertext || MAC` where it lies; returns the plaintext
-/// (a sub-slice) or `None` when the MAC does not verify.
-pub fn open_in_place<'a>(cipher: &Aes256CtrPoly1305Aes, sealed: &'a mut [u8]) -> Option<&'a [u8]> {
-    if sealed.len() < 32 {
-        return None;
-    }
-    let (nonce, rest) = sealed.split_at_mut(16);
-    let n = rest.len() - 16;
-    let (ct, tag) = rest.split_at_mut(n);
-    cipher
-        .decrypt_in_place_detached((&*nonce).into(), &[], ct, (&*tag).into())
-        .ok()?;
-    Some(ct)
-}
-
-pub fn random_bytes(buf: &mut [u8]) -> MResult<()> {
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(buf))
-        .ctx("reading /dev/urandom")
-}
-
-/// Random u64 for jitter.
-pub fn random_u64() -> u64 {
-    let mut b = [0u8; 8];
-    if random_bytes(&mut b).is_err() {
-        return u64::from(std::process::id());
-    }
-    u64::from_le_bytes(b)
 }
 
 pub fn hostname() -> String {

@@ -3,6 +3,7 @@
 //! See `README.md` in this crate for the CLI contract, tags and result JSON.
 
 mod archive;
+mod crypto;
 mod error;
 mod lock;
 mod meta;

@@ -13,8 +13,9 @@ use rustic_core::{
 
 use sha2::{Digest, Sha256};
 
+use crate::crypto::{Crypto, random_bytes, random_u64};
 use crate::error::{MResult, MoverError, RusticCtx};
-use crate::lock::{Crypto, hostname, random_bytes, random_u64};
+use crate::lock::hostname;
 use crate::result::ErrorKind;
 use crate::s3::{S3Backend, S3Settings};
 

@@ -21,8 +21,8 @@ use rustic_core::repofile::{Node, NodeType, PackId};
 use rustic_core::{DataId, FileType, IndexedFullStatus, Repository, WriteBackend};
 use sha2::{Digest, Sha256};
 
+use crate::crypto::{Crypto, open_in_place};
 use crate::error::{MResult, MoverError, RusticCtx};
-use crate::lock::{Crypto, open_in_place};
 use crate::result::ErrorKind;
 
 /// Largest single ranged read from the repository.

@@ -31,10 +31,10 @@ use rustic_core::{
 };
 
 use self::chunker::Chunker;
-use self::pack::{Hash, IndexJson, IndexPackJson, Kind, Pack, PackBuilder, hex, seal_into, sha256};
+use self::pack::{Hash, IndexJson, IndexPackJson, Kind, Pack, PackBuilder, hex, sha256};
 use self::parent::{ParentTrees, TreeLoc};
+use crate::crypto::{self, Crypto, seal_into};
 use crate::error::{MResult, MoverError, RusticCtx};
-use crate::lock::Crypto;
 use crate::repo::Backend;
 use crate::result::ErrorKind;
 
@@ -82,10 +82,12 @@ pub fn backup(
     .map_err(|e| MoverError::new(ErrorKind::Other, e))?;
     let index = KnownBlobs::read(repo)?;
     let parents = ParentTrees::new(be, crypto, &index.trees);
-    let parent_root = match s.parent {
-        Some(p) => parents.root(&p.tree, s.as_path.trim_start_matches('/')),
-        None => None,
-    };
+    // The snapshot tree holds one directory, named after `as_path`.
+    let top_dir = s.as_path.trim_start_matches('/');
+    let parent_root = s
+        .parent
+        .and_then(|p| parents.root(&p.tree, top_dir))
+        .map(ParentDir::from);
 
     let source = LocalSource::new(
         LocalSourceSaveOptions::default(),
@@ -147,18 +149,17 @@ pub fn backup(
         let built = {
             let mut walk = Walk {
                 root: s.source,
-                jobs: jobs_tx,
+                jobs: Some(jobs_tx),
                 results: results_rx,
                 parents: &parents,
-                parent_dirs: vec![parent_root],
-                dirs: vec![PathBuf::new()],
+                dirs: vec![(PathBuf::new(), parent_root)],
                 events: VecDeque::new(),
                 done: HashMap::new(),
                 next_seq: 0,
-                builder: Builder::new(),
+                frames: vec![Frame::default()],
                 summary: Summary::default(),
             };
-            walk.run(&source, &mut trees, &index)
+            walk.run(&source, &mut trees, &index, top_dir)
         };
         // Workers stop once `jobs` is dropped (inside `walk`); then the
         // last partial packs are flushed and the uploaders drain.
@@ -277,10 +278,6 @@ impl KnownBlobs {
         Ok(Self { data, trees })
     }
 
-    fn has_data(&self, id: &DataId) -> bool {
-        self.data.contains(&**id)
-    }
-
     fn has(&self, kind: Kind, id: &Id) -> bool {
         match kind {
             Kind::Data => self.data.contains(id),
@@ -304,7 +301,7 @@ fn save_file(be: &Backend, shared: &Shared<'_>, tpe: FileType, json: &[u8]) -> M
         }
         None => json.to_vec(),
     };
-    let mut sealed = Vec::with_capacity(plain.len() + pack::CRYPTO_OVERHEAD);
+    let mut sealed = Vec::with_capacity(plain.len() + crypto::OVERHEAD);
     seal_into(&shared.cipher, &plain, &mut sealed)?;
     let id = sha256(&sealed);
     be.be
@@ -404,8 +401,7 @@ impl<'a> Store<'a> {
             plain.len()
         };
         // Cut before the pack would outgrow its buffer.
-        if !self.packer.is_empty()
-            && self.packer.len() + stored_len + pack::CRYPTO_OVERHEAD > PACK_SIZE
+        if !self.packer.is_empty() && self.packer.len() + stored_len + crypto::OVERHEAD > PACK_SIZE
         {
             self.send_pack()?;
         }
@@ -549,33 +545,38 @@ enum Event {
     Leave,
 }
 
-/// Turns events into trees, bottom-up.
-struct Builder {
-    /// Open directories: node (None for the root), parent subtree, entries.
-    frames: Vec<(Option<Node>, Option<TreeId>, Vec<Node>)>,
+/// A directory whose tree is being built from events.
+#[derive(Default)]
+struct Frame {
+    /// Its node (`None` for the source root).
+    node: Option<Node>,
+    /// Its tree in the parent snapshot (change statistics).
+    parent: Option<TreeId>,
+    entries: Vec<Node>,
 }
 
-impl Builder {
-    fn new() -> Self {
-        Self {
-            frames: vec![(None, None, Vec::new())],
-        }
+/// A directory's entries in the parent snapshot, by name.
+struct ParentDir(HashMap<String, Node>);
+
+impl From<Tree> for ParentDir {
+    fn from(t: Tree) -> Self {
+        Self(t.nodes.into_iter().map(|n| (n.name.clone(), n)).collect())
     }
 }
 
 struct Walk<'w, 'p> {
     root: &'w Path,
-    jobs: Sender<Job>,
+    /// Dropped once the walk is done, which lets the workers finish.
+    jobs: Option<Sender<Job>>,
     results: Receiver<(u64, FileResult)>,
     parents: &'w ParentTrees<'p>,
-    /// Parent-snapshot trees of the directories being walked.
-    parent_dirs: Vec<Option<Tree>>,
-    /// Relative paths of the directories being walked.
-    dirs: Vec<PathBuf>,
+    /// Directories being walked: relative path and parent-snapshot entries.
+    dirs: Vec<(PathBuf, Option<ParentDir>)>,
     events: VecDeque<Event>,
     done: HashMap<u64, FileResult>,
     next_seq: u64,
-    builder: Builder,
+    /// Trees being built (they trail the walk until their files are done).
+    frames: Vec<Frame>,
     summary: Summary,
 }
 
@@ -585,6 +586,7 @@ impl Walk<'_, '_> {
         source: &LocalSource,
         trees: &mut Store<'_>,
         index: &KnownBlobs,
+        top_dir: &str,
     ) -> MResult<(TreeId, Summary)> {
         for item in source.entries() {
             if trees.shared.failed() {
@@ -607,8 +609,7 @@ impl Walk<'_, '_> {
             self.leave_dir();
         }
         // No more files: workers finish what is queued, then stop.
-        let (closed, _) = bounded(0);
-        drop(std::mem::replace(&mut self.jobs, closed));
+        self.jobs = None;
         loop {
             self.build(trees)?;
             if self.events.is_empty() || trees.shared.failed() {
@@ -621,10 +622,10 @@ impl Walk<'_, '_> {
         }
         // The root frame holds the source's entries: they become the tree
         // of the `as_path` directory, which alone makes up the snapshot tree.
-        let (_, _, nodes) = self.builder.frames.pop().unwrap_or_default();
-        let inner = store_tree(trees, nodes)?;
+        let root = self.frames.pop().unwrap_or_default();
+        let inner = store_tree(trees, root.entries)?;
         let mut dir = Node::new_node(
-            std::ffi::OsStr::new("data"),
+            std::ffi::OsStr::new(top_dir),
             NodeType::Dir,
             rustic_core::repofile::Metadata::default(),
         );
@@ -644,7 +645,6 @@ impl Walk<'_, '_> {
 
     fn leave_dir(&mut self) {
         self.dirs.pop();
-        self.parent_dirs.pop();
         self.events.push_back(Event::Leave);
     }
 
@@ -652,19 +652,20 @@ impl Walk<'_, '_> {
         let ReadSourceEntry { path, node, open } = e;
         let rel = path.strip_prefix(self.root).unwrap_or(&path).to_path_buf();
         let parent_rel = rel.parent().map(Path::to_path_buf).unwrap_or_default();
-        while self.dirs.len() > 1 && self.dirs.last() != Some(&parent_rel) {
+        while self.dirs.len() > 1 && self.dirs.last().map(|d| &d.0) != Some(&parent_rel) {
             self.leave_dir();
         }
         let in_parent = self
-            .parent_dirs
+            .dirs
             .last()
-            .and_then(Option::as_ref)
-            .and_then(|t| find(t, &node.name));
+            .and_then(|d| d.1.as_ref())
+            .and_then(|p| p.0.get(&node.name));
         if node.is_dir() {
             let parent_subtree = in_parent.filter(|p| p.is_dir()).and_then(|p| p.subtree);
-            let parent_tree = parent_subtree.and_then(|id| self.parents.load(&id));
-            self.parent_dirs.push(parent_tree);
-            self.dirs.push(rel);
+            let parent_dir = parent_subtree
+                .and_then(|id| self.parents.load(&id))
+                .map(ParentDir::from);
+            self.dirs.push((rel, parent_dir));
             self.events.push_back(Event::Enter(node, parent_subtree));
             return Ok(());
         }
@@ -676,7 +677,7 @@ impl Walk<'_, '_> {
             if unchanged(p, &node)
                 && p.content
                     .as_ref()
-                    .is_some_and(|c| c.iter().all(|id| index.has_data(id)))
+                    .is_some_and(|c| c.iter().all(|id| index.has(Kind::Data, id)))
             {
                 self.summary.files_unmodified += 1;
                 self.summary.bytes += node.meta.size;
@@ -699,14 +700,19 @@ impl Walk<'_, '_> {
         self.next_seq += 1;
         let size = node.meta.size;
         self.events.push_back(Event::Entry(node, Some(seq)));
-        self.jobs
-            .send(Job {
-                seq,
-                open,
-                size,
-                path,
-            })
-            .map_err(|_| MoverError::new(ErrorKind::Other, "file workers stopped unexpectedly"))
+        let job = Job {
+            seq,
+            open,
+            size,
+            path,
+        };
+        match &self.jobs {
+            Some(jobs) if jobs.send(job).is_ok() => Ok(()),
+            _ => Err(MoverError::new(
+                ErrorKind::Other,
+                "file workers stopped unexpectedly",
+            )),
+        }
     }
 
     /// Consumes events from the front while their files are done.
@@ -721,9 +727,11 @@ impl Walk<'_, '_> {
                 break;
             };
             match ev {
-                Event::Enter(node, parent) => {
-                    self.builder.frames.push((Some(node), parent, Vec::new()))
-                }
+                Event::Enter(node, parent) => self.frames.push(Frame {
+                    node: Some(node),
+                    parent,
+                    entries: Vec::new(),
+                }),
                 Event::Entry(mut node, pending) => {
                     if let Some(seq) = pending {
                         match self.done.remove(&seq) {
@@ -742,26 +750,31 @@ impl Walk<'_, '_> {
                             None => continue,
                         }
                     }
-                    if let Some(f) = self.builder.frames.last_mut() {
-                        f.2.push(node);
+                    if let Some(f) = self.frames.last_mut() {
+                        f.entries.push(node);
                     }
                 }
                 Event::Leave => {
-                    let Some((Some(mut node), parent, nodes)) = self.builder.frames.pop() else {
+                    let Some(Frame {
+                        node: Some(mut node),
+                        parent,
+                        entries,
+                    }) = self.frames.pop()
+                    else {
                         return Err(MoverError::new(
                             ErrorKind::Other,
                             "unbalanced directory walk",
                         ));
                     };
-                    let id = store_tree(trees, nodes)?;
+                    let id = store_tree(trees, entries)?;
                     match parent {
                         None => self.summary.dirs_new += 1,
                         Some(p) if p == id => self.summary.dirs_unmodified += 1,
                         Some(_) => self.summary.dirs_changed += 1,
                     }
                     node.subtree = Some(id);
-                    if let Some(f) = self.builder.frames.last_mut() {
-                        f.2.push(node);
+                    if let Some(f) = self.frames.last_mut() {
+                        f.entries.push(node);
                     }
                 }
             }
@@ -778,15 +791,6 @@ fn store_tree(trees: &mut Store<'_>, nodes: Vec<Node>) -> MResult<TreeId> {
     let id = sha256(&json);
     trees.add(id, &json)?;
     Ok(TreeId::from(Id::new(id)))
-}
-
-/// The entry named `name` of a (sorted) parent tree.
-fn find<'t>(t: &'t Tree, name: &str) -> Option<&'t Node> {
-    t.nodes
-        .binary_search_by(|n| n.name.as_str().cmp(name))
-        .ok()
-        .and_then(|i| t.nodes.get(i))
-        .or_else(|| t.nodes.iter().find(|n| n.name == name))
 }
 
 /// restic's change detection: same type, size, mtime, ctime and inode.

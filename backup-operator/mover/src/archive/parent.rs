@@ -9,7 +9,7 @@ use bytes::Bytes;
 use rustic_core::repofile::Tree;
 use rustic_core::{FileType, Id, TreeId};
 
-use crate::lock::Crypto;
+use crate::crypto::Crypto;
 use crate::repo::Backend;
 
 /// Where a tree blob is stored.
