@@ -110,6 +110,11 @@ mod tests {
 
     use crate::snapshot::test_support::{hourly, ts};
 
+    /// The step of an hourly, unsuspended policy created at [`CREATED`].
+    fn step_at(snaps: &[SourceSnapshot], jobs: &[CopyJob], at: &str) -> CopyStep {
+        next_step(&hourly(), ts(CREATED), false, snaps, jobs, ts(at))
+    }
+
     fn snap(name: &str, run_for: &str, finished: bool) -> SourceSnapshot {
         SourceSnapshot {
             name: name.into(),
@@ -131,27 +136,13 @@ mod tests {
 
     #[test]
     fn nothing_before_the_first_scheduled_time() {
-        let step = next_step(
-            &hourly(),
-            ts(CREATED),
-            false,
-            &[],
-            &[],
-            ts("2026-01-01T09:59:00Z"),
-        );
+        let step = step_at(&[], &[], "2026-01-01T09:59:00Z");
         assert_eq!(step, CopyStep::Idle);
     }
 
     #[test]
     fn one_catch_up_run_for_the_newest_missed_time() {
-        let step = next_step(
-            &hourly(),
-            ts(CREATED),
-            false,
-            &[],
-            &[],
-            ts("2026-01-01T13:20:00Z"),
-        );
+        let step = step_at(&[], &[], "2026-01-01T13:20:00Z");
         assert_eq!(
             step,
             CopyStep::Start {
@@ -163,14 +154,7 @@ mod tests {
     #[test]
     fn an_open_snapshot_without_job_advances() {
         let s = [snap("s10", "2026-01-01T10:00:00Z", false)];
-        let step = next_step(
-            &hourly(),
-            ts(CREATED),
-            false,
-            &s,
-            &[],
-            ts("2026-01-01T10:00:30Z"),
-        );
+        let step = step_at(&s, &[], "2026-01-01T10:00:30Z");
         assert_eq!(
             step,
             CopyStep::Advance {
@@ -184,14 +168,7 @@ mod tests {
     fn a_running_job_is_waited_for_even_when_the_next_run_is_due() {
         let s = [snap("s10", "2026-01-01T10:00:00Z", false)];
         let j = [job("s10", "2026-01-01T10:00:00Z", false)];
-        let step = next_step(
-            &hourly(),
-            ts(CREATED),
-            false,
-            &s,
-            &j,
-            ts("2026-01-01T11:05:00Z"),
-        );
+        let step = step_at(&s, &j, "2026-01-01T11:05:00Z");
         assert_eq!(
             step,
             CopyStep::WaitForJob {
@@ -204,14 +181,7 @@ mod tests {
     fn a_finished_job_cleans_up_its_snapshot() {
         let s = [snap("s10", "2026-01-01T10:00:00Z", false)];
         let j = [job("s10", "2026-01-01T10:00:00Z", true)];
-        let step = next_step(
-            &hourly(),
-            ts(CREATED),
-            false,
-            &s,
-            &j,
-            ts("2026-01-01T10:03:00Z"),
-        );
+        let step = step_at(&s, &j, "2026-01-01T10:03:00Z");
         assert_eq!(
             step,
             CopyStep::Cleanup {
@@ -225,14 +195,9 @@ mod tests {
     fn after_cleanup_the_job_alone_marks_the_run_done() {
         // The snapshot was deleted; the Job's time keeps the run from repeating.
         let j = [job("s10", "2026-01-01T10:00:00Z", true)];
-        let at = ts("2026-01-01T10:40:00Z");
+        assert_eq!(step_at(&[], &j, "2026-01-01T10:40:00Z"), CopyStep::Idle);
         assert_eq!(
-            next_step(&hourly(), ts(CREATED), false, &[], &j, at),
-            CopyStep::Idle
-        );
-        let later = ts("2026-01-01T11:00:10Z");
-        assert_eq!(
-            next_step(&hourly(), ts(CREATED), false, &[], &j, later),
+            step_at(&[], &j, "2026-01-01T11:00:10Z"),
             CopyStep::Start {
                 run_for: ts("2026-01-01T11:00:00Z")
             }
@@ -242,14 +207,7 @@ mod tests {
     #[test]
     fn a_failed_snapshot_marked_finished_is_not_retried_before_the_next_time() {
         let s = [snap("s10", "2026-01-01T10:00:00Z", true)];
-        let step = next_step(
-            &hourly(),
-            ts(CREATED),
-            false,
-            &s,
-            &[],
-            ts("2026-01-01T10:30:00Z"),
-        );
+        let step = step_at(&s, &[], "2026-01-01T10:30:00Z");
         assert_eq!(step, CopyStep::Idle);
     }
 
@@ -277,14 +235,7 @@ mod tests {
             snap("s11", "2026-01-01T11:00:00Z", false),
             snap("s10", "2026-01-01T10:00:00Z", false),
         ];
-        let step = next_step(
-            &hourly(),
-            ts(CREATED),
-            false,
-            &s,
-            &[],
-            ts("2026-01-01T11:01:00Z"),
-        );
+        let step = step_at(&s, &[], "2026-01-01T11:01:00Z");
         assert_eq!(
             step,
             CopyStep::Advance {
