@@ -16,27 +16,37 @@
 use crate::api::StoredBackup;
 use crate::results::JobOutcome;
 use crate::status::JobRecord;
-use operator_framework::escape_label_value;
+use operator_framework::{Histogram, escape_label_value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::Mutex;
 
-const BUCKETS: [f64; 10] = [
+static DURATION_BUCKETS: [f64; 10] = [
     1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
 ];
 
 /// (namespace, policy)
 type PolicyKey = (String, String);
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 struct PvcStats {
     successes: u64,
     failures: u64,
     last_success: Option<f64>,
-    buckets: [u64; BUCKETS.len()],
-    duration_sum: f64,
-    duration_count: u64,
+    durations: Histogram,
     stored: usize,
+}
+
+impl Default for PvcStats {
+    fn default() -> Self {
+        Self {
+            successes: 0,
+            failures: 0,
+            last_success: None,
+            durations: Histogram::new(&DURATION_BUCKETS),
+            stored: 0,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -102,13 +112,7 @@ impl BackupMetrics {
                             Some((f - c).get_seconds() as f64)
                         });
                     if let Some(secs) = secs {
-                        for (i, b) in BUCKETS.iter().enumerate() {
-                            if secs <= *b {
-                                s.buckets[i] += 1;
-                            }
-                        }
-                        s.duration_sum += secs;
-                        s.duration_count += 1;
+                        s.durations.observe(secs);
                     }
                 }
                 _ => s.failures += 1,
@@ -168,6 +172,7 @@ impl BackupMetrics {
         let Ok(all) = self.policies.lock() else {
             return;
         };
+        // Label lists without braces, as Histogram::write takes them.
         let pvc_rows = || {
             all.iter().flat_map(|((ns, policy), p)| {
                 p.pvcs.iter().map(move |(pvc, s)| {
@@ -216,18 +221,8 @@ impl BackupMetrics {
             "# HELP backup_operator_backup_duration_seconds Duration of successful backups.\n# TYPE backup_operator_backup_duration_seconds histogram"
         );
         for (l, s) in pvc_rows() {
-            for (i, b) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "backup_operator_backup_duration_seconds_bucket{{{l},le=\"{b}\"}} {}",
-                    s.buckets[i]
-                );
-            }
-            let _ = writeln!(
-                out,
-                "backup_operator_backup_duration_seconds_bucket{{{l},le=\"+Inf\"}} {}\nbackup_operator_backup_duration_seconds_sum{{{l}}} {}\nbackup_operator_backup_duration_seconds_count{{{l}}} {}",
-                s.duration_count, s.duration_sum, s.duration_count
-            );
+            s.durations
+                .write(out, "backup_operator_backup_duration_seconds", &l);
         }
         let _ = writeln!(
             out,

@@ -231,7 +231,7 @@ pub use diff::{DiffItem, DiffOp};
 pub use error::{Error, HandlerError, HandlerResult};
 pub use handler::{Cause, Handler, HandlerKind, MetaFilter, WatchEventType};
 pub use leader::LeaderElection;
-pub use metrics::{Metrics, escape_label_value};
+pub use metrics::{Histogram, Metrics, escape_label_value};
 pub use operator::{Operator, OperatorConfig, shutdown_signal};
 pub use tls::install_crypto_provider;
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-const BUCKETS: [f64; 12] = [
+const HANDLER_BUCKETS: [f64; 12] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
@@ -18,11 +18,64 @@ type Labels = Vec<(&'static str, String)>;
 /// Appends an operator's own series, in Prometheus text format, to `out`.
 type Collector = Box<dyn Fn(&mut String) + Send + Sync>;
 
-#[derive(Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
+/// `{labels}`, or nothing for a series without labels.
+fn braced(labels: &str) -> String {
+    if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
+    }
+}
+
+/// A cumulative Prometheus histogram over fixed upper bounds, for an
+/// operator's own series too (render it from a [`Metrics::add_collector`]
+/// collector with [`Histogram::write`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<u64>,
     sum: f64,
     count: u64,
+}
+
+impl Histogram {
+    /// An empty histogram with these bucket upper bounds (ascending; `+Inf`
+    /// is implied).
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: vec![0; bounds.len()],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    /// Records one value.
+    pub fn observe(&mut self, v: f64) {
+        for (c, b) in self.counts.iter_mut().zip(self.bounds) {
+            if v <= *b {
+                *c += 1;
+            }
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+
+    /// Appends the `<name>_bucket`, `<name>_sum` and `<name>_count` lines.
+    /// `labels` is the series' label list without braces, values already
+    /// escaped with [`escape_label_value`] (`a="x",b="y"`), or empty.
+    pub fn write(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let braced = braced(labels);
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {c}");
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}\n{name}_sum{braced} {}\n{name}_count{braced} {}",
+            self.count, self.sum, self.count
+        );
+    }
 }
 
 /// The operator's metrics (Prometheus text format via [`Metrics::render`]).
@@ -86,15 +139,9 @@ impl Metrics {
             self.inc("operator_handler_retries_total", l.clone(), 1);
         }
         if let Ok(mut h) = self.histograms.lock() {
-            let h = h.entry(l).or_default();
-            let s = d.as_secs_f64();
-            for (i, b) in BUCKETS.iter().enumerate() {
-                if s <= *b {
-                    h.counts[i] += 1;
-                }
-            }
-            h.sum += s;
-            h.count += 1;
+            h.entry(l)
+                .or_insert_with(|| Histogram::new(&HANDLER_BUCKETS))
+                .observe(d.as_secs_f64());
         }
     }
 
@@ -218,19 +265,11 @@ impl Metrics {
     /// The metrics in Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let fmt_labels = |l: &Labels, extra: Option<(&str, String)>| -> String {
-            let mut parts: Vec<String> = l
-                .iter()
+        let label_list = |l: &Labels| -> String {
+            l.iter()
                 .map(|(k, v)| format!("{k}=\"{}\"", escape_label_value(v)))
-                .collect();
-            if let Some((k, v)) = extra {
-                parts.push(format!("{k}=\"{v}\""));
-            }
-            if parts.is_empty() {
-                String::new()
-            } else {
-                format!("{{{}}}", parts.join(","))
-            }
+                .collect::<Vec<_>>()
+                .join(",")
         };
         let helps: [(&str, &str, &str); 5] = [
             (
@@ -260,7 +299,7 @@ impl Metrics {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {typ}");
                 for ((n, l), v) in c.iter() {
                     if *n == name {
-                        let _ = writeln!(out, "{n}{} {v}", fmt_labels(l, None));
+                        let _ = writeln!(out, "{n}{} {v}", braced(&label_list(l)));
                     }
                 }
             }
@@ -278,31 +317,10 @@ impl Metrics {
         );
         if let Ok(h) = self.histograms.lock() {
             for (l, h) in h.iter() {
-                for (i, b) in BUCKETS.iter().enumerate() {
-                    let _ = writeln!(
-                        out,
-                        "operator_handler_duration_seconds_bucket{} {}",
-                        fmt_labels(l, Some(("le", b.to_string()))),
-                        h.counts[i]
-                    );
-                }
-                let _ = writeln!(
-                    out,
-                    "operator_handler_duration_seconds_bucket{} {}",
-                    fmt_labels(l, Some(("le", "+Inf".into()))),
-                    h.count
-                );
-                let _ = writeln!(
-                    out,
-                    "operator_handler_duration_seconds_sum{} {}",
-                    fmt_labels(l, None),
-                    h.sum
-                );
-                let _ = writeln!(
-                    out,
-                    "operator_handler_duration_seconds_count{} {}",
-                    fmt_labels(l, None),
-                    h.count
+                h.write(
+                    &mut out,
+                    "operator_handler_duration_seconds",
+                    &label_list(l),
                 );
             }
         }
@@ -312,7 +330,7 @@ impl Metrics {
         );
         if let Ok(g) = self.gauges.lock() {
             for ((n, l), v) in g.iter() {
-                let _ = writeln!(out, "{n}{} {v}", fmt_labels(l, None));
+                let _ = writeln!(out, "{n}{} {v}", braced(&label_list(l)));
             }
         }
         let _ = writeln!(
@@ -419,6 +437,31 @@ fn route(path: &str, metrics: &Metrics) -> (&'static str, &'static str, String) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_with_and_without_labels() {
+        static BOUNDS: [f64; 3] = [1.0, 2.5, 10.0];
+        let mut h = Histogram::new(&BOUNDS);
+        for v in [0.5, 2.0, 2.5, 60.0] {
+            h.observe(v);
+        }
+        let mut out = String::new();
+        h.write(&mut out, "x_seconds", "a=\"b\"");
+        h.write(&mut out, "y_seconds", "");
+        let expected = "x_seconds_bucket{a=\"b\",le=\"1\"} 1\n\
+            x_seconds_bucket{a=\"b\",le=\"2.5\"} 3\n\
+            x_seconds_bucket{a=\"b\",le=\"10\"} 3\n\
+            x_seconds_bucket{a=\"b\",le=\"+Inf\"} 4\n\
+            x_seconds_sum{a=\"b\"} 65\n\
+            x_seconds_count{a=\"b\"} 4\n\
+            y_seconds_bucket{le=\"1\"} 1\n\
+            y_seconds_bucket{le=\"2.5\"} 3\n\
+            y_seconds_bucket{le=\"10\"} 3\n\
+            y_seconds_bucket{le=\"+Inf\"} 4\n\
+            y_seconds_sum 65\n\
+            y_seconds_count 4\n";
+        assert_eq!(out, expected);
+    }
 
     #[test]
     fn render_and_route() {
