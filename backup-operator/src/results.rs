@@ -116,6 +116,29 @@ pub enum JobOutcome {
     },
 }
 
+/// Job conditions meaning success (`SuccessCriteriaMet` comes before
+/// `Complete`) and failure (`FailureTarget` before `Failed`).
+const SUCCEEDED: [&str; 2] = ["Complete", "SuccessCriteriaMet"];
+const FAILED: [&str; 2] = ["Failed", "FailureTarget"];
+
+/// When a Job finished: `completionTime`, else the newest true terminal
+/// condition (set before `completionTime`); `None` while it runs.
+pub fn job_finished_at(job: &Job) -> Option<jiff::Timestamp> {
+    let status = job.status.as_ref()?;
+    status.completion_time.as_ref().map(|t| t.0).or_else(|| {
+        status
+            .conditions
+            .iter()
+            .flatten()
+            .filter(|c| {
+                c.status == "True"
+                    && (SUCCEEDED.contains(&c.type_.as_str()) || FAILED.contains(&c.type_.as_str()))
+            })
+            .filter_map(|c| c.last_transition_time.as_ref().map(|t| t.0))
+            .max()
+    })
+}
+
 /// Classifies a Job, using the mover's result when there is one.
 pub fn job_outcome(job: &Job, result: Option<&MoverResult>) -> JobOutcome {
     let conditions = job
@@ -128,10 +151,10 @@ pub fn job_outcome(job: &Job, result: Option<&MoverResult>) -> JobOutcome {
             .iter()
             .any(|c| c.type_ == t && c.status == "True")
     };
-    if is("Complete") || is("SuccessCriteriaMet") {
+    if SUCCEEDED.iter().any(|t| is(t)) {
         return JobOutcome::Succeeded;
     }
-    if is("Failed") || is("FailureTarget") {
+    if FAILED.iter().any(|t| is(t)) {
         if let Some(err) = result.and_then(|r| r.error.clone()) {
             return JobOutcome::Failed {
                 reason: err.kind,
@@ -140,7 +163,7 @@ pub fn job_outcome(job: &Job, result: Option<&MoverResult>) -> JobOutcome {
         }
         let cond = conditions
             .iter()
-            .find(|c| (c.type_ == "Failed" || c.type_ == "FailureTarget") && c.status == "True");
+            .find(|c| FAILED.contains(&c.type_.as_str()) && c.status == "True");
         return JobOutcome::Failed {
             reason: cond
                 .and_then(|c| c.reason.clone())
@@ -172,6 +195,35 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn finish_time_is_completion_time_else_the_newest_terminal_condition() {
+        let at = |s: &str| {
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(s.parse().expect("time"))
+        };
+        let mut j = job("SuccessCriteriaMet", None);
+        assert_eq!(job_finished_at(&j), None, "no transition time recorded");
+        let st = j.status.as_mut().expect("status");
+        let conds = st.conditions.as_mut().expect("conditions");
+        conds[0].last_transition_time = Some(at("2026-01-01T10:00:05Z"));
+        conds.push(JobCondition {
+            type_: "Suspended".into(),
+            status: "True".into(),
+            last_transition_time: Some(at("2026-01-01T11:00:00Z")),
+            ..Default::default()
+        });
+        assert_eq!(
+            job_finished_at(&j).map(|t| t.to_string()).as_deref(),
+            Some("2026-01-01T10:00:05Z"),
+            "only terminal conditions count"
+        );
+        j.status.as_mut().expect("status").completion_time = Some(at("2026-01-01T10:00:09Z"));
+        assert_eq!(
+            job_finished_at(&j).map(|t| t.to_string()).as_deref(),
+            Some("2026-01-01T10:00:09Z")
+        );
+        assert_eq!(job_finished_at(&Job::default()), None);
     }
 
     #[test]

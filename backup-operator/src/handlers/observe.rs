@@ -112,25 +112,7 @@ pub(crate) async fn backup_jobs(
             job_result(client, ns, &name).await?
         };
         let outcome = results::job_outcome(&job, result.as_ref());
-        let status = job.status.as_ref();
-        let finished = status
-            .and_then(|s| s.completion_time.as_ref().map(|t| t.0))
-            .or_else(|| {
-                status.and_then(|s| s.conditions.as_ref()).and_then(|cs| {
-                    cs.iter()
-                        // SuccessCriteriaMet / FailureTarget come before
-                        // Complete / Failed and completionTime.
-                        .filter(|c| {
-                            c.status == "True"
-                                && matches!(
-                                    c.type_.as_str(),
-                                    "Complete" | "Failed" | "SuccessCriteriaMet" | "FailureTarget"
-                                )
-                        })
-                        .filter_map(|c| c.last_transition_time.as_ref().map(|t| t.0))
-                        .max()
-                })
-            });
+        let finished = results::job_finished_at(&job);
         out.push(JobRecord {
             name,
             pvc,

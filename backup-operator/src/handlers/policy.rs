@@ -38,6 +38,15 @@ pub async fn snapshot_tick(ctx: Context<BackupPolicy>) -> HandlerResult {
     reconcile_policy(ctx).await
 }
 
+/// A snapshot step whose API call failed is retried; errors the user or the
+/// cluster admin must fix are reported in the status instead.
+fn retry_if_transient<T>(r: &Result<T, crate::snapshot::SnapshotError>) -> HandlerResult {
+    match r {
+        Err(e) if e.is_transient() => Err(HandlerError::temporary(e.to_string(), None)),
+        _ => Ok(()),
+    }
+}
+
 async fn reconcile_policy(ctx: Context<BackupPolicy>) -> HandlerResult {
     let policy = ctx.object.clone();
     let name = policy.name_any();
@@ -93,11 +102,7 @@ async fn reconcile_policy(ctx: Context<BackupPolicy>) -> HandlerResult {
     {
         let result =
             crate::snapshot::reconcile_snapshots(&client, &policy, &res.selected, obs.now).await;
-        if let Err(e) = &result
-            && e.is_transient()
-        {
-            return Err(HandlerError::temporary(e.to_string(), None));
-        }
+        retry_if_transient(&result)?;
         crate::snapshot::status::apply_outcome(&mut computed, &result);
     }
     if policy.spec.method == BackupMethod::SnapshotThenCopy
@@ -112,11 +117,7 @@ async fn reconcile_policy(ctx: Context<BackupPolicy>) -> HandlerResult {
             .map(|j| j.name.as_str())
             .collect();
         let result = copy_runs::drive(&ctx, schedule, &res.selected, &finished, obs.now).await;
-        if let Err(e) = &result
-            && e.is_transient()
-        {
-            return Err(HandlerError::temporary(e.to_string(), None));
-        }
+        retry_if_transient(&result)?;
         crate::snapshot::status::apply_copy_round(&mut computed, &result);
     }
     let mut new_status = computed.status;
