@@ -817,19 +817,11 @@ where
             .await;
         }
 
-        let fin = self.rt.finalizer();
         let has_delete = self.handlers.iter().any(|h| h.kind == HandlerKind::Delete);
-        let has_fin = |c: &Current<K>| {
-            c.dobj
-                .metadata
-                .finalizers
-                .as_ref()
-                .is_some_and(|f| f.contains(&fin))
-        };
         let mut next: Option<Instant> = None;
 
         if cur.dobj.metadata.deletion_timestamp.is_some() {
-            if has_fin(&cur) {
+            if self.has_finalizer(&cur.dobj) {
                 match self.run_cause(Cause::Delete, &mut cur).await {
                     CauseOutcome::Done | CauseOutcome::Nothing => {
                         if let Err(e) = self.remove_finalizer(&cur.dobj).await {
@@ -844,7 +836,7 @@ where
         }
 
         if has_delete
-            && !has_fin(&cur)
+            && !self.has_finalizer(&cur.dobj)
             && let Err(e) = self.add_finalizer(&mut cur).await
         {
             return Some(retry_after_write_error(&e, "adding the finalizer"));
@@ -1356,6 +1348,15 @@ where
         Ok(())
     }
 
+    /// Whether `dobj` carries our finalizer.
+    fn has_finalizer(&self, dobj: &DynamicObject) -> bool {
+        let fin = self.rt.finalizer();
+        dobj.metadata
+            .finalizers
+            .as_ref()
+            .is_some_and(|f| f.contains(&fin))
+    }
+
     /// Removes our finalizer (and a leftover progress annotation) from
     /// `dobj`, guarded by its resourceVersion; a vanished object is fine.
     async fn remove_finalizer(&self, dobj: &DynamicObject) -> Result<(), Error> {
@@ -1524,13 +1525,7 @@ where
     /// handlers cannot run, so our finalizer is removed without them (else the
     /// object could never go), and a Warning Event says so.
     async fn release_invalid(&self, dobj: &DynamicObject, msg: &str) -> Option<Instant> {
-        let fin = self.rt.finalizer();
-        let has_fin = dobj
-            .metadata
-            .finalizers
-            .as_ref()
-            .is_some_and(|f| f.contains(&fin));
-        if !has_fin {
+        if !self.has_finalizer(dobj) {
             return None;
         }
         if let Err(e) = self.remove_finalizer(dobj).await {
