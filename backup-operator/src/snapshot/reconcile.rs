@@ -686,14 +686,8 @@ pub async fn copy_runs(
         ) else {
             continue;
         };
-        let finished = job
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
-            });
+        let finished =
+            crate::results::job_outcome(&job, None) != crate::results::JobOutcome::Running;
         out.push((
             pvc,
             CopyRunItem::Job(copy_run::CopyJob {
