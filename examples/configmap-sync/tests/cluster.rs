@@ -212,6 +212,21 @@ impl Running {
     }
 }
 
+/// Creates the ConfigMapSync `copy` of `source` into `targets` in `ns`.
+async fn create_sync(
+    client: &Client,
+    ns: &str,
+    source: &str,
+    targets: &[&String],
+) -> Api<ConfigMapSync> {
+    let syncs: Api<ConfigMapSync> = Api::namespaced(client.clone(), ns);
+    syncs
+        .create(&PostParams::default(), &sync_spec("copy", source, targets))
+        .await
+        .expect("create ConfigMapSync");
+    syncs
+}
+
 async fn copy_in(client: &Client, ns: &str, name: &str) -> Option<ConfigMap> {
     Api::<ConfigMap>::namespaced(client.clone(), ns)
         .get_opt(name)
@@ -269,14 +284,7 @@ async fn copies_follow_the_spec_and_are_removed_on_delete() {
         OperatorConfig::default(),
     ));
 
-    let syncs: Api<ConfigMapSync> = Api::namespaced(client.clone(), &src);
-    syncs
-        .create(
-            &PostParams::default(),
-            &sync_spec("copy", "settings", &[&t1, &t2]),
-        )
-        .await
-        .expect("create ConfigMapSync");
+    let syncs = create_sync(&client, &src, "settings", &[&t1, &t2]).await;
     for t in [&t1, &t2] {
         let copy = eventually("copy created", || async {
             Api::<ConfigMap>::namespaced(client.clone(), t)
@@ -365,14 +373,7 @@ async fn a_missing_source_is_reported_retried_and_synced_once_it_appears() {
         Api::namespaced(client.clone(), &src),
         OperatorConfig::default(),
     ));
-    let syncs: Api<ConfigMapSync> = Api::namespaced(client.clone(), &src);
-    syncs
-        .create(
-            &PostParams::default(),
-            &sync_spec("copy", "settings", &[&t1]),
-        )
-        .await
-        .expect("create ConfigMapSync");
+    let syncs = create_sync(&client, &src, "settings", &[&t1]).await;
 
     // Reported: Ready=False/SourceMissing by the example, HandlerFailed=True
     // and a Warning Event by the framework, with the 10 s retry delay.
@@ -468,14 +469,7 @@ async fn the_drift_timer_restores_edited_and_deleted_copies() {
         OperatorConfig::default(),
         interval,
     ));
-    let syncs: Api<ConfigMapSync> = Api::namespaced(client.clone(), &src);
-    syncs
-        .create(
-            &PostParams::default(),
-            &sync_spec("copy", "settings", &[&t1, &t2]),
-        )
-        .await
-        .expect("create ConfigMapSync");
+    let syncs = create_sync(&client, &src, "settings", &[&t1, &t2]).await;
     let color = |c: &ConfigMap| c.data.as_ref().and_then(|d| d.get("color").cloned());
     for t in [&t1, &t2] {
         eventually("copies made", || async {
@@ -591,14 +585,7 @@ async fn a_new_source_name_replaces_the_copies() {
         Api::namespaced(client.clone(), &src),
         OperatorConfig::default(),
     ));
-    let syncs: Api<ConfigMapSync> = Api::namespaced(client.clone(), &src);
-    syncs
-        .create(
-            &PostParams::default(),
-            &sync_spec("copy", "settings", &[&t1, &t2]),
-        )
-        .await
-        .expect("create ConfigMapSync");
+    let syncs = create_sync(&client, &src, "settings", &[&t1, &t2]).await;
     for t in [&t1, &t2] {
         eventually("copies of settings made", || async {
             copy_in(&client, t, "settings").await.map(|_| ())
