@@ -374,9 +374,9 @@ fn restore_root(o: &Opts) -> (PathBuf, &'static str) {
     }
 }
 
-fn run_target(o: &Opts, t: &Target, big: &Path, small: &Path) -> Res<()> {
-    let (root, _) = restore_root(o);
-    let out = root.join(t.name);
+/// `restore_root`: where restores write (see [`restore_root`]).
+fn run_target(o: &Opts, t: &Target, big: &Path, small: &Path, restore_root: &Path) -> Res<()> {
+    let out = restore_root.join(t.name);
     let init = {
         let mut c = env_cmd(Path::new("restic"));
         c.args(["-r", &t.restic_repo, "init"]);
@@ -420,7 +420,7 @@ fn run_target(o: &Opts, t: &Target, big: &Path, small: &Path) -> Res<()> {
     let m = mover_restore(o, t, "small", &out.join("mover-small"))?;
     let r = restic_restore(t, "small", &out.join("restic-small"))?;
     report(&format!("{n}.restore.small_20k"), small_bytes, &m, &r, &[]);
-    let _ = std::fs::remove_dir_all(&root);
+    let _ = std::fs::remove_dir_all(restore_root);
     Ok(())
 }
 
@@ -534,7 +534,7 @@ fn real_main() -> Res<()> {
                 restic_repo: format!("s3:http://127.0.0.1:{}/restic/bench", moto.port),
             }
         };
-        run_target(&o, &t, &big, &small)?;
+        run_target(&o, &t, &big, &small, &restore_dir)?;
     }
     let _ = std::fs::remove_dir_all(&o.work);
     Ok(())
