@@ -12,6 +12,7 @@ mod repo;
 mod restore;
 mod result;
 mod s3;
+mod verified;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -99,6 +100,9 @@ enum Cmd {
         /// Do not restore owners (uid/gid)
         #[arg(long)]
         no_ownership: bool,
+        /// Restore only this path of the backup (a file or directory; repeatable)
+        #[arg(long = "path")]
+        paths: Vec<String>,
     },
     /// List snapshots, newest first
     Snapshots {
@@ -195,11 +199,13 @@ fn run(cmd: Cmd, r: &mut MoverResult) -> MResult<()> {
             restore_threads,
             delete,
             no_ownership,
+            paths,
         } => {
             let before = parse_time("--before", before)?;
             let (be, o) = connect(&common)?;
             let args = ops::RestoreArgs {
                 snapshot,
+                paths,
                 pvc,
                 before,
                 target,

@@ -6,10 +6,7 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use rustic_core::repofile::SnapshotFile;
-use rustic_core::{
-    LocalDestination, OpenStatus, PruneOptions, Repository, RestoreOptions, SnapshotOptions,
-    StringList,
-};
+use rustic_core::{OpenStatus, PruneOptions, Repository, SnapshotOptions, StringList};
 
 use crate::archive;
 use crate::error::{MResult, MoverError, RusticCtx};
@@ -281,6 +278,8 @@ pub fn snapshots(
 
 pub struct RestoreArgs {
     pub snapshot: String,
+    /// Restore only these paths of the backup (empty: everything).
+    pub paths: Vec<String>,
     pub pvc: Option<String>,
     pub before: Option<Timestamp>,
     pub target: PathBuf,
@@ -326,6 +325,40 @@ fn select_snapshot(repo: &Repository<OpenStatus>, a: &RestoreArgs) -> MResult<Sn
         })
 }
 
+/// The directory of `snap` to restore: `/data` for the mover's snapshots;
+/// for a snapshot of one path, that path when the tree holds it (`restic
+/// backup /abs/dir`) or else the root tree itself (`restic backup .` stores
+/// the directory's contents at the root while `paths` names it); the root
+/// tree for several paths, as `restic restore` does.
+fn restore_root(
+    repo: &Repository<rustic_core::IndexedFullStatus>,
+    be: &Backend,
+    crypto: &crate::crypto::Crypto,
+    snap: &SnapshotFile,
+) -> MResult<rustic_core::repofile::Node> {
+    let trees = restore::Trees {
+        repo,
+        be: &be.be,
+        crypto,
+    };
+    let paths: Vec<&String> = snap.paths.iter().collect();
+    let wanted = if paths.iter().any(|p| *p == SNAPSHOT_PATH) {
+        Some(SNAPSHOT_PATH)
+    } else if paths.len() == 1 {
+        Some(paths[0].as_str())
+    } else {
+        None
+    };
+    if let Some(path) = wanted
+        && let Some(node) = trees.find_dir(&snap.tree, &restore::split_user_path(path)?)?
+    {
+        return Ok(node);
+    }
+    // Make sure the root tree itself is readable before restoring from it.
+    trees.load(&snap.tree)?;
+    Ok(restore::root_node(snap.tree))
+}
+
 pub fn restore(
     be: &Backend,
     o: &repo::OpenOpts,
@@ -344,41 +377,20 @@ pub fn restore(
         .map(str::to_string)
         .or_else(|| a.pvc.clone());
     let repo = repo.to_indexed().ctx("reading repository index")?;
-
-    // Snapshots written by the mover store the PVC under /data; others
-    // (e.g. restic with one path) are restored from their single path.
-    let sub = if snap.paths.iter().any(|p| p == SNAPSHOT_PATH) {
-        SNAPSHOT_PATH.to_string()
-    } else if snap.paths.iter().count() == 1 {
-        snap.paths.iter().next().cloned().unwrap_or_default()
-    } else {
-        String::new()
-    };
-    let node = repo.node_from_snapshot_and_path(&snap, &sub).map_err(|e| {
-        let mut err = MoverError::rustic(&format!("finding {sub} in snapshot"), &e);
-        err.kind = ErrorKind::NotFound;
-        err
-    })?;
+    let node = restore_root(&repo, be, &crypto, &snap)?;
 
     std::fs::create_dir_all(&a.target).ctx(&format!("creating target {}", a.target.display()))?;
-    let stats = restore::restore_contents(&repo, &be.be, &crypto, &node, &a.target, a.threads)?;
-
-    // Metadata, symlinks, hardlinks, specials via rustic (files are in place).
-    let target_str = format!("{}/", a.target.display());
-    let dest =
-        LocalDestination::new(&target_str, true, !node.is_dir()).ctx("opening restore target")?;
-    let opts = RestoreOptions::default()
-        .numeric_id(true)
-        .no_ownership(a.no_ownership)
-        .delete(a.delete);
-    let ls_opts = rustic_core::LsOptions::default();
-    let plan = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let nodes = repo.ls(&node, &ls_opts)?;
-        let plan = repo.prepare_restore(&opts, nodes.clone(), &dest, false)?;
-        repo.restore(plan, &opts, nodes, &dest)
-    }))
-    .map_err(|_| MoverError::new(ErrorKind::Other, "restoring metadata panicked"))?;
-    plan.ctx("restoring metadata")?;
+    let opts = restore::Options {
+        threads: a.threads,
+        delete: a.delete,
+        ownership: !a.no_ownership,
+        includes: a
+            .paths
+            .iter()
+            .map(|p| restore::split_user_path(p))
+            .collect::<MResult<_>>()?,
+    };
+    let stats = restore::restore_tree(&repo, &be.be, &crypto, &node, &a.target, &opts)?;
 
     guard.release();
     if let Some(m) = meta::parse_description(snap.description.as_deref()) {

@@ -18,6 +18,7 @@ use crate::error::{MResult, MoverError, RusticCtx};
 use crate::lock::hostname;
 use crate::result::ErrorKind;
 use crate::s3::{S3Backend, S3Settings};
+use crate::verified::Verified;
 
 /// Where the repository lives.
 #[derive(Debug, Clone)]
@@ -203,7 +204,7 @@ impl Backend {
                     .ctx(&format!("opening local repository {path_str}"))?;
                 Ok(Self {
                     spec: spec.clone(),
-                    be: Arc::new(be),
+                    be: Arc::new(Verified(Arc::new(be))),
                     raw: Raw::Local(path.clone()),
                 })
             }
@@ -212,7 +213,7 @@ impl Backend {
                 be.preflight()?;
                 Ok(Self {
                     spec: spec.clone(),
-                    be: Arc::new(be.clone()),
+                    be: Arc::new(Verified(Arc::new(be.clone()))),
                     raw: Raw::S3(be),
                 })
             }

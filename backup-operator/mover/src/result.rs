@@ -22,6 +22,9 @@ pub enum ErrorKind {
     SourceEmpty,
     /// Another process holds a conflicting lock for longer than we retried.
     RepositoryLocked,
+    /// The repository holds data that fails verification (a blob, tree or
+    /// file whose hash or MAC does not match, an unsafe name in a tree).
+    RepositoryCorrupt,
     /// The repository, snapshot or path asked for does not exist.
     NotFound,
     /// Anything else.

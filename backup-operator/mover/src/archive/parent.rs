@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use rustic_core::repofile::Tree;
 use rustic_core::{FileType, Id, TreeId};
+use sha2::Digest;
 
 use crate::crypto::Crypto;
 use crate::repo::Backend;
@@ -78,6 +79,12 @@ impl<'a> ParentTrees<'a> {
             Some(n) => zstd::bulk::decompress(&plain, n as usize).map_err(|e| e.to_string())?,
             None => plain,
         };
+        // Verified by its id like every blob we use: a wrong parent tree
+        // would hand wrong content lists to unchanged files.
+        let hash: [u8; 32] = sha2::Sha256::digest(&json).into();
+        if Id::new(hash) != **id {
+            return Err("does not match its id (corrupt tree)".into());
+        }
         serde_json::from_slice(&json).map_err(|e| format!("tree JSON: {e}"))
     }
 

@@ -2,25 +2,26 @@
 //!
 //! rustic_core's own content restore reads whole packs on a fixed pool of 20
 //! threads (about 1 GiB peak for a 1 GiB repository) and panics on backend
-//! read errors. Here a small number of workers (`--restore-threads`) each
-//! fetch coalesced runs of blobs (at most [`MAX_READ`] bytes per request),
-//! decrypt, verify and write them with positional writes. Afterwards
-//! rustic's restore is run for the same tree: it finds every regular file
-//! already present with the right size and mtime and only creates symlinks,
-//! hardlinks and special files and sets ownership, modes and times.
+//! read errors. Here a small number of workers each fetch coalesced runs of
+//! blobs (at most [`MAX_READ`] bytes per request), decrypt, verify and write
+//! them with positional writes into files the walk already created. A blob
+//! that occurs several times in one read (a repeated chunk: zeros, copies)
+//! is decrypted once and written to every place it belongs. All-zero blobs
+//! are not written at all: the freshly created file is a hole there, so
+//! sparse files come back sparse.
 
-use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
+use std::collections::HashMap;
+use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use rustic_core::repofile::{Node, NodeType, PackId};
+use rustic_core::repofile::PackId;
 use rustic_core::{DataId, FileType, IndexedFullStatus, Repository, WriteBackend};
 use sha2::{Digest, Sha256};
 
+use super::fsat::{Dir, open_file_beneath};
 use crate::crypto::{Crypto, open_in_place};
 use crate::error::{MResult, MoverError, RusticCtx};
 use crate::result::ErrorKind;
@@ -30,10 +31,18 @@ const MAX_READ: u32 = 4 * 1024 * 1024;
 /// Blobs per work unit for big files (lets several workers share one file).
 const BLOBS_PER_UNIT: usize = 64;
 
-struct FileJob {
-    path: PathBuf,
-    size: u64,
-    node: Node,
+/// A regular file the walk created (at its full size, all holes), whose
+/// contents are still to be written.
+pub struct FileJob {
+    /// Path below the target, components joined by `/`.
+    pub rel: Vec<u8>,
+    pub content: Vec<DataId>,
+}
+
+impl FileJob {
+    fn shown(&self) -> String {
+        String::from_utf8_lossy(&self.rel).into_owned()
+    }
 }
 
 /// One blob to place into one file.
@@ -60,78 +69,16 @@ const LOOSE_MAX_BLOBS: usize = 4;
 /// Largest gap of unneeded bytes read through to join two blobs.
 const MAX_GAP: u32 = 256 * 1024;
 
-#[derive(Debug, Default)]
-pub struct ContentStats {
-    pub files: u64,
-    pub bytes: u64,
-}
-
-/// Writes all regular files below `root` into `target`.
-pub fn restore_contents(
+/// Writes the contents of `jobs` below `root`; returns the bytes restored.
+pub fn write_contents(
     repo: &Repository<IndexedFullStatus>,
     be: &Arc<dyn WriteBackend>,
     crypto: &Crypto,
-    root: &Node,
-    target: &Path,
+    root: &Dir,
+    jobs: &[FileJob],
     threads: usize,
-) -> MResult<ContentStats> {
-    let ls = repo
-        .ls(root, &rustic_core::LsOptions::default())
-        .ctx("listing snapshot tree")?;
-    let mut jobs = Vec::new();
-    let mut seen_links = HashSet::new();
-    for item in ls {
-        let (path, node) = item.ctx("reading snapshot tree")?;
-        let dest = target.join(&path);
-        match node.node_type {
-            NodeType::Dir => {
-                std::fs::create_dir_all(&dest).ctx(&format!("creating {}", dest.display()))?;
-            }
-            NodeType::File => {
-                // Hardlinks: rustic creates the extra names from the first one.
-                if node.meta.links > 1
-                    && node.meta.inode != 0
-                    && node.meta.device_id != 0
-                    && !seen_links.insert((node.meta.device_id, node.meta.inode))
-                {
-                    continue;
-                }
-                jobs.push(FileJob {
-                    path: dest,
-                    size: node.meta.size,
-                    node,
-                });
-            }
-            _ => {}
-        }
-    }
-
-    // Create/size all files first so units can be written in any order.
-    for job in &jobs {
-        if let Some(parent) = job.path.parent() {
-            std::fs::create_dir_all(parent).ctx(&format!("creating {}", parent.display()))?;
-        }
-        // An existing symlink or dir at this name must not be followed.
-        if let Ok(m) = std::fs::symlink_metadata(&job.path)
-            && !m.is_file()
-        {
-            if m.is_dir() {
-                std::fs::remove_dir_all(&job.path)
-            } else {
-                std::fs::remove_file(&job.path)
-            }
-            .ctx(&format!("replacing {}", job.path.display()))?;
-        }
-        let f = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(false)
-            .open(&job.path)
-            .ctx(&format!("creating {}", job.path.display()))?;
-        f.set_len(job.size)
-            .ctx(&format!("sizing {}", job.path.display()))?;
-    }
-    let units = plan_units(repo, &jobs)?;
+) -> MResult<u64> {
+    let units = plan_units(repo, jobs)?;
     let next = AtomicUsize::new(0);
     let bytes = AtomicU64::new(0);
     let failure: Mutex<Option<MoverError>> = Mutex::new(None);
@@ -146,7 +93,7 @@ pub fn restore_contents(
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(unit) = units.get(i) else { return };
                     let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        write_unit(be, crypto, &jobs, unit)
+                        write_unit(be, crypto, root, jobs, unit)
                     }))
                     .unwrap_or_else(|_| {
                         Err(MoverError::new(
@@ -174,21 +121,7 @@ pub fn restore_contents(
     if let Some(e) = failure.into_inner().ok().flatten() {
         return Err(e);
     }
-    // mtime as in the snapshot so rustic's pass treats the file as restored.
-    for job in &jobs {
-        if let Some(mtime) = job.node.meta.mtime {
-            let f = File::options()
-                .write(true)
-                .open(&job.path)
-                .ctx(&format!("opening {}", job.path.display()))?;
-            f.set_modified(mtime.into())
-                .ctx(&format!("setting mtime of {}", job.path.display()))?;
-        }
-    }
-    Ok(ContentStats {
-        files: jobs.len() as u64,
-        bytes: bytes.into_inner(),
-    })
+    Ok(bytes.into_inner())
 }
 
 fn blob_refs(
@@ -198,10 +131,10 @@ fn blob_refs(
 ) -> MResult<Vec<BlobRef>> {
     let mut out = Vec::new();
     let mut pos = 0u64;
-    for id in job.node.content.iter().flatten() {
+    for id in &job.content {
         let ie = repo
             .get_index_entry(id)
-            .ctx(&format!("blob of {} missing in index", job.path.display()))?;
+            .ctx(&format!("blob of {} missing in index", job.shown()))?;
         out.push(BlobRef {
             file,
             file_offset: pos,
@@ -248,7 +181,7 @@ fn plan_units(repo: &Repository<IndexedFullStatus>, jobs: &[FileJob]) -> MResult
     let mut units = Vec::new();
     let mut loose = Vec::new();
     for (i, job) in jobs.iter().enumerate() {
-        let n = job.node.content.as_ref().map_or(0, Vec::len);
+        let n = job.content.len();
         if n == 0 {
             continue;
         }
@@ -272,6 +205,7 @@ fn plan_units(repo: &Repository<IndexedFullStatus>, jobs: &[FileJob]) -> MResult
 fn write_unit(
     be: &Arc<dyn WriteBackend>,
     crypto: &Crypto,
+    root: &Dir,
     jobs: &[FileJob],
     unit: &Unit,
 ) -> MResult<u64> {
@@ -287,10 +221,10 @@ fn write_unit(
     let end = unit
         .blobs
         .iter()
-        .map(|b| b.offset + b.length)
+        .map(|b| b.offset.saturating_add(b.length))
         .max()
         .unwrap_or(start);
-    let what = || jobs[first.file].path.display().to_string();
+    let what = || jobs[first.file].shown();
     let data = be
         .read_partial(FileType::Pack, &first.pack, false, start, end - start)
         .ctx(&format!("reading pack {} for {}", first.pack, what()))?;
@@ -300,63 +234,115 @@ fn write_unit(
             format!("short read from pack {} for {}", first.pack, what()),
         ));
     }
-    // Decrypted where it was read: no second copy of the range.
+    // Decrypted where it was read: no second copy of the range. A blob at
+    // an offset already opened (the same chunk again) reuses its plaintext;
+    // opening it twice would fail authentication on the decrypted bytes.
     let mut data = Vec::from(data);
     let cipher = crypto.cipher();
+    let mut opened: HashMap<u32, (usize, usize)> = HashMap::new();
     let mut unpacked = Vec::new();
+    let mut unpacked_of: Option<u32> = None;
     let mut zstd_ctx = None;
     let mut open: Option<(usize, File)> = None;
     let mut written = 0u64;
     for b in &unit.blobs {
-        let path = &jobs[b.file].path;
+        let job = &jobs[b.file];
         let a = (b.offset - start) as usize;
-        let sealed = data.get_mut(a..a + b.length as usize).ok_or_else(|| {
-            MoverError::new(
-                ErrorKind::Other,
-                format!("blob {} of {} lies outside its pack", b.id, path.display()),
-            )
-        })?;
-        let plain = open_in_place(&cipher, sealed).ok_or_else(|| {
-            MoverError::new(
-                ErrorKind::Other,
-                format!("blob {} of {} failed authentication", b.id, path.display()),
-            )
-        })?;
+        let (pa, pn) = match opened.get(&b.offset) {
+            Some(&r) => r,
+            None => {
+                let sealed = data.get_mut(a..a + b.length as usize).ok_or_else(|| {
+                    corrupt(format!(
+                        "blob {} of {} lies outside its pack",
+                        b.id,
+                        job.shown()
+                    ))
+                })?;
+                let n = open_in_place(&cipher, sealed)
+                    .ok_or_else(|| {
+                        corrupt(format!(
+                            "blob {} of {} failed authentication",
+                            b.id,
+                            job.shown()
+                        ))
+                    })?
+                    .len();
+                // The plaintext sits after the 16-byte IV.
+                opened.insert(b.offset, (a + 16, n));
+                (a + 16, n)
+            }
+        };
+        let plain: &[u8] = &data[pa..pa + pn];
         let plain: &[u8] = match b.uncompressed {
             Some(n) => {
-                let dec = match &mut zstd_ctx {
-                    Some(d) => d,
-                    None => zstd_ctx.insert(
-                        zstd::bulk::Decompressor::new().ctx("creating a zstd decompressor")?,
-                    ),
-                };
-                unpacked.clear();
-                unpacked.reserve(n as usize);
-                dec.decompress_to_buffer(plain, &mut unpacked)
-                    .ctx(&format!("decompressing blob {}", b.id))?;
+                if unpacked_of != Some(b.offset) {
+                    let dec = match &mut zstd_ctx {
+                        Some(d) => d,
+                        None => zstd_ctx.insert(
+                            zstd::bulk::Decompressor::new().ctx("creating a zstd decompressor")?,
+                        ),
+                    };
+                    unpacked.clear();
+                    unpacked.reserve(n as usize);
+                    dec.decompress_to_buffer(plain, &mut unpacked)
+                        .map_err(|e| corrupt(format!("decompressing blob {}: {e}", b.id)))?;
+                    unpacked_of = Some(b.offset);
+                }
                 &unpacked
             }
             None => plain,
         };
         let hash: [u8; 32] = Sha256::digest(plain).into();
         if rustic_core::Id::new(hash) != b.id.into_inner() {
-            return Err(MoverError::new(
-                ErrorKind::Other,
-                format!("blob {} of {} has a wrong hash", b.id, path.display()),
-            ));
+            return Err(corrupt(format!(
+                "blob {} of {} has a wrong hash",
+                b.id,
+                job.shown()
+            )));
+        }
+        written += plain.len() as u64;
+        if is_zero(plain) {
+            continue;
         }
         if open.as_ref().is_none_or(|(f, _)| *f != b.file) {
-            let f = OpenOptions::new()
-                .write(true)
-                .open(path)
-                .ctx(&format!("opening {}", path.display()))?;
+            let f = open_file_beneath(root, &job.rel)
+                .map_err(|e| MoverError::classify(&format!("opening {}", job.shown()), &e))?;
             open = Some((b.file, f));
         }
         if let Some((_, f)) = &open {
             f.write_all_at(plain, b.file_offset)
-                .ctx(&format!("writing {}", path.display()))?;
+                .map_err(|e| MoverError::classify(&format!("writing {}", job.shown()), &e))?;
         }
-        written += plain.len() as u64;
     }
     Ok(written)
+}
+
+fn corrupt(msg: String) -> MoverError {
+    MoverError::new(ErrorKind::RepositoryCorrupt, msg)
+}
+
+/// All bytes zero (checked eight at a time).
+pub fn is_zero(buf: &[u8]) -> bool {
+    let (head, words, tail) = {
+        // SAFETY: u64 has no invalid bit patterns; align_to splits correctly.
+        unsafe { buf.align_to::<u64>() }
+    };
+    head.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0) && tail.iter().all(|&b| b == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_detection() {
+        assert!(is_zero(&[]));
+        assert!(is_zero(&[0u8; 4099]));
+        for i in [0usize, 7, 8, 4000, 4098] {
+            let mut v = vec![0u8; 4099];
+            v[i] = 1;
+            assert!(!is_zero(&v), "byte {i} set");
+            assert!(!is_zero(&v[i..]), "unaligned start at {i}");
+        }
+    }
 }
