@@ -46,8 +46,8 @@ test: ## Unit tests and the framework's doc examples (compiled; no cluster neede
 	$(CARGO) test --workspace --lib --bins
 	$(CARGO) test --doc -p operator-framework
 
-test-integration: cluster-up ## Integration tests against the local cluster (framework, example operator, mover with moto + restic).
-	KUBECONFIG=$(KUBECONFIG_LOCAL) $(CARGO) test -p operator-framework -p configmap-sync -p backup-mover --tests -- --test-threads=2
+test-integration: cluster-up ## Integration tests against the local cluster (framework, example operator, mover with moto + restic 0.18.1).
+	RESTIC_BIN=$$(hack/build-restic.sh) KUBECONFIG=$(KUBECONFIG_LOCAL) $(CARGO) test -p operator-framework -p configmap-sync -p backup-mover --tests -- --test-threads=2
 
 test-snapshots: cluster-up csi-up image-load ## CSI snapshot tests: the snapshot module, then the operator's Snapshot/SnapshotThenCopy e2e (builds the CSI sidecars once, ~10 min).
 	KUBECONFIG=$(KUBECONFIG_LOCAL) $(CARGO) test -p backup-operator --test snapshots
