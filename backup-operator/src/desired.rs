@@ -304,7 +304,7 @@ pub fn cronjob(policy: &BackupPolicy, pvc: &str, image: &str) -> Result<CronJob,
             ..Default::default()
         },
         spec: Some(CronJobSpec {
-            schedule: spec.schedule.trim().to_string(),
+            schedule: crate::schedule::for_cronjob(&spec.schedule),
             time_zone: spec.time_zone.clone().filter(|tz| !tz.is_empty()),
             suspend: Some(spec.suspend),
             concurrency_policy: Some("Forbid".into()),

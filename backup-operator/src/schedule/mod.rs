@@ -8,15 +8,18 @@
 //! rejected here too, so that `nextRunTime` never promises a run the CronJob
 //! controller would not make.
 
-use croner::Cron;
-use croner::parser::{CronParser, Seconds, Year};
+mod fields;
+mod next;
+
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
+
+use fields::Fields;
 
 /// A validated schedule in a time zone.
 #[derive(Debug, Clone)]
 pub struct Schedule {
-    cron: Cron,
+    fields: Fields,
     tz: TimeZone,
 }
 
@@ -49,10 +52,11 @@ impl Schedule {
             ));
         }
         let pattern = match upper.as_str() {
-            "@MIDNIGHT" => "0 0 * * *".to_string(),
-            "@YEARLY" | "@ANNUALLY" | "@MONTHLY" | "@WEEKLY" | "@DAILY" | "@HOURLY" => {
-                upper.clone()
-            }
+            "@YEARLY" | "@ANNUALLY" => "0 0 1 1 *".to_string(),
+            "@MONTHLY" => "0 0 1 * *".to_string(),
+            "@WEEKLY" => "0 0 * * 0".to_string(),
+            "@DAILY" | "@MIDNIGHT" => "0 0 * * *".to_string(),
+            "@HOURLY" => "0 * * * *".to_string(),
             other if other.starts_with('@') => {
                 return Err(invalid(
                     "unknown macro; use @yearly, @annually, @monthly, @weekly, @daily, @midnight or @hourly",
@@ -73,37 +77,21 @@ impl Schedule {
                 other.to_string()
             }
         };
-        let cron = CronParser::builder()
-            .seconds(Seconds::Disallowed)
-            .year(Year::Disallowed)
-            .sloppy_ranges(true)
-            .build()
-            .parse(&pattern)
-            .map_err(|e| invalid(&e.to_string()))?;
+        let fields = fields::parse(&pattern).map_err(|e| invalid(&e))?;
         let tz = match time_zone {
             None | Some("") | Some("UTC") | Some("Etc/UTC") => TimeZone::UTC,
             Some(name) => {
                 TimeZone::get(name).map_err(|_| ScheduleError::UnknownTimeZone(name.to_string()))?
             }
         };
-        Ok(Self { cron, tz })
+        Ok(Self { fields, tz })
     }
 
-    /// The first run strictly after `after`.
-    ///
-    /// A wall-clock time that a DST jump skips is not run that day, as the
-    /// CronJob controller (robfig/cron) does; croner would run it at the first
-    /// instant after the jump, so such candidates are passed over.
+    /// The first run strictly after `after`, as the CronJob controller
+    /// computes it (see [`next`]): a wall-clock time that a DST jump skips
+    /// is not run that day; one inside a repeated hour runs in both.
     pub fn next_after(&self, after: Timestamp) -> Option<Timestamp> {
-        let mut start = after.to_zoned(self.tz.clone());
-        for _ in 0..8 {
-            let candidate = self.cron.find_next_occurrence(&start, false).ok()?;
-            if self.cron.is_time_matching(&candidate).unwrap_or(false) {
-                return Some(candidate.timestamp());
-            }
-            start = candidate;
-        }
-        None
+        next::next(&self.fields, &self.tz, after)
     }
 
     /// Seconds between the next two runs after `now`: the interval alerts
@@ -117,14 +105,41 @@ impl Schedule {
     /// The newest run at or before `at`, but not before `not_before`; used to
     /// decide whether a run was missed (at most one catch-up, never a burst).
     pub fn last_due(&self, not_before: Timestamp, at: Timestamp) -> Option<Timestamp> {
-        let start = at.to_zoned(self.tz.clone());
-        let prev = self
-            .cron
-            .find_previous_occurrence(&start, true)
-            .ok()?
-            .timestamp();
-        (prev > not_before).then_some(prev)
+        // Walk forward from a window before `at`, widened until it holds a
+        // run (at most a few hundred steps for any schedule).
+        const WINDOWS: [i64; 5] = [3_600, 86_400, 32 * 86_400, 367 * 86_400, 5 * 367 * 86_400];
+        for w in WINDOWS {
+            let from = Timestamp::from_second(at.as_second().saturating_sub(w))
+                .ok()?
+                .max(not_before);
+            let Some(mut t) = self.next_after(from).filter(|t| *t <= at) else {
+                if from == not_before {
+                    return None;
+                }
+                continue;
+            };
+            while let Some(n) = self.next_after(t).filter(|n| *n <= at) {
+                t = n;
+            }
+            return (t > not_before).then_some(t);
+        }
+        None
     }
+}
+
+/// `schedule` as written into a CronJob: the controller rejects day-of-week
+/// `7`, so a day-of-week field using it is written as its days with Sunday
+/// as `0`; anything else is kept as the user wrote it.
+pub fn for_cronjob(schedule: &str) -> String {
+    let trimmed = schedule.trim();
+    let parts: Vec<&str> = trimmed.split_whitespace().collect();
+    if let [mi, h, dom, mo, dow] = parts.as_slice()
+        && let Ok(fixed) = fields::cronjob_field(dow)
+        && fixed != *dow
+    {
+        return format!("{mi} {h} {dom} {mo} {fixed}");
+    }
+    trimmed.to_string()
 }
 
 /// True when every `L`/`W` in the pattern belongs to a day or month name
@@ -271,13 +286,68 @@ mod tests {
     }
 
     #[test]
-    fn dst_fall_back_runs_once() {
-        // 2026-10-25 02:30 happens twice in Berlin (CEST then CET): one run only.
-        let s = Schedule::parse("30 2 * * *", Some("Europe/Berlin")).expect("valid");
-        let first = s.next_after(ts("2026-10-24T12:00:00Z")).expect("next");
-        assert_eq!(first.to_string(), "2026-10-25T00:30:00Z");
+    fn dst_fall_back_runs_again_in_the_repeated_hour_as_the_controller_does() {
+        // 2028-10-29 02:00 happens twice in Berlin (CEST, then CET): the
+        // CronJob controller fires in both, so nextRunTime names both.
+        let s = Schedule::parse("0 2 * * *", Some("Europe/Berlin")).expect("valid");
+        let first = s.next_after(ts("2028-10-28T12:00:00Z")).expect("next");
+        assert_eq!(first.to_string(), "2028-10-29T00:00:00Z");
         let second = s.next_after(first).expect("next");
-        assert!(second >= ts("2026-10-26T00:00:00Z"), "ran twice: {second}");
+        assert_eq!(second.to_string(), "2028-10-29T01:00:00Z");
+        assert_eq!(
+            s.next_after(second).expect("next").to_string(),
+            "2028-10-30T01:00:00Z"
+        );
+        // America/New_York, 2026-11-01: 01:30 EDT and 01:30 EST.
+        let ny = Schedule::parse("30 1 * * *", Some("America/New_York")).expect("valid");
+        let a = ny.next_after(ts("2026-10-31T12:00:00Z")).expect("next");
+        assert_eq!(a.to_string(), "2026-11-01T05:30:00Z");
+        assert_eq!(
+            ny.next_after(a).expect("next").to_string(),
+            "2026-11-01T06:30:00Z"
+        );
+    }
+
+    /// Next runs around every DST transition of 2026-2028 in five zones
+    /// (Berlin, New York, Lord Howe's 30-minute shift, Santiago, Kolkata
+    /// without DST), as robfig/cron v3 (the CronJob controller's library)
+    /// computes them; regenerate with `hack/cron-vectors.sh`.
+    #[test]
+    fn next_runs_equal_the_cronjob_controllers_around_dst() {
+        let data = include_str!("testdata/robfig-vectors.tsv");
+        let mut checked = 0;
+        let mut wrong = Vec::new();
+        for line in data.lines() {
+            let f: Vec<&str> = line.split('\t').collect();
+            let [spec, zone, after, want] = f.as_slice() else {
+                panic!("bad vector line {line:?}");
+            };
+            let s = Schedule::parse(spec, Some(zone)).expect("valid vector schedule");
+            let after = Timestamp::from_second(after.parse().expect("secs")).expect("ts");
+            let want: i64 = want.parse().expect("secs");
+            let got = s.next_after(after).map_or(0, |t| t.as_second());
+            if got != want {
+                wrong.push(format!(
+                    "{spec} {zone} after {after}: got {got}, robfig {want}"
+                ));
+            }
+            checked += 1;
+        }
+        assert!(checked > 1000, "vectors present");
+        assert!(
+            wrong.is_empty(),
+            "{} of {checked} differ:\n{}",
+            wrong.len(),
+            wrong.join("\n")
+        );
+    }
+
+    #[test]
+    fn sunday_seven_is_written_as_zero_into_the_cronjob() {
+        assert_eq!(for_cronjob(" 0 0 * * 7 "), "0 0 * * 0");
+        assert_eq!(for_cronjob("0 0 * * 1-7"), "0 0 * * 0,1,2,3,4,5,6");
+        assert_eq!(for_cronjob("0 0 * * 1-5"), "0 0 * * 1-5");
+        assert_eq!(for_cronjob("@daily"), "@daily");
     }
 
     #[test]
