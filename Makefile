@@ -108,9 +108,9 @@ bench-framework: cluster-up ## N objects (default 1000) with a trivial create ha
 bench-operator: cluster-up ## One policy over 100 PVCs, then 1,000 policies over 10,000 PVCs (operator as a child process).
 	$(CARGO) build -q --release -p backup-operator --bin backup-operator
 	KUBECONFIG=$${KUBECONFIG:-$(KUBECONFIG_LOCAL)} $(CARGO) run -q --release -p e2e --bin bench-operator -- $(BENCH_ARGS)
-bench-mover: ## Data mover vs restic 0.14: 1 GiB random, 1% changed, 20k small files; local repo + moto S3 (BENCH_ARGS=--no-s3 ...).
+bench-mover: ## Data mover vs restic 0.18.1 (built once): 1 GiB random, 1% changed, 20k small files; local repo + moto S3 (BENCH_ARGS=--no-s3 --many-files 1000000 ...).
 	$(CARGO) build --release -p backup-mover
-	$(CARGO) run --release -q -p backup-mover --bin bench-mover -- $(BENCH_ARGS)
+	RESTIC_BIN=$$(hack/build-restic.sh) $(CARGO) run --release -q -p backup-mover --bin bench-mover -- $(BENCH_ARGS)
 
 include e2e/cluster/cluster.mk
 include e2e/csi/csi.mk

@@ -1,7 +1,11 @@
-//! bench-mover: the mover against restic 0.14 on the same data, same run.
+//! bench-mover: the mover against restic on the same data, same run
+//! (`--restic PATH`, or `RESTIC_BIN`; `make bench-mover` builds restic 0.18.1
+//! from its Go module).
 //!
 //! Datasets: 64 random files (1 GiB total), the same with 1% changed, and
-//! 20,000 text files of 1-16 KiB. Targets: a local repository and moto S3.
+//! 20,000 text files of 1-16 KiB; with `--many-files N` also N files of
+//! 1-4 KiB in nested directories (backup, unchanged incremental, restore:
+//! the scale case, e.g. 1,000,000). Targets: a local repository and moto S3.
 //! Both tools run without a local cache (as in a backup Job). Prints one
 //! `key=value` line per case with MB/s (10^6 bytes/s), ratio mover/restic and
 //! peak RSS (wait4 rusage of the child) of each tool.
@@ -26,6 +30,8 @@ struct Opts {
     s3: bool,
     threads: Option<String>,
     restore_dir: Option<PathBuf>,
+    restic: PathBuf,
+    many_files: u64,
 }
 
 fn parse_opts() -> Res<Opts> {
@@ -39,6 +45,8 @@ fn parse_opts() -> Res<Opts> {
         s3: true,
         threads: None,
         restore_dir: None,
+        restic: PathBuf::from(std::env::var("RESTIC_BIN").unwrap_or_else(|_| "restic".into())),
+        many_files: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -54,9 +62,13 @@ fn parse_opts() -> Res<Opts> {
             "--restore-threads" => o.threads = Some(val("--restore-threads")?),
             "--restore-dir" => o.restore_dir = Some(PathBuf::from(val("--restore-dir")?)),
             "--no-s3" => o.s3 = false,
+            "--restic" => o.restic = PathBuf::from(val("--restic")?),
+            "--many-files" => {
+                o.many_files = val("--many-files")?.parse().map_err(|e| format!("{e}"))?
+            }
             "-h" | "--help" => {
                 println!(
-                    "bench-mover [--work-dir D] [--mover PATH] [--size-mib 1024] [--files 64] [--small-files 20000] [--restore-threads N] [--restore-dir D] [--no-s3]"
+                    "bench-mover [--work-dir D] [--mover PATH] [--restic PATH] [--size-mib 1024] [--files 64] [--small-files 20000] [--many-files N] [--restore-threads N] [--restore-dir D] [--no-s3]"
                 );
                 std::process::exit(0);
             }
@@ -203,6 +215,31 @@ fn gen_small(dir: &Path, count: u64) -> Res<()> {
     Ok(())
 }
 
+/// `count` files of 1-4 KiB of random bytes, 100 per directory, directories
+/// nested three deep (d123/e45/f67): the shape of a volume with millions of
+/// small files.
+fn gen_many(dir: &Path, count: u64) -> Res<()> {
+    let mut rng = Xorshift(0x6d61_6e79_6669_6c65);
+    let mut buf = vec![0u8; 4096];
+    for i in 0..count {
+        let d = i / 100;
+        let sub = dir.join(format!(
+            "d{:03}/e{:02}/f{:02}",
+            d / 10_000,
+            (d / 100) % 100,
+            d % 100
+        ));
+        if i % 100 == 0 {
+            std::fs::create_dir_all(&sub).map_err(|e| format!("{}: {e}", sub.display()))?;
+        }
+        let n = 1024 + (rng.next() % 3073) as usize;
+        rng.fill(&mut buf[..n]);
+        let p = sub.join(format!("{i:07}"));
+        std::fs::write(&p, &buf[..n]).map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    Ok(())
+}
+
 struct Run {
     secs: f64,
     rss_kib: i64,
@@ -306,8 +343,8 @@ fn mover_backup(o: &Opts, t: &Target, src: &Path, pvc: &str) -> Res<Run> {
     run(c, &format!("mover backup {pvc} ({})", t.name))
 }
 
-fn restic_backup(t: &Target, src: &Path, host: &str) -> Res<Run> {
-    let mut c = env_cmd(Path::new("restic"));
+fn restic_backup(o: &Opts, t: &Target, src: &Path, host: &str) -> Res<Run> {
+    let mut c = env_cmd(&o.restic);
     c.args(["-r", &t.restic_repo, "--no-cache", "backup", "--host", host])
         .arg(src);
     run(c, &format!("restic backup {host} ({})", t.name))
@@ -332,8 +369,8 @@ fn mover_restore(o: &Opts, t: &Target, pvc: &str, target: &Path) -> Res<Run> {
     run(c, &format!("mover restore {pvc} ({})", t.name))
 }
 
-fn restic_restore(t: &Target, host: &str, target: &Path) -> Res<Run> {
-    let mut c = env_cmd(Path::new("restic"));
+fn restic_restore(o: &Opts, t: &Target, host: &str, target: &Path) -> Res<Run> {
+    let mut c = env_cmd(&o.restic);
     c.args([
         "-r",
         &t.restic_repo,
@@ -375,10 +412,17 @@ fn restore_root(o: &Opts) -> (PathBuf, &'static str) {
 }
 
 /// `restore_root`: where restores write (see [`restore_root`]).
-fn run_target(o: &Opts, t: &Target, big: &Path, small: &Path, restore_root: &Path) -> Res<()> {
+fn run_target(
+    o: &Opts,
+    t: &Target,
+    big: &Path,
+    small: &Path,
+    many: Option<&Path>,
+    restore_root: &Path,
+) -> Res<()> {
     let out = restore_root.join(t.name);
     let init = {
-        let mut c = env_cmd(Path::new("restic"));
+        let mut c = env_cmd(&o.restic);
         c.args(["-r", &t.restic_repo, "init"]);
         c
     };
@@ -391,12 +435,12 @@ fn run_target(o: &Opts, t: &Target, big: &Path, small: &Path, restore_root: &Pat
     let n = t.name;
 
     let m = mover_backup(o, t, big, "big")?;
-    let r = restic_backup(t, big, "big")?;
+    let r = restic_backup(o, t, big, "big")?;
     report(&format!("{n}.backup.random_1g"), big_bytes, &m, &r, &[]);
 
     let changed = change_big(big)?;
     let m = mover_backup(o, t, big, "big")?;
-    let r = restic_backup(t, big, "big")?;
+    let r = restic_backup(o, t, big, "big")?;
     report(
         &format!("{n}.backup.random_1g_1pct_changed"),
         big_bytes,
@@ -406,7 +450,7 @@ fn run_target(o: &Opts, t: &Target, big: &Path, small: &Path, restore_root: &Pat
     );
 
     let m = mover_backup(o, t, small, "small")?;
-    let r = restic_backup(t, small, "small")?;
+    let r = restic_backup(o, t, small, "small")?;
     report(&format!("{n}.backup.small_20k"), small_bytes, &m, &r, &[]);
 
     // Every restore gets its own new directory, all removed at the very end: on
@@ -414,12 +458,26 @@ fn run_target(o: &Opts, t: &Target, big: &Path, small: &Path, restore_root: &Pat
     // by the inode allocator (it skips recently freed inodes), which would
     // measure the previous run's cleanup instead of the restore.
     let m = mover_restore(o, t, "big", &out.join("mover-big"))?;
-    let r = restic_restore(t, "big", &out.join("restic-big"))?;
+    let r = restic_restore(o, t, "big", &out.join("restic-big"))?;
     report(&format!("{n}.restore.random_1g"), big_bytes, &m, &r, &[]);
 
     let m = mover_restore(o, t, "small", &out.join("mover-small"))?;
-    let r = restic_restore(t, "small", &out.join("restic-small"))?;
+    let r = restic_restore(o, t, "small", &out.join("restic-small"))?;
     report(&format!("{n}.restore.small_20k"), small_bytes, &m, &r, &[]);
+
+    if let Some(many) = many {
+        let bytes = dir_bytes(many);
+        let case = format!("{n}.many_{}", o.many_files);
+        let m = mover_backup(o, t, many, "many")?;
+        let r = restic_backup(o, t, many, "many")?;
+        report(&format!("{case}.backup"), bytes, &m, &r, &[]);
+        let m = mover_backup(o, t, many, "many")?;
+        let r = restic_backup(o, t, many, "many")?;
+        report(&format!("{case}.backup_unchanged"), bytes, &m, &r, &[]);
+        let m = mover_restore(o, t, "many", &out.join("mover-many"))?;
+        let r = restic_restore(o, t, "many", &out.join("restic-many"))?;
+        report(&format!("{case}.restore"), bytes, &m, &r, &[]);
+    }
     let _ = std::fs::remove_dir_all(restore_root);
     Ok(())
 }
@@ -491,10 +549,15 @@ fn real_main() -> Res<()> {
             o.mover.display()
         ));
     }
-    let ver = Command::new("restic")
+    let ver = Command::new(&o.restic)
         .arg("version")
         .output()
-        .map_err(|e| format!("restic not runnable ({e}); apt-get install restic"))?;
+        .map_err(|e| {
+            format!(
+                "restic ({}) not runnable ({e}); make bench-mover builds it",
+                o.restic.display()
+            )
+        })?;
     let (restore_dir, restore_fs) = restore_root(&o);
     println!(
         "restic_version=\"{}\"",
@@ -519,6 +582,10 @@ fn real_main() -> Res<()> {
         let small = o.work.join(format!("data-{name}/small"));
         gen_big(&big, o.size_mib, o.files)?;
         gen_small(&small, o.small_files)?;
+        let many = o.work.join(format!("data-{name}/many"));
+        if o.many_files > 0 {
+            gen_many(&many, o.many_files)?;
+        }
         let moto;
         let t = if name == "local" {
             Target {
@@ -534,7 +601,8 @@ fn real_main() -> Res<()> {
                 restic_repo: format!("s3:http://127.0.0.1:{}/restic/bench", moto.port),
             }
         };
-        run_target(&o, &t, &big, &small, &restore_dir)?;
+        let many = (o.many_files > 0).then_some(many.as_path());
+        run_target(&o, &t, &big, &small, many, &restore_dir)?;
     }
     let _ = std::fs::remove_dir_all(&o.work);
     Ok(())
