@@ -268,7 +268,8 @@ impl<K: Send + Sync + 'static> Handler<K> {
         self
     }
 
-    /// Sets the exponential backoff base and cap.
+    /// Sets the exponential backoff base and cap (both above zero, base at
+    /// most cap; checked at registration).
     pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
         self.backoff.base = base;
         self.backoff.max = max;
@@ -282,7 +283,9 @@ impl<K: Send + Sync + 'static> Handler<K> {
     }
 
     /// Cancels each run after `timeout`; a timed-out run is a failed,
-    /// retryable run.
+    /// retryable run. Default: [`OperatorConfig::handler_timeout`](crate::OperatorConfig::handler_timeout)
+    /// (10 minutes); `Duration::MAX` means no limit. Zero is rejected at
+    /// registration.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
@@ -322,6 +325,48 @@ impl<K: Send + Sync + 'static> Handler<K> {
     /// What the handler reacts to.
     pub fn kind(&self) -> &HandlerKind {
         &self.kind
+    }
+
+    /// Checks the options: a non-empty id, a non-empty field path, a timer
+    /// interval, backoff base and cap and a timeout above zero, a base not
+    /// above the cap. [`Controller::handler`](crate::Controller::handler)
+    /// runs it (and rejects duplicate ids); the macros reject the same at
+    /// compile time.
+    pub fn validate(&self) -> Result<(), crate::Error> {
+        let bad = |what: String| {
+            Err(crate::Error::Config(format!(
+                "handler `{}`: {what}",
+                self.id
+            )))
+        };
+        if self.id.trim().is_empty() {
+            return bad("the id is empty".into());
+        }
+        match &self.kind {
+            HandlerKind::Field { path } if path.trim().is_empty() => {
+                return bad("the field path is empty".into());
+            }
+            HandlerKind::Timer { interval, .. } if interval.is_zero() => {
+                return bad("the timer interval is zero".into());
+            }
+            _ => {}
+        }
+        if self.backoff.base.is_zero() || self.backoff.max.is_zero() {
+            return bad(format!(
+                "the backoff base and cap must be above zero (got {:?} and {:?})",
+                self.backoff.base, self.backoff.max
+            ));
+        }
+        if self.backoff.base > self.backoff.max {
+            return bad(format!(
+                "the backoff base {:?} is above its cap {:?}",
+                self.backoff.base, self.backoff.max
+            ));
+        }
+        if self.timeout.is_some_and(|t| t.is_zero()) {
+            return bad("the timeout is zero".into());
+        }
+        Ok(())
     }
 }
 
@@ -420,6 +465,48 @@ mod tests {
         assert!(!MetaFilter::parse("!app").matches(&m));
         assert!(MetaFilter::parse("!tier").matches(&m));
         assert!(!MetaFilter::parse("tier").matches(&m));
+    }
+
+    #[test]
+    fn validate_rejects_zero_durations_and_empty_names() {
+        async fn noop(_ctx: Context<u32>) -> HandlerResult {
+            Ok(())
+        }
+        let ok = Handler::on_create("ok", noop);
+        assert!(ok.validate().is_ok());
+        let s = Duration::from_secs(1);
+        let bad: Vec<(Handler<u32>, &str)> = vec![
+            (Handler::on_create("", noop), "id is empty"),
+            (Handler::on_field("f", " ", noop), "field path is empty"),
+            (
+                Handler::on_timer("t", Duration::ZERO, s, noop),
+                "interval is zero",
+            ),
+            (
+                Handler::on_create("b", noop).backoff(Duration::ZERO, s),
+                "above zero",
+            ),
+            (
+                Handler::on_create("m", noop).backoff(s, Duration::ZERO),
+                "above zero",
+            ),
+            (
+                Handler::on_create("o", noop).backoff(s * 2, s),
+                "above its cap",
+            ),
+            (
+                Handler::on_create("z", noop).timeout(Duration::ZERO),
+                "timeout is zero",
+            ),
+        ];
+        for (h, want) in bad {
+            let e = h.validate().expect_err(want).to_string();
+            assert!(e.contains(want), "{e}");
+        }
+        let max = Handler::on_timer("max", Duration::MAX, Duration::MAX, noop)
+            .backoff(Duration::MAX, Duration::MAX)
+            .timeout(Duration::MAX);
+        assert!(max.validate().is_ok(), "huge durations are fine");
     }
 
     #[test]

@@ -223,10 +223,13 @@ mod metrics;
 mod operator;
 pub mod progress;
 mod runtime;
+mod time;
 mod tls;
 
 pub use context::{ChildrenReport, Context, EventType};
-pub use controller::{Controller, HANDLER_FAILED, INVALID_OBJECT, INVALID_OBJECT_DELETED};
+pub use controller::{
+    Controller, HANDLER_FAILED, INVALID_OBJECT, INVALID_OBJECT_DELETED, handler_failed_condition,
+};
 pub use diff::{DiffItem, DiffOp};
 pub use error::{Error, HandlerError, HandlerResult};
 pub use handler::{Cause, Handler, HandlerKind, MetaFilter, WatchEventType};
