@@ -18,8 +18,9 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use std::collections::HashMap;
 use std::fmt::Debug;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -52,16 +53,7 @@ where
             return None;
         };
         let uid = dobj.metadata.uid.clone();
-        let mut st = self
-            .states
-            .lock()
-            .ok()
-            .and_then(|mut s| s.remove(key))
-            .filter(|s| s.uid == uid)
-            .unwrap_or_else(|| ObjState {
-                uid: uid.clone(),
-                ..Default::default()
-            });
+        let mut st = take_state(&self.states, key, &uid);
         let next = self.process_object((*dobj).clone(), &mut st).await;
         if self.store_get(key).is_some_and(|o| o.metadata.uid == uid)
             && let Ok(mut s) = self.states.lock()
@@ -340,5 +332,51 @@ where
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// Takes the memory kept about the object `key` out of `states`: the
+/// memory of the object with `uid`, or a fresh one when what is kept belongs
+/// to another object of the same name (deleted and recreated without the
+/// deletion being seen, e.g. while the watch was down).
+fn take_state(states: &Mutex<HashMap<Key, ObjState>>, key: &Key, uid: &Option<String>) -> ObjState {
+    states
+        .lock()
+        .ok()
+        .and_then(|mut s| s.remove(key))
+        .filter(|s| s.uid == *uid)
+        .unwrap_or_else(|| ObjState {
+            uid: uid.clone(),
+            ..Default::default()
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_belongs_to_one_uid_not_to_a_name() {
+        let states = Mutex::new(HashMap::new());
+        let key = Key {
+            namespace: Some("ns".into()),
+            name: "a".into(),
+        };
+        let u1 = Some("uid-1".to_string());
+        let u2 = Some("uid-2".to_string());
+        let mut st = take_state(&states, &key, &u1);
+        assert_eq!(st.uid, u1);
+        st.resumed = true;
+        st.timer_stopped.insert("t".into(), "digest".into());
+        states.lock().expect("lock").insert(key.clone(), st);
+        // A new object of the same name: nothing of the old one carries over.
+        let fresh = take_state(&states, &key, &u2);
+        assert_eq!(fresh.uid, u2);
+        assert!(!fresh.resumed && fresh.timer_stopped.is_empty());
+        // The same object gets its memory back.
+        let mut st = take_state(&states, &key, &u1);
+        st.resumed = true;
+        states.lock().expect("lock").insert(key.clone(), st);
+        assert!(take_state(&states, &key, &u1).resumed);
     }
 }

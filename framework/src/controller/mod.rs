@@ -416,6 +416,7 @@ mod tests {
 
     fn controller() -> Controller<ConfigMap> {
         // A client is needed to build an Api; it never connects here.
+        crate::tls::install_crypto_provider();
         let config = kube::Config::new("http://127.0.0.1:1".parse().expect("url"));
         let client = kube::Client::try_from(config).expect("client");
         Controller::new(Api::all(client), watcher::Config::default())
