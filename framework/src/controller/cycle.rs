@@ -230,6 +230,8 @@ where
             }
             Plan::Idle if deleting => return None,
             Plan::Idle => {
+                // No resume is due (or none matches) in this process.
+                st.resumed = true;
                 // Writes what an earlier cycle failed to write, and drops a
                 // progress record no cause needs (nothing when in step).
                 let desired = Persisted {

@@ -82,7 +82,13 @@ pub(crate) fn plan(handlers: &[HandlerFacts<'_>], o: &ObjectFacts<'_>) -> Plan {
         (true, true) => return Plan::ReleaseFinalizer,
         _ => {}
     }
-    if !handlers.iter().any(|h| needs_diff_base(h.kind)) {
+    // kopf's "prematch": only objects that some create, update, resume or
+    // field handler's filters match are handled (and get a diff base), even
+    // if no handler of the cause at hand matches.
+    if !handlers
+        .iter()
+        .any(|h| h.matches && needs_diff_base(h.kind))
+    {
         return Plan::Idle;
     }
     let Some(base) = o.base else {
@@ -318,13 +324,43 @@ mod tests {
             ),
             (
                 "resume handlers that do not match still mark the resume",
-                vec![(Resume, false)],
+                vec![(Resume, false), (Update, t)],
                 false,
                 false,
                 &e1,
                 Some(&b1),
                 false,
                 handle(Cause::Resume, &[]),
+            ),
+            (
+                "no handler's filters match: the object is not touched",
+                vec![(Create, false), (field("spec.f"), false), (Event, t)],
+                false,
+                false,
+                &e1,
+                None,
+                t,
+                Plan::Idle,
+            ),
+            (
+                "... nor updated",
+                vec![(Update, false)],
+                false,
+                false,
+                &e2,
+                Some(&b1),
+                t,
+                Plan::Idle,
+            ),
+            (
+                "an object that starts matching without a diff base is created",
+                vec![(Create, t)],
+                false,
+                false,
+                &e2,
+                None,
+                t,
+                handle(Cause::Create, &[0]),
             ),
             (
                 "no resume on a new object",
