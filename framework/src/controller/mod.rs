@@ -3,8 +3,8 @@
 //!
 //! The engine is split by concern: [`plan`] decides what a cycle does
 //! (pure), [`diffbase`] and [`persist`] say how state is kept on the object,
-//! [`finalizer`] builds the finalizer patches, [`run`] watches and
-//! schedules, [`cycle`] and [`cause`] execute a cycle, [`invoke`] runs one
+//! [`finalizer`] builds the finalizer patches, [`queue`] orders the work
+//! (pure), [`run`] watches and dispatches, [`cycle`] and [`cause`] execute a cycle, [`invoke`] runs one
 //! handler, [`timers`] the timers and event handlers, [`report`] writes
 //! conditions and Events.
 
@@ -16,6 +16,7 @@ mod finalizer;
 mod invoke;
 mod persist;
 mod plan;
+mod queue;
 mod report;
 mod run;
 mod timers;

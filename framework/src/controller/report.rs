@@ -3,7 +3,10 @@
 
 use super::cache::store_insert;
 use super::invoke::{Current, ObjState};
-use super::{INVALID_OBJECT, INVALID_OBJECT_DELETED, Inner, handler_failed_condition, truncate};
+use super::{
+    HANDLER_FAILED, INVALID_OBJECT, INVALID_OBJECT_DELETED, Inner, handler_failed_condition,
+    truncate,
+};
 use crate::conditions;
 use crate::context::EventType;
 use crate::error::{Error, HandlerError};
@@ -135,6 +138,9 @@ where
             if !conditions::upsert(&mut conds, type_, status, reason, message, generation) {
                 return;
             }
+            // The one shared condition of earlier versions, superseded by
+            // the per-handler ones: dropped along with any write.
+            conditions::remove(&mut conds, HANDLER_FAILED);
             let rv = raw
                 .pointer("/metadata/resourceVersion")
                 .cloned()

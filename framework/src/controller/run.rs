@@ -3,6 +3,7 @@
 //! work per object under the operator's worker limit.
 
 use super::cache::{Key, key_of, store_put};
+use super::queue::Queue;
 use super::{Inner, RunState, SecondaryFn};
 use futures::StreamExt;
 use kube::Resource;
@@ -11,7 +12,7 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
@@ -122,54 +123,16 @@ pub(super) async fn run_controller<K>(
     drop(tx);
 
     // Dispatcher: per-object serialisation and coalescing.
-    let mut due: BTreeMap<(Instant, u64), Key> = BTreeMap::new();
-    let mut due_of: HashMap<Key, (Instant, u64)> = HashMap::new();
-    let mut running: HashSet<Key> = HashSet::new();
-    let mut dirty: HashMap<Key, Instant> = HashMap::new();
+    let mut queue = Queue::default();
     let mut tasks: JoinSet<Option<Instant>> = JoinSet::new();
     let mut task_keys: HashMap<tokio::task::Id, Key> = HashMap::new();
-    let mut seq: u64 = 0;
     let mut rx_closed = false;
-
-    let schedule = |key: Key,
-                    at: Instant,
-                    due: &mut BTreeMap<(Instant, u64), Key>,
-                    due_of: &mut HashMap<Key, (Instant, u64)>,
-                    running: &HashSet<Key>,
-                    dirty: &mut HashMap<Key, Instant>,
-                    seq: &mut u64| {
-        if running.contains(&key) {
-            let e = dirty.entry(key).or_insert(at);
-            if at < *e {
-                *e = at;
-            }
-            return;
-        }
-        if let Some(old) = due_of.get(&key).copied() {
-            if old.0 <= at {
-                return;
-            }
-            due.remove(&old);
-        }
-        *seq += 1;
-        due.insert((at, *seq), key.clone());
-        due_of.insert(key, (at, *seq));
-    };
 
     loop {
         if *shutdown.borrow() != RunState::Run {
             break;
         }
-        let now = Instant::now();
-        while let Some((&(t, s), _)) = due.first_key_value() {
-            if t > now {
-                break;
-            }
-            let Some(key) = due.remove(&(t, s)) else {
-                break;
-            };
-            due_of.remove(&key);
-            running.insert(key.clone());
+        for key in queue.take_due(Instant::now()) {
             let inner2 = inner.clone();
             let shutdown2 = shutdown.clone();
             let k2 = key.clone();
@@ -194,19 +157,19 @@ pub(super) async fn run_controller<K>(
             });
             task_keys.insert(handle.id(), key);
         }
-        let due_now = due.range(..(Instant::now(), u64::MAX)).count();
         inner.rt.metrics.set_queued(
             &inner.kind,
-            due_now + inner.waiting.load(std::sync::atomic::Ordering::Relaxed),
+            queue.due_count(Instant::now())
+                + inner.waiting.load(std::sync::atomic::Ordering::Relaxed),
         );
-        let next_due = due.first_key_value().map(|((t, _), _)| *t);
+        let next_due = queue.next_due();
         tokio::select! {
             changed = shutdown.changed() => {
                 // A dropped sender means the operator is gone: stop as well.
                 if changed.is_err() { break; }
             }
             msg = rx.recv(), if !rx_closed => match msg {
-                Some((k, at)) => schedule(k, at, &mut due, &mut due_of, &running, &mut dirty, &mut seq),
+                Some((k, at)) => queue.schedule(k, at),
                 None => {
                     // All producers (watches, resync) ended: keep serving
                     // what is scheduled, but stop polling the channel.
@@ -223,13 +186,7 @@ pub(super) async fn run_controller<K>(
                     }
                 };
                 if let Some(key) = task_keys.remove(&id) {
-                    running.remove(&key);
-                    if let Some(at) = dirty.remove(&key) {
-                        schedule(key.clone(), at, &mut due, &mut due_of, &running, &mut dirty, &mut seq);
-                    }
-                    if let Some(at) = next {
-                        schedule(key, at, &mut due, &mut due_of, &running, &mut dirty, &mut seq);
-                    }
+                    queue.finished(&key, next);
                 }
             }
             _ = async {
