@@ -253,7 +253,7 @@ async fn leaving_the_watch_selection_is_not_a_deletion() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         entries(&log),
-        vec!["delete:deleted".to_string(), "deleted:deleted".to_string()],
+        vec!["delete:deleted:spec".to_string(), "deleted:deleted".to_string()],
         "the object that left the selection saw neither a delete handler nor a Deleted event"
     );
     assert!(api.get("leaves").await.is_ok(), "it still exists");
@@ -359,7 +359,7 @@ async fn a_finished_handler_does_not_run_again_when_its_outcome_cannot_be_writte
     let mut o = obj("blocked", "x");
     o.metadata.labels = Some([("block".to_string(), "1".to_string())].into());
     create(&api, &o).await;
-    wait_for(&log, "create:blocked").await;
+    wait_for(&log, "create:blocked:spec").await;
     // The write of its outcome keeps failing (retried every second)...
     tokio::time::sleep(Duration::from_secs(4)).await;
     let o = api.get("blocked").await.expect("get");
@@ -372,7 +372,7 @@ async fn a_finished_handler_does_not_run_again_when_its_outcome_cannot_be_writte
     )
     .await;
     wait_handled(&api, "blocked", Duration::from_secs(20)).await;
-    assert_eq!(entries(&log), vec!["create:blocked".to_string()]);
+    assert_eq!(entries(&log), vec!["create:blocked:spec".to_string()]);
     running.stop().await;
     unblock(&client, &policy).await;
     cleanup(&client, &ns).await;
@@ -411,7 +411,7 @@ async fn progress_and_diff_base_take_one_patch_per_cycle() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         entries(&log),
-        vec!["a:p", "flaky:0", "c:p", "flaky:1"],
+        vec!["a:p:spec", "flaky:0", "c:p:spec", "flaky:1"],
         "finished handlers never ran again"
     );
     // Cycle 1: the progress of all three; cycle 2: the diff base (and the
@@ -592,7 +592,8 @@ async fn large_essences_and_secrets_get_a_digest_diff_base() {
     // A change of another key does not fire the field handler; a change of
     // its field does; the update handler runs each time, without a diff.
     let patch_data = |key: &str, v: &str| serde_json::json!({"data": {key: v}});
-    merge_patch(&cm_api, "big", patch_data("big", "y")).await;
+    // (Still large after the change: the new base is a digest again.)
+    merge_patch(&cm_api, "big", patch_data("big", &"y".repeat(100 * 1024))).await;
     wait_for(&log, "cm-update:big:known=false:").await;
     merge_patch(&cm_api, "big", patch_data("mode", "b")).await;
     wait_for(&log, "cm-mode:big:known=false:").await;
@@ -608,6 +609,8 @@ async fn large_essences_and_secrets_get_a_digest_diff_base() {
         e,
         vec![
             "cm-mode:big:known=false:",
+            "cm-mode:big:known=true:data", // on creation (the field is set)
+            "cm-mode:small:known=true:data",
             "cm-mode:small:known=true:data.mode",
             "cm-update:big:known=false:",
             "cm-update:big:known=false:",
