@@ -118,8 +118,9 @@
 //!   once.
 //! * Otherwise one *cause* is handled, decided from the diff base (the
 //!   `<prefix>/last-handled-configuration` annotation):
-//!   **create** when there is none, **resume** in the first cycle of this
-//!   process when resume handlers exist, **update** when the essence
+//!   **create** when there is none, **resume** once per process for an
+//!   object handled before it started (when resume handlers exist; not
+//!   after a create in this process), **update** when the essence
 //!   (everything but `metadata`, `status`, `apiVersion` and `kind`) differs
 //!   from it. Create runs the matching create handlers and the field
 //!   handlers whose field is set; update the matching update handlers and

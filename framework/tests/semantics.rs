@@ -253,7 +253,10 @@ async fn leaving_the_watch_selection_is_not_a_deletion() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         entries(&log),
-        vec!["delete:deleted:spec".to_string(), "deleted:deleted".to_string()],
+        vec![
+            "delete:deleted:spec".to_string(),
+            "deleted:deleted".to_string()
+        ],
         "the object that left the selection saw neither a delete handler nor a Deleted event"
     );
     assert!(api.get("leaves").await.is_ok(), "it still exists");

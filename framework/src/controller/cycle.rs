@@ -215,7 +215,8 @@ where
                     return Some(at);
                 }
                 if run.done {
-                    if cause == Cause::Resume {
+                    if matches!(cause, Cause::Create | Cause::Resume) {
+                        // An object created in this process needs no resume.
                         st.resumed = true;
                     }
                     info!(%cause, "all handlers done");
