@@ -91,7 +91,8 @@ pub enum HandlerKind {
     Create,
     /// Runs once per change of the object's essence (persisted progress).
     Update,
-    /// Runs when the object is deleted; a finalizer is added automatically.
+    /// Runs when the object is deleted; the framework keeps its finalizer on
+    /// the objects whose filters a delete handler matches (and only on them).
     Delete,
     /// Runs once per operator start for every existing, already created object.
     Resume,

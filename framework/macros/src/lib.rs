@@ -347,7 +347,8 @@ pub fn on_update(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand(attr, item, Kind::Update)
 }
 
-/// Marks a delete handler (a finalizer is added automatically).
+/// Marks a delete handler (the framework keeps its finalizer on the objects
+/// this handler's filters match, and only on them).
 #[proc_macro_attribute]
 pub fn on_delete(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand(attr, item, Kind::Delete)
