@@ -161,6 +161,9 @@
 //!   object is out of the operator's scope, nothing would remove it later).
 //!   Telling the two apart takes one GET, made only when the controller has
 //!   event handlers or the object carried our finalizer.
+//! * The cache of watched objects drops `metadata.managedFields` (so
+//!   `ctx.object` has none) and applies a (re)list at once: objects missing
+//!   from it are treated as departed (see above).
 //! * What is remembered about an object in memory (resume done, timers,
 //!   event-handler backoff, unsaved outcomes) belongs to its uid: an object
 //!   deleted and recreated under the same name starts afresh.

@@ -41,8 +41,16 @@ pub(crate) fn rv_of(o: &DynamicObject) -> Option<u64> {
 /// answered after the object's deletion event cannot resurrect it, nor
 /// overwrite a new object of the same name.
 pub(crate) fn store_put(store: &Store, obj: DynamicObject, only_update: bool) {
-    let key = key_of(&obj);
     if let Ok(mut s) = store.lock() {
+        put(&mut s, obj, only_update);
+    }
+}
+
+fn put(s: &mut HashMap<Key, Arc<DynamicObject>>, mut obj: DynamicObject, only_update: bool) {
+    // Nobody reads them; they are often the larger part of an object.
+    obj.metadata.managed_fields = None;
+    let key = key_of(&obj);
+    {
         match s.get(&key) {
             Some(old) => {
                 if let (Some(a), Some(b)) = (rv_of(old), rv_of(&obj))
@@ -61,6 +69,32 @@ pub(crate) fn store_put(store: &Store, obj: DynamicObject, only_update: bool) {
     }
 }
 
+/// Replaces the store's content by a complete relist, at once (one lock):
+/// the listed objects replace older versions (a newer one, from one of our
+/// writes, is kept); entries not listed are removed and returned: they left
+/// the watch (deleted, or unselected) while it was down.
+pub(crate) fn apply_relist(
+    store: &Store,
+    listed: HashMap<Key, DynamicObject>,
+) -> Vec<(Key, Arc<DynamicObject>)> {
+    let Ok(mut s) = store.lock() else {
+        return Vec::new();
+    };
+    let gone: Vec<Key> = s
+        .keys()
+        .filter(|k| !listed.contains_key(*k))
+        .cloned()
+        .collect();
+    let gone = gone
+        .into_iter()
+        .filter_map(|k| s.remove(&k).map(|o| (k, o)))
+        .collect();
+    for (_, o) in listed {
+        put(&mut s, o, false);
+    }
+    gone
+}
+
 /// Refreshes the store with an object returned by one of our writes.
 pub(crate) fn store_insert(store: &Store, obj: DynamicObject) {
     store_put(store, obj, true);
@@ -70,6 +104,49 @@ pub(crate) fn store_insert(store: &Store, obj: DynamicObject) {
 mod tests {
     use super::*;
     use kube::api::ApiResource;
+
+    #[test]
+    fn a_relist_replaces_the_content_at_once_and_reports_what_went() {
+        let store: Store = Arc::new(Mutex::new(HashMap::new()));
+        let named = |name: &str, rv: &str| {
+            let mut o = mk(rv, name);
+            o.metadata.name = Some(name.into());
+            o
+        };
+        for o in [named("stays", "5"), named("gone", "6"), named("newer", "9")] {
+            store_put(&store, o, false);
+        }
+        let listed: HashMap<Key, DynamicObject> =
+            [named("stays", "7"), named("newer", "8"), named("new", "7")]
+                .into_iter()
+                .map(|o| (key_of(&o), o))
+                .collect();
+        let gone = apply_relist(&store, listed);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].0.name, "gone");
+        let s = store.lock().unwrap();
+        let rv = |n: &str| {
+            let k = Key {
+                namespace: Some("ns".into()),
+                name: n.into(),
+            };
+            s.get(&k).and_then(|o| o.metadata.resource_version.clone())
+        };
+        assert_eq!(rv("stays").as_deref(), Some("7"));
+        assert_eq!(rv("newer").as_deref(), Some("9"), "a newer write is kept");
+        assert_eq!(rv("new").as_deref(), Some("7"));
+        assert_eq!(rv("gone"), None);
+    }
+
+    #[test]
+    fn managed_fields_are_not_kept() {
+        let store: Store = Arc::new(Mutex::new(HashMap::new()));
+        let mut o = mk("1", "u");
+        o.metadata.managed_fields = Some(vec![Default::default()]);
+        store_put(&store, o, false);
+        let s = store.lock().unwrap();
+        assert!(s.values().all(|o| o.metadata.managed_fields.is_none()));
+    }
 
     fn mk(rv: &str, uid: &str) -> DynamicObject {
         let mut o = DynamicObject::new(

@@ -2,7 +2,7 @@
 //! periodic resync, and the dispatcher that serialises and coalesces the
 //! work per object under the operator's worker limit.
 
-use super::cache::{Key, key_of, store_put};
+use super::cache::{Key, apply_relist, key_of, store_put};
 use super::queue::Queue;
 use super::{Inner, RunState, SecondaryFn};
 use futures::StreamExt;
@@ -12,7 +12,7 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,14 +46,17 @@ pub(super) async fn run_controller<K>(
         let tx = tx.clone();
         background.spawn(async move {
             let mut stream = watcher::watcher(dyn_api, config).default_backoff().boxed();
-            let mut relist: Option<HashSet<Key>> = None;
+            // A (re)list is collected, then applied to the cache at once.
+            let mut relist: Option<HashMap<Key, DynamicObject>> = None;
             while let Some(ev) = stream.next().await {
                 match ev {
+                    Ok(watcher::Event::InitApply(o)) if relist.is_some() => {
+                        if let Some(listed) = relist.as_mut() {
+                            listed.insert(key_of(&o), o);
+                        }
+                    }
                     Ok(watcher::Event::Apply(o)) | Ok(watcher::Event::InitApply(o)) => {
                         let key = key_of(&o);
-                        if let Some(seen) = relist.as_mut() {
-                            seen.insert(key.clone());
-                        }
                         store_put(&inner.store, o, false);
                         let _ = tx.send((key, Instant::now()));
                     }
@@ -67,21 +70,17 @@ pub(super) async fn run_controller<K>(
                         inner.departed(key.clone(), Arc::new(o));
                         let _ = tx.send((key, Instant::now()));
                     }
-                    Ok(watcher::Event::Init) => relist = Some(HashSet::new()),
+                    Ok(watcher::Event::Init) => relist = Some(HashMap::new()),
                     Ok(watcher::Event::InitDone) => {
-                        if let Some(seen) = relist.take() {
-                            let gone: Vec<Key> = inner
-                                .store
-                                .lock()
-                                .map(|s| s.keys().filter(|k| !seen.contains(k)).cloned().collect())
-                                .unwrap_or_default();
-                            for k in gone {
+                        if let Some(listed) = relist.take() {
+                            let keys: Vec<Key> = listed.keys().cloned().collect();
+                            for (k, last) in apply_relist(&inner.store, listed) {
                                 // Gone (or unselected) while the watch was
                                 // down: the last version we know stands in.
-                                let last = inner.store.lock().ok().and_then(|mut s| s.remove(&k));
-                                if let Some(o) = last {
-                                    inner.departed(k.clone(), o);
-                                }
+                                inner.departed(k.clone(), last);
+                                let _ = tx.send((k, Instant::now()));
+                            }
+                            for k in keys {
                                 let _ = tx.send((k, Instant::now()));
                             }
                         }
