@@ -300,6 +300,7 @@ mod context;
 mod controller;
 pub mod diff;
 mod error;
+mod filters;
 mod handler;
 mod leader;
 mod metrics;
