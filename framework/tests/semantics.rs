@@ -355,29 +355,39 @@ async fn a_finished_handler_does_not_run_again_when_its_outcome_cannot_be_writte
     };
     let ns = namespace(&client, "unsaved").await;
     let policy = block_diff_base_writes(&client, &ns).await;
-    let log: Log = Arc::default();
-    let c = controller(&client, &ns).handler(Handler::on_create("once", logs(&log, "create")));
-    let running = start(operator(&client, c));
-    let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
-    let mut o = obj("blocked", "x");
-    o.metadata.labels = Some([("block".to_string(), "1".to_string())].into());
-    create(&api, &o).await;
-    wait_for(&log, "create:blocked:spec").await;
-    // The write of its outcome keeps failing (retried every second)...
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let o = api.get("blocked").await.expect("get");
-    assert!(annotation(&o, "last-handled-configuration").is_none());
-    // ...until it is allowed; the handler ran once all along.
-    merge_patch(
-        &api,
-        "blocked",
-        serde_json::json!({"metadata": {"labels": {"block": null}}}),
-    )
+    // In a task, so that the (cluster-wide) policy is removed even when an
+    // assertion fails.
+    let (c2, ns2) = (client.clone(), ns.clone());
+    let outcome = tokio::spawn(async move {
+        let (client, ns) = (c2, ns2);
+        let log: Log = Arc::default();
+        let c = controller(&client, &ns).handler(Handler::on_create("once", logs(&log, "create")));
+        let running = start(operator(&client, c));
+        let api: Api<FwTest> = Api::namespaced(client.clone(), &ns);
+        let mut o = obj("blocked", "x");
+        o.metadata.labels = Some([("block".to_string(), "1".to_string())].into());
+        create(&api, &o).await;
+        wait_for(&log, "create:blocked:spec").await;
+        // The write of its outcome keeps failing (retried every second)...
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let o = api.get("blocked").await.expect("get");
+        assert!(annotation(&o, "last-handled-configuration").is_none());
+        // ...until it is allowed; the handler ran once all along.
+        merge_patch(
+            &api,
+            "blocked",
+            serde_json::json!({"metadata": {"labels": {"block": null}}}),
+        )
+        .await;
+        wait_handled(&api, "blocked", Duration::from_secs(20)).await;
+        assert_eq!(entries(&log), vec!["create:blocked:spec".to_string()]);
+        running.stop().await;
+    })
     .await;
-    wait_handled(&api, "blocked", Duration::from_secs(20)).await;
-    assert_eq!(entries(&log), vec!["create:blocked:spec".to_string()]);
-    running.stop().await;
     unblock(&client, &policy).await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
     cleanup(&client, &ns).await;
 }
 
