@@ -1,6 +1,5 @@
 //! Backoff schedule for retried handlers.
 
-use backon::BackoffBuilder;
 use std::time::Duration;
 
 /// Exponential backoff parameters of one handler.
@@ -31,21 +30,21 @@ impl Default for Backoff {
 }
 
 impl Backoff {
-    /// The delay before retry number `attempt` (0-based).
+    /// The delay before retry number `attempt` (0-based). Saturating: no
+    /// base, cap or attempt count can overflow (or panic).
     pub fn delay(&self, attempt: u32) -> Duration {
         let base = self.base.max(Duration::from_millis(1));
         let max = self.max.max(base);
-        let mut builder = backon::ExponentialBuilder::default()
-            .with_min_delay(base)
-            .with_max_delay(max)
-            .with_factor(2.0)
-            .without_max_times();
-        if self.jitter {
-            builder = builder.with_jitter();
+        // 2^attempt, saturating: past 2^31 every base exceeds any cap anyway.
+        let factor = 1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX);
+        let plain = base.saturating_mul(factor).min(max);
+        if !self.jitter {
+            return plain;
         }
-        // Past ~40 doublings every realistic base is above any max anyway.
-        let n = attempt.min(64) as usize;
-        builder.build().nth(n).unwrap_or(max).min(max)
+        // `try_from`: near `Duration::MAX` the float product can round up.
+        let extra = Duration::try_from_secs_f64(plain.as_secs_f64() * rand::random::<f64>())
+            .unwrap_or(plain);
+        plain.saturating_add(extra).min(max)
     }
 }
 
@@ -80,5 +79,30 @@ mod tests {
             }
         }
         assert!(b.delay(30) <= Duration::from_secs(60));
+    }
+
+    #[test]
+    fn extreme_values_do_not_panic() {
+        for jitter in [false, true] {
+            let b = Backoff {
+                base: Duration::MAX,
+                max: Duration::MAX,
+                jitter,
+            };
+            assert_eq!(b.delay(0), Duration::MAX);
+            assert_eq!(b.delay(u32::MAX), Duration::MAX);
+            let b = Backoff {
+                base: Duration::from_secs(1),
+                max: Duration::MAX,
+                jitter,
+            };
+            assert!(b.delay(u32::MAX) >= Duration::from_secs(1 << 31));
+            let zero = Backoff {
+                base: Duration::ZERO,
+                max: Duration::ZERO,
+                jitter,
+            };
+            assert_eq!(zero.delay(5), Duration::from_millis(1));
+        }
     }
 }

@@ -63,12 +63,15 @@ pub struct Context<K> {
     /// What changed between the last successfully handled configuration and
     /// the object now: for create everything is an `Add`; update, resume and
     /// delete handlers get the whole diff; field handlers only the items
-    /// below their field; timers and event handlers an empty list.
+    /// below their field; timers and event handlers an empty list. Empty
+    /// also when the last handled configuration is only known as a digest
+    /// (see [`Context::diff_known`]).
     pub diff: Vec<DiffItem>,
     /// The id of the running handler.
     pub handler_id: String,
     pub(crate) field: Option<String>,
     pub(crate) old_essence: Option<Arc<Value>>,
+    pub(crate) diff_known: bool,
     pub(crate) new_essence: Arc<Value>,
     pub(crate) shared: Arc<ObjectShared>,
 }
@@ -84,6 +87,7 @@ impl<K> Clone for Context<K> {
             handler_id: self.handler_id.clone(),
             field: self.field.clone(),
             old_essence: self.old_essence.clone(),
+            diff_known: self.diff_known,
             new_essence: self.new_essence.clone(),
             shared: self.shared.clone(),
         }
@@ -179,6 +183,17 @@ where
             Some(p) => get_path(old, p).cloned(),
             None => Some(old.clone()),
         }
+    }
+
+    /// Whether [`Context::diff`] and [`Context::old_value`] are known. They
+    /// are not when the last handled configuration was stored as a digest
+    /// only: always for Secrets, for essences larger than 64 KiB, and with
+    /// [`Controller::digest_diff_base`](crate::Controller::digest_diff_base).
+    /// Then an update (or field) handler knows that the object (or its
+    /// field) changed, but not from what: `diff` is empty and `old_value()`
+    /// is `None`.
+    pub fn diff_known(&self) -> bool {
+        self.diff_known
     }
 
     /// The current value: for a field handler the new value of its field,

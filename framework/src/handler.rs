@@ -3,8 +3,9 @@
 use crate::backoff::Backoff;
 use crate::context::Context;
 use crate::error::HandlerResult;
+use crate::filters::Filters;
+pub use crate::filters::MetaFilter;
 use futures::future::BoxFuture;
-use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -91,7 +92,8 @@ pub enum HandlerKind {
     Create,
     /// Runs once per change of the object's essence (persisted progress).
     Update,
-    /// Runs when the object is deleted; a finalizer is added automatically.
+    /// Runs when the object is deleted; the framework keeps its finalizer on
+    /// the objects whose filters a delete handler matches (and only on them).
     Delete,
     /// Runs once per operator start for every existing, already created object.
     Resume,
@@ -117,7 +119,6 @@ pub enum HandlerKind {
 }
 
 type HandlerFn<K> = Arc<dyn Fn(Context<K>) -> BoxFuture<'static, HandlerResult> + Send + Sync>;
-type Predicate<K> = Arc<dyn Fn(&K) -> bool + Send + Sync>;
 
 /// One registered handler for objects of kind `K`.
 ///
@@ -268,7 +269,8 @@ impl<K: Send + Sync + 'static> Handler<K> {
         self
     }
 
-    /// Sets the exponential backoff base and cap.
+    /// Sets the exponential backoff base and cap (both above zero, base at
+    /// most cap; checked at registration).
     pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
         self.backoff.base = base;
         self.backoff.max = max;
@@ -282,7 +284,9 @@ impl<K: Send + Sync + 'static> Handler<K> {
     }
 
     /// Cancels each run after `timeout`; a timed-out run is a failed,
-    /// retryable run.
+    /// retryable run. Default: [`OperatorConfig::handler_timeout`](crate::OperatorConfig::handler_timeout)
+    /// (10 minutes); `Duration::MAX` means no limit. Zero is rejected at
+    /// registration.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
@@ -323,85 +327,47 @@ impl<K: Send + Sync + 'static> Handler<K> {
     pub fn kind(&self) -> &HandlerKind {
         &self.kind
     }
-}
 
-/// The filters of a handler.
-pub struct Filters<K> {
-    pub(crate) labels: Vec<MetaFilter>,
-    pub(crate) annotations: Vec<MetaFilter>,
-    pub(crate) when: Option<Predicate<K>>,
-}
-
-impl<K> Default for Filters<K> {
-    fn default() -> Self {
-        Filters {
-            labels: Vec::new(),
-            annotations: Vec::new(),
-            when: None,
+    /// Checks the options: a non-empty id, a non-empty field path, a timer
+    /// interval, backoff base and cap and a timeout above zero, a base not
+    /// above the cap. [`Controller::handler`](crate::Controller::handler)
+    /// runs it (and rejects duplicate ids); the macros reject the same at
+    /// compile time.
+    pub fn validate(&self) -> Result<(), crate::Error> {
+        let bad = |what: String| {
+            Err(crate::Error::Config(format!(
+                "handler `{}`: {what}",
+                self.id
+            )))
+        };
+        if self.id.trim().is_empty() {
+            return bad("the id is empty".into());
         }
-    }
-}
-
-impl<K> Clone for Filters<K> {
-    fn clone(&self) -> Self {
-        Filters {
-            labels: self.labels.clone(),
-            annotations: self.annotations.clone(),
-            when: self.when.clone(),
+        match &self.kind {
+            HandlerKind::Field { path } if path.trim().is_empty() => {
+                return bad("the field path is empty".into());
+            }
+            HandlerKind::Timer { interval, .. } if interval.is_zero() => {
+                return bad("the timer interval is zero".into());
+            }
+            _ => {}
         }
-    }
-}
-
-impl<K> Filters<K> {
-    /// Whether an object with these labels/annotations (and value) passes.
-    pub(crate) fn matches(
-        &self,
-        labels: &BTreeMap<String, String>,
-        annotations: &BTreeMap<String, String>,
-        obj: &K,
-    ) -> bool {
-        self.labels.iter().all(|f| f.matches(labels))
-            && self.annotations.iter().all(|f| f.matches(annotations))
-            && self.when.as_ref().is_none_or(|p| p(obj))
-    }
-}
-
-/// One label or annotation filter.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum MetaFilter {
-    /// `key=value`
-    Equals(String, String),
-    /// `key!=value`
-    NotEquals(String, String),
-    /// `key`
-    Present(String),
-    /// `!key`
-    Absent(String),
-}
-
-impl MetaFilter {
-    /// Parses `key=value`, `key!=value`, `key` or `!key`.
-    pub fn parse(s: &str) -> MetaFilter {
-        let s = s.trim();
-        if let Some((k, v)) = s.split_once("!=") {
-            MetaFilter::NotEquals(k.trim().into(), v.trim().into())
-        } else if let Some((k, v)) = s.split_once('=') {
-            MetaFilter::Equals(k.trim().into(), v.trim().into())
-        } else if let Some(k) = s.strip_prefix('!') {
-            MetaFilter::Absent(k.trim().into())
-        } else {
-            MetaFilter::Present(s.into())
+        if self.backoff.base.is_zero() || self.backoff.max.is_zero() {
+            return bad(format!(
+                "the backoff base and cap must be above zero (got {:?} and {:?})",
+                self.backoff.base, self.backoff.max
+            ));
         }
-    }
-
-    /// Whether `map` passes this filter.
-    pub fn matches(&self, map: &BTreeMap<String, String>) -> bool {
-        match self {
-            MetaFilter::Equals(k, v) => map.get(k) == Some(v),
-            MetaFilter::NotEquals(k, v) => map.get(k) != Some(v),
-            MetaFilter::Present(k) => map.contains_key(k),
-            MetaFilter::Absent(k) => !map.contains_key(k),
+        if self.backoff.base > self.backoff.max {
+            return bad(format!(
+                "the backoff base {:?} is above its cap {:?}",
+                self.backoff.base, self.backoff.max
+            ));
         }
+        if self.timeout.is_some_and(|t| t.is_zero()) {
+            return bad("the timeout is zero".into());
+        }
+        Ok(())
     }
 }
 
@@ -410,31 +376,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn meta_filters() {
-        let m: BTreeMap<String, String> = [("app".to_string(), "demo".to_string())].into();
-        assert!(MetaFilter::parse("app=demo").matches(&m));
-        assert!(!MetaFilter::parse("app=other").matches(&m));
-        assert!(MetaFilter::parse("app!=other").matches(&m));
-        assert!(!MetaFilter::parse("app!=demo").matches(&m));
-        assert!(MetaFilter::parse("app").matches(&m));
-        assert!(!MetaFilter::parse("!app").matches(&m));
-        assert!(MetaFilter::parse("!tier").matches(&m));
-        assert!(!MetaFilter::parse("tier").matches(&m));
-    }
-
-    #[test]
-    fn filters_combine() {
-        let mut f: Filters<u32> = Filters::default();
-        let labels: BTreeMap<String, String> = [("app".to_string(), "demo".to_string())].into();
-        let none = BTreeMap::new();
-        assert!(f.matches(&none, &none, &1));
-        f.labels.push(MetaFilter::parse("app=demo"));
-        assert!(f.matches(&labels, &none, &1));
-        assert!(!f.matches(&none, &none, &1));
-        f.when = Some(Arc::new(|n: &u32| *n > 5));
-        assert!(!f.matches(&labels, &none, &1));
-        assert!(f.matches(&labels, &none, &6));
-        f.annotations.push(MetaFilter::parse("x"));
-        assert!(!f.matches(&labels, &none, &6));
+    fn validate_rejects_zero_durations_and_empty_names() {
+        async fn noop(_ctx: Context<u32>) -> HandlerResult {
+            Ok(())
+        }
+        let ok = Handler::on_create("ok", noop);
+        assert!(ok.validate().is_ok());
+        let s = Duration::from_secs(1);
+        let bad: Vec<(Handler<u32>, &str)> = vec![
+            (Handler::on_create("", noop), "id is empty"),
+            (Handler::on_field("f", " ", noop), "field path is empty"),
+            (
+                Handler::on_timer("t", Duration::ZERO, s, noop),
+                "interval is zero",
+            ),
+            (
+                Handler::on_create("b", noop).backoff(Duration::ZERO, s),
+                "above zero",
+            ),
+            (
+                Handler::on_create("m", noop).backoff(s, Duration::ZERO),
+                "above zero",
+            ),
+            (
+                Handler::on_create("o", noop).backoff(s * 2, s),
+                "above its cap",
+            ),
+            (
+                Handler::on_create("z", noop).timeout(Duration::ZERO),
+                "timeout is zero",
+            ),
+        ];
+        for (h, want) in bad {
+            let e = h.validate().expect_err(want).to_string();
+            assert!(e.contains(want), "{e}");
+        }
+        let max = Handler::on_timer("max", Duration::MAX, Duration::MAX, noop)
+            .backoff(Duration::MAX, Duration::MAX)
+            .timeout(Duration::MAX);
+        assert!(max.validate().is_ok(), "huge durations are fine");
     }
 }

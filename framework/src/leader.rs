@@ -15,7 +15,8 @@ use tokio::time::Instant;
 /// has stopped before a standby, which waits the whole lease duration from
 /// its own observation of the last renewal, can take over.
 pub(crate) fn renew_deadline(lease_duration: Duration) -> Duration {
-    lease_duration * 2 / 3
+    // Divided first: saturating for any duration.
+    (lease_duration / 3).saturating_mul(2)
 }
 
 /// The timeout of one lease request: half the renew deadline, since one
@@ -113,7 +114,9 @@ impl Lease {
         let now = MicroTime(Timestamp::now());
         LeaseSpec {
             holder_identity: Some(self.cfg.identity.clone()),
-            lease_duration_seconds: Some(self.duration.as_secs().max(1) as i32),
+            lease_duration_seconds: Some(
+                i32::try_from(self.duration.as_secs().max(1)).unwrap_or(i32::MAX),
+            ),
             acquire_time: Some(acquire.unwrap_or_else(|| now.clone())),
             renew_time: Some(now),
             lease_transitions: Some(transitions),
@@ -222,5 +225,8 @@ mod tests {
         assert!(renew_deadline(lease) < lease);
         let short = Duration::from_secs(3);
         assert!(request_timeout(short) * 2 <= renew_deadline(short));
+        // No panic for any duration.
+        assert!(renew_deadline(Duration::MAX) < Duration::MAX);
+        assert!(request_timeout(Duration::MAX) > Duration::ZERO);
     }
 }

@@ -14,7 +14,8 @@
 //!     on_create, on_delete, on_field,
 //! };
 //!
-//! /// Runs once per ConfigMap labelled `demo=yes`, also after restarts only once.
+//! /// Runs once per ConfigMap labelled `demo=yes` when it is created (also
+//! /// across restarts only once).
 //! #[on_create(retries = 5, backoff_base = "1s", backoff_max = "1m", labels("demo=yes"))]
 //! async fn created(ctx: Context<ConfigMap>) -> HandlerResult {
 //!     let keys = ctx.object.data.as_ref().map(|d| d.len()).unwrap_or(0);
@@ -33,7 +34,8 @@
 //!     Ok(())
 //! }
 //!
-//! /// A finalizer is added because a delete handler exists.
+//! /// The finalizer is put only on ConfigMaps labelled `demo=yes` (those this
+//! /// delete handler matches), and removed again if the label goes.
 //! #[on_delete(labels("demo=yes"))]
 //! async fn deleted(ctx: Context<ConfigMap>) -> HandlerResult {
 //!     tracing::info!(name = %ctx.name(), "cleaning up");
@@ -75,6 +77,24 @@
 //! `when = predicate` (`fn(&K) -> bool`); `on_field` takes `path`, `on_timer`
 //! `interval` and `initial_delay`.
 //!
+//! Invalid options are rejected: by the macros at compile time (a zero
+//! `interval`, `backoff_base`, `backoff_max` or `timeout`, a base above the
+//! cap, an empty `id` or `path`), by [`Handler::validate`] for handlers built
+//! by hand. Handler ids must be unique per controller (they key the progress
+//! records and the failure conditions). [`Controller::handler`] does not add
+//! an invalid or duplicate handler and [`Operator::run`] then fails with
+//! [`Error::Config`] before it watches anything; [`Controller::try_handler`]
+//! returns the error at once.
+//!
+//! ```compile_fail
+//! # use k8s_openapi::api::core::v1::ConfigMap;
+//! # use operator_framework::{Context, HandlerResult, on_timer};
+//! #[on_timer(interval = "0s")] // error: interval must be above zero
+//! async fn tick(ctx: Context<ConfigMap>) -> HandlerResult {
+//!     Ok(())
+//! }
+//! ```
+//!
 //! # How objects are processed
 //!
 //! * Every watch event, every change of an owned or watched child
@@ -82,20 +102,71 @@
 //!   period enqueues the object. Events for one object coalesce; one object
 //!   is never processed by two tasks at once; at most
 //!   [`OperatorConfig::max_in_flight`] objects are processed at once.
-//! * A processing cycle: if the object is being deleted and carries the
-//!   finalizer, the delete handlers run, then the finalizer is removed.
-//!   Otherwise the finalizer is added if delete handlers exist, then one
-//!   *cause* is handled: **create** (no `<prefix>/last-handled-configuration`
-//!   annotation yet), **resume** (first cycle in this process, resume handlers
-//!   exist), **update** (the essence — everything but `metadata` and
-//!   `status` — differs from the last handled one). Field handlers run
-//!   with create (when their field is set) and update (when it changed).
-//!   Then due timers run, then event handlers.
-//! * Handlers of a cause run in registration order. The outcome of each is
-//!   kept in the `<prefix>/progress` annotation (see [`progress`]) while any
-//!   is unfinished, so a restarted operator neither reruns finished handlers
-//!   nor forgets a pending backoff. When all are done the progress annotation
-//!   is removed and the last-handled configuration is stored, in one patch.
+//! * A processing cycle first decides about the finalizer
+//!   (`<prefix>/finalizer`). It is wanted while at least one delete handler's
+//!   filters (labels, annotations, `when`) match the object: it is added when
+//!   an object starts matching (including at creation) and removed when it
+//!   stops matching, without running any delete handler. An operator whose
+//!   delete handlers match nothing puts no finalizer anywhere. Both changes
+//!   are JSON patches that `test` the list first (the whole list when
+//!   adding, the index of our entry when removing, as kube-runtime does), so
+//!   unrelated concurrent changes do not make them fail and another
+//!   controller's finalizer is never touched.
+//! * Being deleted (a `deletionTimestamp`) with our finalizer: the delete
+//!   handlers that match run; when all are done (succeeded or gave up, see
+//!   below) the finalizer is removed. If none matches, it is removed at
+//!   once.
+//! * Otherwise one *cause* is handled, decided from the diff base (the
+//!   `<prefix>/last-handled-configuration` annotation):
+//!   **create** when there is none, **resume** once per process for an
+//!   object handled before it started (when resume handlers exist; not
+//!   after a create in this process), **update** when the essence
+//!   (everything but `metadata`, `status`, `apiVersion` and `kind`) differs
+//!   from it. Create runs the matching create handlers and the field
+//!   handlers whose field is set; update the matching update handlers and
+//!   the field handlers whose field changed. As in kopf, an object is
+//!   handled when the filters of at least one create, update, resume or
+//!   field handler match it (whatever the cause), and then the diff base is
+//!   stored when the cause is done even if none of the cause's handlers
+//!   matched: an operator with only update or field handlers, or with a
+//!   filtered create handler and an unfiltered update handler, sees every
+//!   change. An object that no such handler's filters match is not written
+//!   to at all; if it starts matching later without a diff base, that is
+//!   its create. (The essence has no metadata: a label change alone is no
+//!   update.)
+//! * **The diff base is bounded.** It holds the essence as JSON while that
+//!   is at most 64 KiB; larger essences, every Secret (so that `data` never
+//!   lands in an annotation in clear) and the kinds of controllers built with
+//!   [`Controller::digest_diff_base`] get `sha256:<digest>` instead, plus
+//!   one digest per field-handler path. A change is detected either way, and
+//!   field handlers still fire only when their field changed, but with a
+//!   digest the old values are unknown: update and field handlers run with
+//!   an empty [`Context::diff`], `old_value()` `None`, and
+//!   [`Context::diff_known`] `false`.
+//! * Handlers of a cause run in registration order. Their outcomes are kept
+//!   in the `<prefix>/progress` annotation (see [`progress`]) while any is
+//!   unfinished, so a restarted operator neither reruns finished handlers
+//!   nor forgets a pending backoff. **One patch per cycle**: the progress
+//!   and the diff base are written together at the end of the cycle (when
+//!   all are done, the progress annotation is removed and the diff base
+//!   stored); adding or removing the finalizer is a cycle of its own. If
+//!   that write fails, the outcome is kept in memory (per object uid) and
+//!   written by the next cycles, so a handler that finished does not run
+//!   again in this process; after a crash before the write, it may (at
+//!   least once, as in kopf).
+//! * **Leaving the watch's selection is not a deletion.** An object that no
+//!   longer matches the controller's label or field selectors is dropped
+//!   from the cache; if it still exists, event handlers do not see a
+//!   `Deleted`, no delete handler runs, and our finalizer is removed (the
+//!   object is out of the operator's scope, nothing would remove it later).
+//!   Telling the two apart takes one GET, made only when the controller has
+//!   event handlers or the object carried our finalizer.
+//! * The cache of watched objects drops `metadata.managedFields` (so
+//!   `ctx.object` has none) and applies a (re)list at once: objects missing
+//!   from it are treated as departed (see above).
+//! * What is remembered about an object in memory (resume done, timers,
+//!   event-handler backoff, unsaved outcomes) belongs to its uid: an object
+//!   deleted and recreated under the same name starts afresh.
 //! * Event handlers ([`on_event`]) are level-triggered: they run on every
 //!   cycle of an existing object that is not being deleted — after watch
 //!   events (including those caused by the operator's own writes), changes
@@ -155,10 +226,22 @@
 //! and handler, reset when the handler succeeds. After `retries` retries the
 //! handler gives up (counts as a permanent failure). Every failure is logged,
 //! posted as a Warning Event (`HandlerFailed`, or `HandlerGaveUp` when final)
-//! and shown as the condition `HandlerFailed=True` (reason: the handler id in
-//! CamelCase; message with the retry count and error) in `.status.conditions`
-//! (read-modify-write, guarded by the resourceVersion; needs a status
-//! subresource); the condition turns `False` when the handler later succeeds.
+//! and shown in `.status.conditions` as the handler's own condition
+//! [`handler_failed_condition`]`(id)`, `HandlerFailed.<Id in CamelCase>`
+//! (e.g. `HandlerFailed.CopyData` for `copy-data`): `True` with reason
+//! `Retrying` or `GaveUp` and a message with the retry count and error,
+//! turned `False` (reason `Succeeded`) when that handler later succeeds.
+//! One handler's success never clears another's failure. Conditions are a
+//! read-modify-write guarded by the resourceVersion and need a status
+//! subresource.
+//!
+//! **Every run has a time limit**: a handler's `timeout`, else
+//! [`OperatorConfig::handler_timeout`] (default 10 minutes; `None` for
+//! none). A timed-out run is cancelled and is a failed, retryable run, so a
+//! hung handler cannot hold a worker slot forever. Any duration is accepted
+//! up to `Duration::MAX` (delays, intervals, timeouts, backoffs): arithmetic
+//! saturates, so `HandlerError::temporary(.., Some(Duration::MAX))` means
+//! "not again in this life", not a panic.
 //!
 //! **Deletion cannot be blocked forever**: delete handlers without an explicit
 //! `retries` give up after [`OperatorConfig::delete_retries`] (default 10)
@@ -217,16 +300,20 @@ mod context;
 mod controller;
 pub mod diff;
 mod error;
+mod filters;
 mod handler;
 mod leader;
 mod metrics;
 mod operator;
 pub mod progress;
 mod runtime;
+mod time;
 mod tls;
 
 pub use context::{ChildrenReport, Context, EventType};
-pub use controller::{Controller, HANDLER_FAILED, INVALID_OBJECT, INVALID_OBJECT_DELETED};
+pub use controller::{
+    Controller, HANDLER_FAILED, INVALID_OBJECT, INVALID_OBJECT_DELETED, handler_failed_condition,
+};
 pub use diff::{DiffItem, DiffOp};
 pub use error::{Error, HandlerError, HandlerResult};
 pub use handler::{Cause, Handler, HandlerKind, MetaFilter, WatchEventType};

@@ -52,6 +52,11 @@ pub struct OperatorConfig {
     /// How often the leader renews and candidates retry (default 2 s); at
     /// most half the renew deadline is used.
     pub lease_renew_interval: Duration,
+    /// The time limit of one handler run for handlers without their own
+    /// `timeout` (default 10 minutes; `None`: no limit). A run that takes
+    /// longer is cancelled and counts as a failed, retryable run, so a hung
+    /// handler cannot hold one of the `max_in_flight` slots forever.
+    pub handler_timeout: Option<Duration>,
 }
 
 impl Default for OperatorConfig {
@@ -66,7 +71,28 @@ impl Default for OperatorConfig {
             field_manager: None,
             lease_duration: Duration::from_secs(15),
             lease_renew_interval: Duration::from_secs(2),
+            handler_timeout: Some(Duration::from_secs(600)),
         }
+    }
+}
+
+impl OperatorConfig {
+    /// Rejects settings that cannot work: a zero handler timeout, and with
+    /// leader election a zero lease duration or renew interval (a busy loop).
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |m: &str| Err(Error::Config(m.to_string()));
+        if self.handler_timeout.is_some_and(|t| t.is_zero()) {
+            return bad("handler_timeout is zero (use None for no limit)");
+        }
+        if self.leader_election.is_some() {
+            if self.lease_duration.is_zero() {
+                return bad("lease_duration is zero");
+            }
+            if self.lease_renew_interval.is_zero() {
+                return bad("lease_renew_interval is zero");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -132,7 +158,16 @@ impl Operator {
     /// Runs until `signal` completes, then shuts down gracefully: no new
     /// handler runs start, in-flight ones get `shutdown_timeout` to finish,
     /// and a held lease is released so another replica takes over at once.
+    ///
+    /// Returns [`Error::Config`] at once, before watching anything, when the
+    /// configuration is invalid ([`OperatorConfig::validate`]) or a
+    /// controller rejected a handler (invalid options, duplicate ids).
     pub async fn run_until(self, signal: impl Future<Output = ()> + Send) -> Result<(), Error> {
+        self.config.validate()?;
+        let problems: Vec<String> = self.controllers.iter().flat_map(|c| c.problems()).collect();
+        if !problems.is_empty() {
+            return Err(Error::Config(problems.join("; ")));
+        }
         let identity = self
             .config
             .leader_election
@@ -282,7 +317,7 @@ impl Operator {
 /// When a leader tries to renew next: after `renew`, but never later than
 /// its renew deadline, so that failing attempts notice the deadline in time.
 fn next_renewal(last_renew: Instant, renew: Duration, deadline: Duration) -> Instant {
-    (Instant::now() + renew).min(last_renew + deadline)
+    crate::time::from_now(renew).min(crate::time::after(last_renew, deadline))
 }
 
 /// One renewal attempt of a leader, bounded by its renew deadline. `false`:
@@ -294,7 +329,7 @@ async fn renew_before_deadline(
     deadline: Duration,
 ) -> bool {
     let started = Instant::now();
-    let until = *last_renew + deadline;
+    let until = crate::time::after(*last_renew, deadline);
     match tokio::time::timeout_at(until, lease.try_acquire_or_renew()).await {
         Ok(Ok(true)) => {
             *last_renew = started;

@@ -3,7 +3,8 @@
 //! The annotation `<prefix>/progress` holds a JSON [`Progress`] while the
 //! handlers of one cause (create, update, resume, delete) are being worked
 //! on. It is removed when all of them are done; then (for create and update)
-//! `<prefix>/last-handled-configuration` is written instead.
+//! `<prefix>/last-handled-configuration` is written instead, in the same
+//! patch (one patch per processing cycle).
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};

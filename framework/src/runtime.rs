@@ -55,14 +55,6 @@ impl Runtime {
         format!("{}/finalizer", self.prefix)
     }
 
-    pub(crate) fn progress_key(&self) -> String {
-        format!("{}/progress", self.prefix)
-    }
-
-    pub(crate) fn last_handled_key(&self) -> String {
-        format!("{}/last-handled-configuration", self.prefix)
-    }
-
     pub(crate) async fn publish_event(
         &self,
         type_: EventType,

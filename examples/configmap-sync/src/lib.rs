@@ -78,7 +78,7 @@ pub struct ConfigMapSyncStatus {
     /// Number of namespaces holding a copy.
     #[serde(default)]
     pub synced_count: i64,
-    /// `Ready` and the framework's `HandlerFailed`.
+    /// `Ready` and the framework's per-handler `HandlerFailed.<Handler>`.
     #[serde(default)]
     pub conditions: Vec<Condition>,
 }

@@ -375,18 +375,19 @@ async fn a_missing_source_is_reported_retried_and_synced_once_it_appears() {
     ));
     let syncs = create_sync(&client, &src, "settings", &[&t1]).await;
 
-    // Reported: Ready=False/SourceMissing by the example, HandlerFailed=True
-    // and a Warning Event by the framework, with the 10 s retry delay.
+    // Reported: Ready=False/SourceMissing by the example, the create
+    // handler's HandlerFailed.Created=True and a Warning Event by the
+    // framework, with the 10 s retry delay.
     let failed = eventually("missing source reported", || async {
         let s = syncs.get("copy").await.ok()?;
         let ready = condition(&s, "Ready")?;
-        let failed = condition(&s, "HandlerFailed")?;
+        let failed = condition(&s, "HandlerFailed.Created")?;
         (ready.status == "False" && ready.reason == "SourceMissing" && failed.status == "True")
             .then(|| failed.clone())
     })
     .await;
     let not_found = format!("source ConfigMap {src}/settings not found");
-    assert_eq!(failed.reason, "Created", "the failing handler: {failed:?}");
+    assert_eq!(failed.reason, "Retrying", "not given up: {failed:?}");
     assert!(
         failed.message.contains("retrying in 10.0s") && failed.message.contains(&not_found),
         "{failed:?}"
@@ -404,7 +405,7 @@ async fn a_missing_source_is_reported_retried_and_synced_once_it_appears() {
     // Still missing 10 s later: retried again (not given up), nothing copied.
     eventually_within(Duration::from_secs(40), "a second failed run", || async {
         let s = syncs.get("copy").await.ok()?;
-        condition(&s, "HandlerFailed")?
+        condition(&s, "HandlerFailed.Created")?
             .message
             .contains("failed 2 time(s)")
             .then_some(())
@@ -424,10 +425,10 @@ async fn a_missing_source_is_reported_retried_and_synced_once_it_appears() {
     })
     .await;
     assert_eq!(copy.data, source.data);
-    let s = eventually("Ready=True and HandlerFailed=False", || async {
+    let s = eventually("Ready=True and HandlerFailed.Created=False", || async {
         let s = syncs.get("copy").await.ok()?;
         let ready = condition(&s, "Ready")?;
-        let failed = condition(&s, "HandlerFailed")?;
+        let failed = condition(&s, "HandlerFailed.Created")?;
         (ready.status == "True" && ready.reason == "Synced" && failed.status == "False")
             .then_some(s)
     })

@@ -11,13 +11,19 @@
 //! * `id = "..."` (default: the function name)
 //! * `retries = N` (give up after N retries, i.e. N + 1 failed runs)
 //! * `backoff_base = "1s"`, `backoff_max = "5m"`
-//! * `timeout = "60s"` (per run)
+//! * `timeout = "60s"` (per run; default: the operator's `handler_timeout`)
 //! * `labels("app=demo", "tier", "!skip")`, `annotations("x")`
 //! * `when = path::to::predicate` (`fn(&K) -> bool`)
 //! * `on_field`: `path = "spec.schedule"` (required)
 //! * `on_timer`: `interval = "60s"` (required), `initial_delay = "5s"`
 //!
 //! Durations are written like `500ms`, `10s`, `5m`, `1h`, `1m30s`.
+//!
+//! Rejected at compile time: a zero `interval`, `backoff_base`,
+//! `backoff_max` or `timeout`, a `backoff_base` above `backoff_max`, an
+//! empty `id` or `path`. Duplicate ids cannot be seen by one attribute; they
+//! are rejected when registered (`Controller::handler`, reported by
+//! `Operator::run`).
 
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
@@ -108,7 +114,29 @@ fn dur(lit: &LitStr) -> syn::Result<u64> {
     parse_duration_ms(&lit.value()).map_err(|e| syn::Error::new(lit.span(), e))
 }
 
-fn parse_opts(attr: TokenStream, kind: Kind) -> syn::Result<Opts> {
+/// A duration that must be above zero (intervals, backoffs, timeouts).
+fn positive(lit: &LitStr, what: &str) -> syn::Result<u64> {
+    match dur(lit)? {
+        0 => Err(syn::Error::new(
+            lit.span(),
+            format!("{what} must be above zero"),
+        )),
+        ms => Ok(ms),
+    }
+}
+
+/// A string option that must not be empty (`id`, `path`).
+fn non_empty(lit: LitStr, what: &str) -> syn::Result<LitStr> {
+    if lit.value().trim().is_empty() {
+        return Err(syn::Error::new(
+            lit.span(),
+            format!("{what} must not be empty"),
+        ));
+    }
+    Ok(lit)
+}
+
+fn parse_opts(attr: TokenStream2, kind: Kind) -> syn::Result<Opts> {
     let mut o = Opts::default();
     let parser = syn::meta::parser(|meta| {
         let name = meta
@@ -117,11 +145,15 @@ fn parse_opts(attr: TokenStream, kind: Kind) -> syn::Result<Opts> {
             .map(|i| i.to_string())
             .unwrap_or_default();
         match name.as_str() {
-            "id" => o.id = Some(meta.value()?.parse()?),
+            "id" => o.id = Some(non_empty(meta.value()?.parse()?, "id")?),
             "retries" => o.retries = Some(meta.value()?.parse()?),
-            "backoff_base" => o.backoff_base = Some(dur(&meta.value()?.parse()?)?),
-            "backoff_max" => o.backoff_max = Some(dur(&meta.value()?.parse()?)?),
-            "timeout" => o.timeout = Some(dur(&meta.value()?.parse()?)?),
+            "backoff_base" => {
+                o.backoff_base = Some(positive(&meta.value()?.parse()?, "backoff_base")?)
+            }
+            "backoff_max" => {
+                o.backoff_max = Some(positive(&meta.value()?.parse()?, "backoff_max")?)
+            }
+            "timeout" => o.timeout = Some(positive(&meta.value()?.parse()?, "timeout")?),
             "when" => o.when = Some(meta.value()?.parse()?),
             "labels" | "annotations" => {
                 let content;
@@ -134,8 +166,12 @@ fn parse_opts(attr: TokenStream, kind: Kind) -> syn::Result<Opts> {
                     o.annotations.extend(list);
                 }
             }
-            "path" if kind == Kind::Field => o.path = Some(meta.value()?.parse()?),
-            "interval" if kind == Kind::Timer => o.interval = Some(dur(&meta.value()?.parse()?)?),
+            "path" if kind == Kind::Field => {
+                o.path = Some(non_empty(meta.value()?.parse()?, "path")?)
+            }
+            "interval" if kind == Kind::Timer => {
+                o.interval = Some(positive(&meta.value()?.parse()?, "interval")?)
+            }
             "initial_delay" if kind == Kind::Timer => {
                 o.initial_delay = Some(dur(&meta.value()?.parse()?)?)
             }
@@ -152,9 +188,22 @@ fn parse_opts(attr: TokenStream, kind: Kind) -> syn::Result<Opts> {
         }
         Ok(())
     });
-    parser.parse(attr)?;
+    parser.parse2(attr)?;
+    let base = o.backoff_base.unwrap_or(DEFAULT_BACKOFF_BASE_MS);
+    let max = o.backoff_max.unwrap_or(DEFAULT_BACKOFF_MAX_MS);
+    if (o.backoff_base.is_some() || o.backoff_max.is_some()) && base > max {
+        return Err(syn::Error::new(
+            Span::call_site(),
+            format!("backoff_base ({base} ms) must not be above backoff_max ({max} ms)"),
+        ));
+    }
     Ok(o)
 }
+
+/// The framework's default backoff (`Backoff::default()`), used when only
+/// one of `backoff_base` and `backoff_max` is given.
+const DEFAULT_BACKOFF_BASE_MS: u64 = 1_000;
+const DEFAULT_BACKOFF_MAX_MS: u64 = 300_000;
 
 fn resource_type(f: &ItemFn) -> syn::Result<Type> {
     let err = || {
@@ -198,7 +247,7 @@ fn expand(attr: TokenStream, item: TokenStream, kind: Kind) -> TokenStream {
 }
 
 fn expand_inner(attr: TokenStream, f: ItemFn, kind: Kind) -> syn::Result<TokenStream2> {
-    let o = parse_opts(attr, kind)?;
+    let o = parse_opts(attr.into(), kind)?;
     let k = resource_type(&f)?;
     let name = f.sig.ident.clone();
     let vis = f.vis.clone();
@@ -245,12 +294,6 @@ fn expand_inner(attr: TokenStream, f: ItemFn, kind: Kind) -> syn::Result<TokenSt
                     "on_timer needs `interval = \"60s\"`",
                 ));
             };
-            if i == 0 {
-                return Err(syn::Error::new(
-                    Span::call_site(),
-                    "on_timer interval must be > 0",
-                ));
-            }
             let d = o.initial_delay.unwrap_or(0);
             quote!(#fw::HandlerKind::Timer {
                 interval: ::std::time::Duration::from_millis(#i),
@@ -263,8 +306,8 @@ fn expand_inner(attr: TokenStream, f: ItemFn, kind: Kind) -> syn::Result<TokenSt
         chain.extend(quote!(.retries(#r)));
     }
     if o.backoff_base.is_some() || o.backoff_max.is_some() {
-        let b = o.backoff_base.unwrap_or(1_000);
-        let m = o.backoff_max.unwrap_or(300_000);
+        let b = o.backoff_base.unwrap_or(DEFAULT_BACKOFF_BASE_MS);
+        let m = o.backoff_max.unwrap_or(DEFAULT_BACKOFF_MAX_MS);
         chain.extend(quote!(.backoff(
             ::std::time::Duration::from_millis(#b),
             ::std::time::Duration::from_millis(#m)
@@ -304,7 +347,8 @@ pub fn on_update(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand(attr, item, Kind::Update)
 }
 
-/// Marks a delete handler (a finalizer is added automatically).
+/// Marks a delete handler (the framework keeps its finalizer on the objects
+/// this handler's filters match, and only on them).
 #[proc_macro_attribute]
 pub fn on_delete(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand(attr, item, Kind::Delete)
@@ -343,7 +387,72 @@ pub fn on_event(attr: TokenStream, item: TokenStream) -> TokenStream {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duration_ms;
+    use super::{Kind, parse_duration_ms, parse_opts};
+    use quote::quote;
+
+    fn error(attr: proc_macro2::TokenStream, kind: Kind) -> String {
+        match parse_opts(attr, kind) {
+            Ok(_) => "accepted".into(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn zero_durations_and_empty_names_are_compile_errors() {
+        let cases = [
+            (
+                quote!(interval = "0s"),
+                Kind::Timer,
+                "interval must be above zero",
+            ),
+            (
+                quote!(interval = "0ms"),
+                Kind::Timer,
+                "interval must be above zero",
+            ),
+            (
+                quote!(backoff_base = "0s"),
+                Kind::Create,
+                "backoff_base must be above zero",
+            ),
+            (
+                quote!(backoff_max = "0s"),
+                Kind::Update,
+                "backoff_max must be above zero",
+            ),
+            (
+                quote!(timeout = "0s"),
+                Kind::Delete,
+                "timeout must be above zero",
+            ),
+            (quote!(id = ""), Kind::Create, "id must not be empty"),
+            (quote!(path = " "), Kind::Field, "path must not be empty"),
+            (
+                quote!(backoff_base = "10s", backoff_max = "1s"),
+                Kind::Create,
+                "must not be above backoff_max",
+            ),
+            (
+                quote!(backoff_base = "10m"),
+                Kind::Create,
+                "must not be above backoff_max",
+            ),
+        ];
+        for (attr, kind, want) in cases {
+            let got = error(attr.clone(), kind);
+            assert!(got.contains(want), "`{attr}`: {got}");
+        }
+        for (attr, kind) in [
+            (quote!(interval = "1ms", initial_delay = "0s"), Kind::Timer),
+            (
+                quote!(backoff_base = "1s", backoff_max = "1s", timeout = "1h"),
+                Kind::Create,
+            ),
+            (quote!(id = "x", retries = 0), Kind::Event),
+        ] {
+            assert_eq!(error(attr.clone(), kind), "accepted", "`{attr}`");
+        }
+    }
 
     #[test]
     fn durations() {

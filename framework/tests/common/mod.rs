@@ -296,19 +296,21 @@ pub async fn wait_handled(api: &Api<FwTest>, name: &str, timeout: Duration) -> F
     .await
 }
 
-/// Waits until the object `name` has the `HandlerFailed` condition with
-/// `status` and returns that condition.
+/// Waits until the object `name` has a handler's failure condition
+/// (`HandlerFailed.<Id>`) with `status` and returns that condition.
 pub async fn wait_handler_failed(
     api: &Api<FwTest>,
     name: &str,
     status: &str,
     timeout: Duration,
 ) -> Condition {
-    let what = format!("condition HandlerFailed={status} on `{name}`");
+    let what = format!("condition HandlerFailed.*={status} on `{name}`");
     eventually(timeout, &what, || async {
         let o = api.get(name).await.ok()?;
-        let c = condition(&o, "HandlerFailed")?;
-        (c.status == status).then(|| c.clone())
+        o.status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_.starts_with("HandlerFailed.") && c.status == status)
     })
     .await
 }
