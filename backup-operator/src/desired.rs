@@ -7,9 +7,9 @@ use crate::api::{
 use crate::naming;
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
-    Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, NFSVolumeSource,
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, NFSVolumeSource,
     PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec,
-    ResourceRequirements, SecretKeySelector, SecurityContext, Volume, VolumeMount,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -163,8 +163,24 @@ pub fn default_resources() -> ResourceRequirements {
     }
 }
 
-/// A mover pod: runs as root (it must read and restore any owner's files),
-/// read-only root filesystem, `/tmp` as an emptyDir, result in the termination message.
+/// The capabilities a mover operation needs on top of none: a backup reads
+/// any owner's files (`DAC_READ_SEARCH`), a restore creates them with their
+/// owners and modes (`CHOWN`, `FOWNER`, `DAC_OVERRIDE`, `FSETID`); listing,
+/// forget/prune and unlock only talk to the repository.
+pub fn mover_capabilities(operation: &str) -> Vec<String> {
+    let caps: &[&str] = match operation {
+        "backup" => &["DAC_READ_SEARCH"],
+        "restore" => &["CHOWN", "FOWNER", "DAC_OVERRIDE", "FSETID"],
+        _ => &[],
+    };
+    caps.iter().map(|c| c.to_string()).collect()
+}
+
+/// A mover pod: runs as uid 0 (it must read and restore any owner's files)
+/// but with every capability dropped except what its operation needs, the
+/// runtime's default seccomp profile, no privilege escalation, no
+/// ServiceAccount token and no service links; read-only root filesystem,
+/// `/tmp` as an emptyDir, result in the termination message.
 fn mover_pod(
     image: &str,
     args: Vec<String>,
@@ -174,6 +190,8 @@ fn mover_pod(
     settings: &JobSettings,
     labels: BTreeMap<String, String>,
 ) -> PodTemplateSpec {
+    let operation = args.first().map_or("", String::as_str).to_string();
+    let operation = operation.as_str();
     let mut volumes = volumes;
     let mut mounts = mounts;
     volumes.push(Volume {
@@ -195,9 +213,15 @@ fn mover_pod(
         }),
         spec: Some(PodSpec {
             restart_policy: Some("Never".into()),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
             security_context: Some(PodSecurityContext {
                 run_as_user: Some(0),
                 run_as_group: Some(0),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             containers: vec![Container {
@@ -213,6 +237,10 @@ fn mover_pod(
                 security_context: Some(SecurityContext {
                     read_only_root_filesystem: Some(true),
                     allow_privilege_escalation: Some(false),
+                    capabilities: Some(Capabilities {
+                        drop: Some(vec!["ALL".into()]),
+                        add: Some(mover_capabilities(operation)),
+                    }),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -517,6 +545,33 @@ mod tests {
             Some(true)
         );
         assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
+    }
+
+    #[test]
+    fn mover_pods_drop_every_capability_but_what_the_operation_needs() {
+        let job = manual_job(&policy(), "data", "img", "1").expect("job");
+        let pod = job.spec.and_then(|s| s.template.spec).expect("pod spec");
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        assert_eq!(pod.enable_service_links, Some(false));
+        let psc = pod.security_context.expect("pod security context");
+        assert_eq!(
+            psc.seccomp_profile.map(|p| p.type_).as_deref(),
+            Some("RuntimeDefault")
+        );
+        let sc = pod.containers[0]
+            .security_context
+            .clone()
+            .expect("container security context");
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        let caps = sc.capabilities.expect("capabilities");
+        assert_eq!(caps.drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(caps.add, Some(vec!["DAC_READ_SEARCH".to_string()]));
+        assert_eq!(
+            mover_capabilities("restore"),
+            ["CHOWN", "FOWNER", "DAC_OVERRIDE", "FSETID"]
+        );
+        assert!(mover_capabilities("snapshots").is_empty());
+        assert!(mover_capabilities("forget").is_empty());
     }
 
     #[test]

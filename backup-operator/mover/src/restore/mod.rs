@@ -245,10 +245,20 @@ impl Walk<'_> {
                 } else {
                     libc::S_IFCHR
                 };
-                dir.mknod(name, kind | 0o600, *device as libc::dev_t)
-                    .map_err(|e| fail("creating device", e))?;
-                dir.set_meta(name, &attrs_of(&node.meta, own, true), Kind::Other)
-                    .map_err(|e| fail("setting metadata of", e))?;
+                match dir.mknod(name, kind | 0o600, *device as libc::dev_t) {
+                    Ok(()) => dir
+                        .set_meta(name, &attrs_of(&node.meta, own, true), Kind::Other)
+                        .map_err(|e| fail("setting metadata of", e))?,
+                    // Device nodes need CAP_MKNOD, which mover pods do not
+                    // get: the node is left out, as restic does unprivileged.
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                        log::warn!(
+                            "device node {} not restored: {e}",
+                            String::from_utf8_lossy(&rel)
+                        );
+                    }
+                    Err(e) => return Err(fail("creating device", e)),
+                }
             }
             NodeType::Fifo | NodeType::Socket => {
                 let kind = if matches!(node.node_type, NodeType::Fifo) {
