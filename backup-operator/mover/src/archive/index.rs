@@ -9,6 +9,7 @@
 use std::time::{Duration, Instant};
 
 use aes256ctr_poly1305aes::Aes256CtrPoly1305Aes;
+use jiff::Timestamp;
 use rustic_core::{FileType, Id};
 use serde::Serialize;
 
@@ -28,7 +29,35 @@ pub const INDEX_MAX_JSON: usize = 8 * 1024 * 1024;
 pub const INDEX_MAX_AGE: Duration = Duration::from_secs(5 * 60);
 
 /// One pack's index entry.
-pub type PackEntry = (Hash, Vec<Entry>);
+pub struct PackEntry {
+    pub id: Hash,
+    pub blobs: Vec<Entry>,
+    /// When the pack was written (rustic's `time`; restic ignores it):
+    /// prune leaves young unused packs alone, a killed run's next run
+    /// reuses them.
+    pub time: Option<Timestamp>,
+}
+
+impl PackEntry {
+    /// A pack written now.
+    pub fn new(id: Hash, blobs: Vec<Entry>) -> Self {
+        Self {
+            id,
+            blobs,
+            time: Some(Timestamp::now()),
+        }
+    }
+
+    fn json(&self) -> IndexPackJson {
+        IndexPackJson::of(&self.id, &self.blobs, self.time)
+    }
+
+    /// The exact length of this pack's entry in the index JSON (with the
+    /// comma that separates it from the next).
+    fn json_len(&self) -> usize {
+        pack_json_len(&self.blobs) + self.time.map_or(0, |t| 10 + t.to_string().len())
+    }
+}
 
 /// Seals (and compresses, where the repository does) repository files:
 /// index, snapshot.
@@ -73,10 +102,7 @@ impl<'a> FileSaver<'a> {
         let mut out = Vec::new();
         for part in split_index(packs) {
             let json = serde_json::to_vec(&IndexJson {
-                packs: part
-                    .iter()
-                    .map(|(id, e)| IndexPackJson::of(id, e))
-                    .collect(),
+                packs: part.iter().map(PackEntry::json).collect(),
             })
             .map_err(|e| MoverError::new(ErrorKind::Other, format!("index JSON: {e}")))?;
             out.push(self.save(FileType::Index, &json)?);
@@ -90,13 +116,13 @@ impl<'a> FileSaver<'a> {
 pub fn split_index(packs: &[PackEntry]) -> Vec<&[PackEntry]> {
     let mut parts = Vec::new();
     let (mut start, mut blobs, mut bytes) = (0, 0, 0);
-    for (i, (_, entries)) in packs.iter().enumerate() {
-        let b = pack_json_len(entries);
-        if i > start && (blobs + entries.len() > INDEX_MAX_BLOBS || bytes + b > INDEX_MAX_JSON) {
+    for (i, p) in packs.iter().enumerate() {
+        let (n, b) = (p.blobs.len(), p.json_len());
+        if i > start && (blobs + n > INDEX_MAX_BLOBS || bytes + b > INDEX_MAX_JSON) {
             parts.push(&packs[start..i]);
             (start, blobs, bytes) = (i, 0, 0);
         }
-        blobs += entries.len();
+        blobs += n;
         bytes += b;
     }
     if start < packs.len() {
@@ -127,10 +153,10 @@ impl PendingIndex {
 
     /// Adds an uploaded pack; returns the packs to write now, if the
     /// pending part has grown full or old.
-    pub fn push(&mut self, id: Hash, entries: Vec<Entry>) -> Option<Vec<PackEntry>> {
-        self.blobs += entries.len();
-        self.json += pack_json_len(&entries);
-        self.packs.push((id, entries));
+    pub fn push(&mut self, p: PackEntry) -> Option<Vec<PackEntry>> {
+        self.blobs += p.blobs.len();
+        self.json += p.json_len();
+        self.packs.push(p);
         let full = self.blobs >= INDEX_MAX_BLOBS
             || self.json >= INDEX_MAX_JSON
             || self.since.elapsed() >= self.max_age;
@@ -156,9 +182,9 @@ fn digits(n: u32) -> usize {
     n.checked_ilog10().map_or(1, |l| l as usize + 1)
 }
 
-/// The exact length of one pack's entry in the index JSON (with the comma
-/// that separates it from the next).
-pub fn pack_json_len(entries: &[Entry]) -> usize {
+/// The length of one pack's entry without `time` in the index JSON (with
+/// the comma that separates it from the next).
+fn pack_json_len(entries: &[Entry]) -> usize {
     // {"id":"<64 hex>","blobs":[...]},
     let mut n = 7 + 64 + 11 + 3;
     for e in entries {
@@ -181,6 +207,8 @@ pub struct IndexJson {
 #[derive(Serialize)]
 pub struct IndexPackJson {
     pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
     pub blobs: Vec<IndexBlobJson>,
 }
 
@@ -196,9 +224,10 @@ pub struct IndexBlobJson {
 }
 
 impl IndexPackJson {
-    pub fn of(pack_id: &Hash, entries: &[Entry]) -> Self {
+    pub fn of(pack_id: &Hash, entries: &[Entry], time: Option<Timestamp>) -> Self {
         Self {
             id: hex(pack_id),
+            time: time.map(|t| t.to_string()),
             blobs: entries
                 .iter()
                 .map(|e| IndexBlobJson {
@@ -231,7 +260,7 @@ mod tests {
     }
 
     fn pack(seed: u32, blobs: u32) -> PackEntry {
-        (
+        PackEntry::new(
             sha256(&seed.to_be_bytes()),
             (0..blobs).map(|i| entry(seed + i, i % 2 == 0)).collect(),
         )
@@ -240,18 +269,21 @@ mod tests {
     #[test]
     fn json_length_estimate_is_exact() {
         for (seed, blobs) in [(0, 1), (5, 7), (1_000_000, 300), (9, 0)] {
-            let p = pack(seed, blobs);
-            let one = serde_json::to_vec(&IndexJson {
-                packs: vec![IndexPackJson::of(&p.0, &p.1)],
-            })
-            .expect("json");
-            // `{"packs":[` + entry without its trailing comma + `]}`
-            assert_eq!(
-                one.len(),
-                10 + pack_json_len(&p.1) - 1 + 2,
-                "{}",
-                String::from_utf8_lossy(&one)
-            );
+            let mut p = pack(seed, blobs);
+            for time in [p.time, None] {
+                p.time = time;
+                let one = serde_json::to_vec(&IndexJson {
+                    packs: vec![p.json()],
+                })
+                .expect("json");
+                // `{"packs":[` + entry without its trailing comma + `]}`
+                assert_eq!(
+                    one.len(),
+                    10 + p.json_len() - 1 + 2,
+                    "{}",
+                    String::from_utf8_lossy(&one)
+                );
+            }
         }
     }
 
@@ -264,10 +296,7 @@ mod tests {
         assert_eq!(sizes, vec![50, 50, 20]);
         for (i, part) in parts.iter().enumerate() {
             let json = serde_json::to_vec(&IndexJson {
-                packs: part
-                    .iter()
-                    .map(|(id, e)| IndexPackJson::of(id, e))
-                    .collect(),
+                packs: part.iter().map(PackEntry::json).collect(),
             })
             .expect("json");
             assert!(json.len() <= INDEX_MAX_JSON, "{} bytes", json.len());
@@ -288,8 +317,7 @@ mod tests {
         let mut p = PendingIndex::new(Duration::from_secs(3600));
         let mut batches = Vec::new();
         for i in 0..130 {
-            let (id, e) = pack(i * 10_000, 1000);
-            if let Some(b) = p.push(id, e) {
+            if let Some(b) = p.push(pack(i * 10_000, 1000)) {
                 batches.push(b.len());
             }
         }
@@ -300,7 +328,6 @@ mod tests {
 
         // An old pending index is written at the next pack, however small.
         let mut p = PendingIndex::new(Duration::ZERO);
-        let (id, e) = pack(1, 2);
-        assert_eq!(p.push(id, e).map(|b| b.len()), Some(1));
+        assert_eq!(p.push(pack(1, 2)).map(|b| b.len()), Some(1));
     }
 }

@@ -199,9 +199,10 @@ mod tests {
         let e = &p.entries[1];
         let blob = &p.data[e.offset as usize..(e.offset + e.length) as usize];
         assert_eq!(open(blob), b"zz");
-        let json =
-            serde_json::to_string(&super::super::index::IndexPackJson::of(&p.id, &p.entries))
-                .expect("json");
+        let json = serde_json::to_string(&super::super::index::IndexPackJson::of(
+            &p.id, &p.entries, None,
+        ))
+        .expect("json");
         assert!(json.contains("\"type\":\"tree\""), "{json}");
         assert!(json.contains("\"uncompressed_length\":3"), "{json}");
         assert_eq!(json.matches("uncompressed_length").count(), 1, "{json}");

@@ -205,7 +205,7 @@ pub fn upload_packs(be: &Backend, shared: &Shared<'_>, rx: Receiver<Pack>) {
             continue;
         }
         // Taken out under the lock, written outside it.
-        let full = lock(&shared.index).push(p.id, p.entries);
+        let full = lock(&shared.index).push(PackEntry::new(p.id, p.entries));
         if let Some(packs) = full
             && let Err(e) = shared.write_index(&packs)
         {

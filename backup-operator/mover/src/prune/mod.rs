@@ -285,7 +285,11 @@ fn entry_of(p: &PackInfo) -> MResult<PackEntry> {
             })
         })
         .collect::<MResult<Vec<_>>>()?;
-    Ok((repack::id_bytes(&p.id)?, blobs))
+    Ok(PackEntry {
+        id: repack::id_bytes(&p.id)?,
+        blobs,
+        time: p.time,
+    })
 }
 
 #[cfg(test)]

@@ -13,7 +13,9 @@
 //! grace period ended; its snapshot was written before the deleting run
 //! listed snapshots, so that run sees the need and recovers the pack.
 //! Packs no index lists (a running or killed backup's) are deleted only
-//! after the grace period from the first run that saw them.
+//! after the grace period from the first run that saw them. Indexed packs
+//! younger than the grace period are neither marked nor repacked: a killed
+//! backup's packs are reused by its next run.
 
 use std::collections::{HashMap, HashSet};
 
@@ -38,6 +40,8 @@ pub struct BlobInfo {
 #[derive(Debug, Clone)]
 pub struct PackInfo {
     pub id: Id,
+    /// When it was written, if the index says (the mover's and rustic's do).
+    pub time: Option<Timestamp>,
     pub blobs: Vec<BlobInfo>,
 }
 
@@ -87,6 +91,8 @@ pub struct Stats {
     pub deleted_unindexed: u64,
     pub repacked: u64,
     pub kept_marked: u64,
+    /// Unused (or partly used) packs younger than the grace period.
+    pub young: u64,
 }
 
 #[derive(Debug, Default)]
@@ -192,7 +198,14 @@ pub fn plan(inp: &Inputs<'_>) -> MResult<Plan> {
         };
         plan.stats.used_bytes += u.owned_bytes;
         plan.stats.unused_bytes += u.unused_bytes;
-        if u.owned.is_empty() {
+        // A young pack may be a running backup's, or a killed one's that
+        // the next run reuses: left alone until a grace period old.
+        let young = p.time.is_some_and(|t| !expired(&t));
+        if young {
+            if u.owned.is_empty() || u.unused_bytes > 0 {
+                plan.stats.young += 1;
+            }
+        } else if u.owned.is_empty() {
             plan.mark.push(p.id);
         } else if u.unused_bytes > 0 {
             partly.push((i, u));

@@ -20,6 +20,7 @@ fn blob(n: u32, tree: bool) -> BlobInfo {
 fn pack(p: u32, blobs: &[u32], trees: &[u32]) -> PackInfo {
     PackInfo {
         id: id(p),
+        time: Some(t(0)),
         blobs: blobs
             .iter()
             .map(|&b| blob(b, false))
@@ -261,4 +262,37 @@ fn data_packs_are_repacked_only_above_the_unused_limit() {
     assert!(p.mark.contains(&id(102)));
     let r102 = p.repack.iter().find(|r| r.pack == 22).expect("102");
     assert_eq!(r102.blobs, vec![0]);
+}
+
+#[test]
+fn young_unused_packs_are_left_for_the_next_backup() {
+    // Packs of a killed backup, written an hour ago (grace: 24 h).
+    let mut packs = vec![
+        pack(1, &[10], &[]),
+        pack(2, &[20], &[]),
+        pack(3, &[], &[30, 31]),
+    ];
+    packs[1].time = Some(t(99 * HOUR));
+    packs[2].time = Some(t(99 * HOUR));
+    let c = Case::new(packs.clone(), &[10, 30]);
+    let p = c.plan().expect("plan");
+    assert!(
+        p.mark.is_empty() && p.repack.is_empty(),
+        "{:?} {:?}",
+        p.mark,
+        p.repack
+    );
+    assert_eq!(p.stats.young, 2);
+
+    // Without a time (restic's index) a pack counts as old.
+    packs[1].time = None;
+    let p = Case::new(packs.clone(), &[10, 30]).plan().expect("plan");
+    assert_eq!(p.mark, vec![id(2)]);
+
+    // A grace period later they are marked / repacked.
+    let mut c = Case::new(packs, &[10, 30]);
+    c.now = t(123 * HOUR);
+    let p = c.plan().expect("plan");
+    assert_eq!(p.mark, vec![id(2), id(3)]);
+    assert_eq!(p.repack.len(), 1);
 }

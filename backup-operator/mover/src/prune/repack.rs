@@ -82,7 +82,7 @@ fn upload(be: &Backend, p: Pack) -> MResult<PackEntry> {
     be.be
         .write_bytes(FileType::Pack, &Id::new(p.id), tree, p.data.into())
         .ctx(&format!("writing repacked pack {}", hex(&p.id)))?;
-    Ok((p.id, p.entries))
+    Ok(PackEntry::new(p.id, p.entries))
 }
 
 /// Whether a sealed blob opens and hashes to `id`.

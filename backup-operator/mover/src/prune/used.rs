@@ -39,6 +39,7 @@ impl Inventory {
                 let pos = *at.entry(*p.id).or_insert_with(|| {
                     packs.push(PackInfo {
                         id: *p.id,
+                        time: p.time,
                         blobs: p
                             .blobs
                             .iter()
