@@ -251,7 +251,11 @@ mod tests {
 
     fn entry(i: u32, compressed: bool) -> Entry {
         Entry {
-            kind: if i % 3 == 0 { Kind::Tree } else { Kind::Data },
+            kind: if i.is_multiple_of(3) {
+                Kind::Tree
+            } else {
+                Kind::Data
+            },
             id: sha256(&i.to_le_bytes()),
             offset: i * 977,
             length: 40 + i * 13,

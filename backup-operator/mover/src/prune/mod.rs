@@ -193,7 +193,7 @@ pub fn run(be: &Backend, repo: &Repository<OpenStatus>, o: &PruneOpts) -> MResul
         next.unindexed.insert(id.to_hex().to_string(), *t);
     }
     next.version = loaded.state.version;
-    if next != loaded.state || loaded.raw.is_none() && !next.is_empty() {
+    if next != loaded.state {
         state::save(be, &crypto, &next)?;
     }
 

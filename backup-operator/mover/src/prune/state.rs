@@ -42,12 +42,6 @@ pub struct Loaded {
     pub raw: Option<Vec<u8>>,
 }
 
-impl State {
-    pub fn is_empty(&self) -> bool {
-        self.candidates.is_empty() && self.unindexed.is_empty()
-    }
-}
-
 /// Parses pack ids of `times`; an id that is not hex means a damaged state.
 pub fn ids(times: &PackTimes) -> MResult<Vec<(Id, Timestamp)>> {
     times
@@ -138,8 +132,10 @@ mod tests {
     #[test]
     fn state_round_trips_and_rejects_foreign_bytes() {
         let key = Crypto::from_raw([3u8; 64]);
-        let mut s = State::default();
-        s.version = VERSION;
+        let mut s = State {
+            version: VERSION,
+            ..State::default()
+        };
         s.candidates.insert("ab".repeat(32), Timestamp::UNIX_EPOCH);
         let sealed = key
             .encrypt(&serde_json::to_vec(&s).expect("json"))
