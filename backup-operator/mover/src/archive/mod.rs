@@ -326,3 +326,6 @@ fn file_worker(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
