@@ -57,7 +57,6 @@ fn init(be: &Backend) -> Repository<OpenStatus> {
 fn indexed_packs(repo: &Repository<OpenStatus>) -> BTreeSet<String> {
     repo.stream_files::<rustic_core::repofile::IndexFile>()
         .expect("index")
-        .into_iter()
         .flat_map(|f| f.expect("index file").1.packs)
         .map(|p| p.id.to_hex().as_str().to_string())
         .collect()
