@@ -235,7 +235,7 @@ fn prune_beside_a_backup_whose_lock_is_gone() {
     let s = src.to_str().expect("utf8");
     let env = Env::local();
     // Longer than any backup of this test (checked below).
-    let grace = Duration::from_secs(20);
+    let grace = Duration::from_secs(30);
     let grace_arg = format!("{}s", grace.as_secs());
     for i in 0..20 {
         write(
