@@ -8,6 +8,7 @@ mod error;
 mod lock;
 mod meta;
 mod ops;
+mod prune;
 mod repo;
 mod restore;
 mod result;
@@ -75,6 +76,9 @@ enum Cmd {
         /// Record this RFC 3339 time as the snapshot time (testing)
         #[arg(long, hide = true)]
         time: Option<String>,
+        /// Prune deletes a pack only this long after marking it unused (longer than any backup)
+        #[arg(long, default_value = prune::DEFAULT_GRACE, value_parser = prune::parse_duration)]
+        prune_grace: Duration,
     },
     /// Restore a snapshot into a directory
     Restore {
@@ -114,7 +118,7 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Apply retention for one PVC (and prune with instant delete)
+    /// Apply retention for one PVC (and prune: unused packs are marked, and deleted by a later prune after --prune-grace)
     Forget {
         #[command(flatten)]
         common: Common,
@@ -126,6 +130,9 @@ enum Cmd {
         keep_within_days: Option<u32>,
         #[arg(long)]
         prune: bool,
+        /// Prune deletes a pack only this long after marking it unused (longer than any backup)
+        #[arg(long, default_value = prune::DEFAULT_GRACE, value_parser = prune::parse_duration)]
+        prune_grace: Duration,
     },
     /// Create the repository if it does not exist (backup does this itself)
     Init {
@@ -170,6 +177,7 @@ fn run(cmd: Cmd, r: &mut MoverResult) -> MResult<()> {
             allow_empty,
             backup_threads,
             time,
+            prune_grace,
         } => {
             r.pvc = Some(pvc.clone());
             let time = parse_time("--time", time)?;
@@ -187,6 +195,7 @@ fn run(cmd: Cmd, r: &mut MoverResult) -> MResult<()> {
                 lock_wait: Duration::from_secs(common.lock_wait_seconds),
                 time,
                 threads: backup_threads,
+                prune_grace,
             };
             ops::backup(&be, &o, &args, r)
         }
@@ -248,18 +257,20 @@ fn run(cmd: Cmd, r: &mut MoverResult) -> MResult<()> {
             keep_last,
             keep_within_days,
             prune,
+            prune_grace,
         } => {
             let (be, o) = connect(&common)?;
             let ret = ops::Retention {
                 keep_last,
                 keep_within_days,
             };
+            let prune = prune.then(|| prune::PruneOpts::new(prune_grace));
             ops::forget(
                 &be,
                 &o,
                 &pvc,
                 &ret,
-                prune,
+                prune.as_ref(),
                 Duration::from_secs(common.lock_wait_seconds),
                 r,
             )

@@ -6,12 +6,13 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use rustic_core::repofile::SnapshotFile;
-use rustic_core::{OpenStatus, PruneOptions, Repository, SnapshotOptions, StringList};
+use rustic_core::{OpenStatus, Repository, SnapshotOptions, StringList};
 
 use crate::archive;
 use crate::error::{MResult, MoverError, RusticCtx};
 use crate::lock;
 use crate::meta;
+use crate::prune::{self, PruneOpts};
 use crate::repo::{self, Backend};
 use crate::restore;
 use crate::result::{ErrorKind, MoverResult, SnapshotInfo};
@@ -63,6 +64,8 @@ pub struct BackupArgs {
     pub time: Option<Timestamp>,
     /// File workers (None: the archive's default).
     pub threads: Option<usize>,
+    /// Prune's grace period before a marked pack is deleted.
+    pub prune_grace: Duration,
 }
 
 fn tag_value<'a>(s: &'a SnapshotFile, key: &str) -> Option<&'a str> {
@@ -144,6 +147,7 @@ pub fn backup(
         as_path: SNAPSHOT_PATH,
         parent: parent.as_ref(),
         threads: a.threads,
+        cancel: None,
     };
     let snap = archive::backup(&repo, be, &crypto, &settings, snap)
         .map_err(|e| e.context(&format!("backing up {}", a.source.display())))?;
@@ -168,7 +172,8 @@ pub fn backup(
             examples.join("; ").replace('\n', " ")
         ));
     } else if a.retention.is_set() {
-        match apply_retention(be, &repo, &a.pvc, &a.retention, true, a.lock_wait) {
+        let prune = PruneOpts::new(a.prune_grace);
+        match apply_retention(be, &repo, &a.pvc, &a.retention, Some(&prune), a.lock_wait) {
             Ok(forgotten) => r.forgotten = Some(forgotten),
             Err(e) => {
                 r.warning = Some(format!("backup stored but retention failed: {e}"));
@@ -202,13 +207,13 @@ pub fn select_forget(snaps: &[SnapshotFile], ret: &Retention, now: Timestamp) ->
     out
 }
 
-/// forget (per PVC) + prune with instant delete, under an exclusive lock.
+/// forget (per PVC) + two-phase prune (`prune.rs`), under an exclusive lock.
 pub fn apply_retention(
     be: &Backend,
     repo: &Repository<OpenStatus>,
     pvc: &str,
     ret: &Retention,
-    prune: bool,
+    prune: Option<&PruneOpts>,
     lock_wait: Duration,
 ) -> MResult<Vec<String>> {
     let crypto = repo::crypto(repo)?;
@@ -219,10 +224,8 @@ pub fn apply_retention(
     if !ids.is_empty() {
         repo.delete_snapshots(&ids).ctx("deleting snapshots")?;
     }
-    if prune && !ids.is_empty() {
-        let opts = PruneOptions::default().instant_delete(true);
-        let plan = repo.prune_plan(&opts).ctx("planning prune")?;
-        repo.prune(&opts, plan).ctx("pruning")?;
+    if let Some(o) = prune {
+        prune::after_forget(be, repo, o, !ids.is_empty())?;
     }
     guard.release();
     Ok(ids.iter().map(ToString::to_string).collect())
@@ -233,7 +236,7 @@ pub fn forget(
     o: &repo::OpenOpts,
     pvc: &str,
     ret: &Retention,
-    prune: bool,
+    prune: Option<&PruneOpts>,
     lock_wait: Duration,
     r: &mut MoverResult,
 ) -> MResult<()> {
@@ -242,12 +245,10 @@ pub fn forget(
     let repo = repo::open_or_init(be, o, false)?;
     let forgotten = if ret.is_set() {
         apply_retention(be, &repo, pvc, ret, prune, lock_wait)?
-    } else if prune {
+    } else if let Some(o) = prune {
         let crypto = repo::crypto(&repo)?;
         let guard = lock::acquire(be.raw.clone(), crypto, true, lock_wait)?;
-        let opts = PruneOptions::default().instant_delete(true);
-        let plan = repo.prune_plan(&opts).ctx("planning prune")?;
-        repo.prune(&opts, plan).ctx("pruning")?;
+        prune::run(be, &repo, o)?;
         guard.release();
         Vec::new()
     } else {

@@ -4,7 +4,6 @@
 
 use aes256ctr_poly1305aes::Aes256CtrPoly1305Aes;
 use rustic_core::Id;
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::crypto::seal_into;
@@ -16,15 +15,6 @@ use crate::result::ErrorKind;
 pub enum Kind {
     Data,
     Tree,
-}
-
-impl Kind {
-    fn json(self) -> &'static str {
-        match self {
-            Kind::Data => "data",
-            Kind::Tree => "tree",
-        }
-    }
 }
 
 /// A SHA-256 digest: blob ids, pack ids and file ids.
@@ -111,6 +101,30 @@ impl PackBuilder {
         Ok(length)
     }
 
+    /// Adds a blob exactly as another pack stores it (sealed, maybe
+    /// compressed): repacking copies blobs without sealing them again.
+    pub fn add_sealed(
+        &mut self,
+        kind: Kind,
+        id: Hash,
+        sealed: &[u8],
+        uncompressed_length: Option<u32>,
+    ) -> MResult<()> {
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(self.capacity);
+        }
+        let offset = to_u32(self.buf.len())?;
+        self.buf.extend_from_slice(sealed);
+        self.entries.push(Entry {
+            kind,
+            id,
+            offset,
+            length: to_u32(sealed.len())?,
+            uncompressed_length,
+        });
+        Ok(())
+    }
+
     /// Appends the header and computes the pack id; the builder is empty after.
     pub fn finish(&mut self, cipher: &Aes256CtrPoly1305Aes) -> MResult<Pack> {
         let mut header = Vec::with_capacity(self.entries.len() * 41);
@@ -144,47 +158,6 @@ impl PackBuilder {
 
 fn to_u32(n: usize) -> MResult<u32> {
     u32::try_from(n).map_err(|_| MoverError::new(ErrorKind::Other, "pack larger than 4 GiB"))
-}
-
-/// An index file's JSON (restic format).
-#[derive(Serialize, Default)]
-pub struct IndexJson {
-    pub packs: Vec<IndexPackJson>,
-}
-
-#[derive(Serialize)]
-pub struct IndexPackJson {
-    pub id: String,
-    pub blobs: Vec<IndexBlobJson>,
-}
-
-#[derive(Serialize)]
-pub struct IndexBlobJson {
-    pub id: String,
-    #[serde(rename = "type")]
-    pub tpe: &'static str,
-    pub offset: u32,
-    pub length: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub uncompressed_length: Option<u32>,
-}
-
-impl IndexPackJson {
-    pub fn of(pack_id: &Hash, entries: &[Entry]) -> Self {
-        Self {
-            id: hex(pack_id),
-            blobs: entries
-                .iter()
-                .map(|e| IndexBlobJson {
-                    id: hex(&e.id),
-                    tpe: e.kind.json(),
-                    offset: e.offset,
-                    length: e.length,
-                    uncompressed_length: e.uncompressed_length,
-                })
-                .collect(),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -226,9 +199,43 @@ mod tests {
         let e = &p.entries[1];
         let blob = &p.data[e.offset as usize..(e.offset + e.length) as usize];
         assert_eq!(open(blob), b"zz");
-        let json = serde_json::to_string(&IndexPackJson::of(&p.id, &p.entries)).expect("json");
+        let json = serde_json::to_string(&super::super::index::IndexPackJson::of(
+            &p.id, &p.entries, None,
+        ))
+        .expect("json");
         assert!(json.contains("\"type\":\"tree\""), "{json}");
         assert!(json.contains("\"uncompressed_length\":3"), "{json}");
         assert_eq!(json.matches("uncompressed_length").count(), 1, "{json}");
+    }
+
+    #[test]
+    fn sealed_blobs_are_copied_as_they_are() {
+        let key = Crypto::from_raw([9u8; 64]);
+        let c = key.cipher();
+        let mut a = PackBuilder::new(1024);
+        a.add(&c, Kind::Data, sha256(b"x"), b"first", None)
+            .expect("add");
+        a.add(&c, Kind::Data, sha256(b"y"), b"zz", Some(5))
+            .expect("add");
+        let src = a.finish(&c).expect("finish");
+        let e = &src.entries[1];
+        let sealed = &src.data[e.offset as usize..(e.offset + e.length) as usize];
+
+        let mut b = PackBuilder::new(1024);
+        b.add_sealed(Kind::Data, e.id, sealed, e.uncompressed_length)
+            .expect("copy");
+        let dst = b.finish(&c).expect("finish");
+        let d = &dst.entries[0];
+        assert_eq!(
+            (d.offset, d.length, d.uncompressed_length),
+            (0, e.length, Some(5))
+        );
+        let copied = &dst.data[..d.length as usize];
+        assert_eq!(key.decrypt(copied).as_deref(), Some(&b"zz"[..]));
+        let n = dst.data.len();
+        let hlen = u32::from_le_bytes(dst.data[n - 4..].try_into().expect("4")) as usize;
+        let header = key.decrypt(&dst.data[n - 4 - hlen..n - 4]).expect("header");
+        assert_eq!(header.len(), 1 + 4 + 4 + 32);
+        assert_eq!(header[0], 2, "compressed data blob");
     }
 }

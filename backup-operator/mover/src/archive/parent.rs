@@ -63,7 +63,8 @@ impl<'a> ParentTrees<'a> {
         }
     }
 
-    fn try_load(&self, id: &TreeId) -> Result<Tree, String> {
+    /// A tree, verified against its id.
+    pub fn try_load(&self, id: &TreeId) -> Result<Tree, String> {
         let loc = self.locs.get(&**id).ok_or("not in the index")?;
         let pack = self.pack(&loc.pack)?;
         let (start, end) = (

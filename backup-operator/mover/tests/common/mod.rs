@@ -1,0 +1,252 @@
+//! Helpers for the mover's process-level tests (local-path repositories).
+
+#![allow(dead_code)]
+
+#[allow(dead_code)]
+#[path = "../../src/result.rs"]
+pub mod result;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use result::MoverResult;
+use sha2::{Digest, Sha256};
+
+pub const PASSWORD: &str = "test-password";
+pub const MIB: usize = 1024 * 1024;
+
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> Self {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "mover-ptest-{}-{}-{name}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        Self(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+    pub fn join(&self, s: &str) -> PathBuf {
+        self.0.join(s)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The environment of a mover or restic process (nothing inherited that
+/// could point it elsewhere).
+#[derive(Clone)]
+pub struct Env {
+    pub vars: Vec<(String, String)>,
+}
+
+impl Env {
+    pub fn local() -> Self {
+        Self {
+            vars: vec![("RESTIC_PASSWORD".into(), PASSWORD.into())],
+        }
+    }
+    pub fn with(&self, k: &str, v: &str) -> Self {
+        let mut e = self.clone();
+        e.vars.retain(|(a, _)| a != k);
+        e.vars.push((k.into(), v.into()));
+        e
+    }
+    pub fn apply(&self, c: &mut Command) {
+        for k in [
+            "RESTIC_PASSWORD",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "MOVER_CACHE_DIR",
+            "MOVER_INDEX_INTERVAL_SECONDS",
+        ] {
+            c.env_remove(k);
+        }
+        c.env("HOME", std::env::temp_dir());
+        for (k, v) in &self.vars {
+            c.env(k, v);
+        }
+    }
+}
+
+pub fn mover_cmd(env: &Env, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_backup-mover"));
+    c.args(args);
+    env.apply(&mut c);
+    c
+}
+
+/// Runs the mover to the end; returns its result JSON.
+pub fn mover(env: &Env, args: &[&str]) -> MoverResult {
+    let out = mover_cmd(env, args).output().expect("run backup-mover");
+    parse_result(args, &out)
+}
+
+/// The result JSON the mover prints last on stderr.
+pub fn parse_result(args: &[&str], out: &std::process::Output) -> MoverResult {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no result for {args:?}; stderr: {stderr}"));
+    let r: MoverResult = serde_json::from_str(line).expect("result parses");
+    assert_eq!(
+        out.status.success(),
+        r.ok,
+        "exit status vs ok for {args:?}: {line}"
+    );
+    r
+}
+
+pub fn ok(env: &Env, args: &[&str]) -> MoverResult {
+    let r = mover(env, args);
+    assert!(r.ok, "{args:?} failed: {:?}", r.error);
+    r
+}
+
+pub fn restic(env: &Env, args: &[&str]) -> std::process::Output {
+    let mut c = Command::new("restic");
+    c.arg("--no-cache").args(args);
+    env.apply(&mut c);
+    c.output()
+        .expect("restic must be installed (apt-get install restic)")
+}
+
+/// `restic check --read-data` passes (orphaned packs are not errors).
+pub fn assert_restic_check(env: &Env, repo: &str, when: &str) {
+    let o = restic(env, &["-r", repo, "check", "--read-data"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        o.status.success() && text.contains("no errors were found"),
+        "restic check --read-data {when}:\n{text}"
+    );
+}
+
+pub fn backup_args<'a>(repo: &'a str, src: &'a str, pvc: &'a str) -> Vec<&'a str> {
+    vec![
+        "backup",
+        "--repository",
+        repo,
+        "--source",
+        src,
+        "--namespace",
+        "ns1",
+        "--policy",
+        "pol1",
+        "--pvc",
+        pvc,
+    ]
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn prng_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// Relative path to (kind, mode, content hash) of everything below `root`.
+pub fn tree_of(root: &Path) -> BTreeMap<String, (char, u32, String)> {
+    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, (char, u32, String)>) {
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .expect("read_dir")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        names.sort();
+        for p in names {
+            let m = std::fs::symlink_metadata(&p).expect("lstat");
+            let rel = p.strip_prefix(base).expect("prefix").display().to_string();
+            if m.is_dir() {
+                out.insert(rel, ('d', m.mode() & 0o7777, String::new()));
+                walk(base, &p, out);
+            } else {
+                let data = std::fs::read(&p).expect("read");
+                let h = format!("{:x}", Sha256::digest(&data));
+                out.insert(rel, ('f', m.mode() & 0o7777, h));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// Restores `snapshot` with the mover and compares it with `src`.
+pub fn assert_restores(env: &Env, repo: &str, snapshot: &str, src: &Path, when: &str) {
+    let t = TempDir::new("restore");
+    let target = t.join("out");
+    let target_s = target.to_str().expect("utf8");
+    ok(
+        env,
+        &[
+            "restore",
+            "--repository",
+            repo,
+            "--snapshot",
+            snapshot,
+            "--target",
+            target_s,
+        ],
+    );
+    let (a, b) = (tree_of(src), tree_of(&target));
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "restored names {when}"
+    );
+    for (k, v) in &a {
+        assert_eq!(Some(v), b.get(k), "{k} differs after restore {when}");
+    }
+}
+
+/// File names (pack ids) under `<repo>/data`.
+pub fn packs(repo: &Path) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let Ok(rd) = std::fs::read_dir(repo.join("data")) else {
+        return out;
+    };
+    for sub in rd {
+        let sub = sub.expect("entry").path();
+        for f in std::fs::read_dir(&sub).expect("read_dir") {
+            let name = f.expect("entry").file_name().to_string_lossy().to_string();
+            if !name.contains(".tmp") {
+                out.insert(name);
+            }
+        }
+    }
+    out
+}
+
+/// Names of files directly in `<repo>/<dir>`.
+pub fn files_in(repo: &Path, dir: &str) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(repo.join(dir)) else {
+        return Vec::new();
+    };
+    rd.map(|e| e.expect("entry").file_name().to_string_lossy().to_string())
+        .collect()
+}
