@@ -88,7 +88,7 @@ impl Schedule {
     }
 
     /// The first run strictly after `after`, as the CronJob controller
-    /// computes it (see [`next`]): a wall-clock time that a DST jump skips
+    /// computes it (robfig/cron v3's walk, see `schedule/next.rs`): a wall-clock time that a DST jump skips
     /// is not run that day; one inside a repeated hour runs in both.
     pub fn next_after(&self, after: Timestamp) -> Option<Timestamp> {
         next::next(&self.fields, &self.tz, after)
