@@ -325,7 +325,7 @@ impl Attrs {
         }
         let ts = |t: Option<(i64, i64)>| match t {
             Some((s, ns)) => libc::timespec {
-                tv_sec: s as libc::time_t,
+                tv_sec: s as _,
                 tv_nsec: ns as _,
             },
             None => libc::timespec {
