@@ -422,3 +422,49 @@ fn removing_a_held_lock_stops_the_holder() {
     assert!(stderr.contains("was removed by someone else"), "{stderr}");
     assert!(took < Duration::from_secs(10), "stopped in {took:?}");
 }
+
+#[test]
+fn backup_whose_lock_is_removed_stops_without_a_snapshot() {
+    // `unlock --remove-all` while a backup runs (what an operator must not
+    // do, but a prune may then run): the backup notices at its next
+    // refresh, stops, and writes neither index nor snapshot.
+    let t = TempDir::new("lostbackup");
+    let env = Env::local().with("MOVER_LOCK_STALE_SECONDS", "6");
+    let src = t.join("src");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    for i in 0..6 {
+        random_file(&src.join(format!("f{i}")), 48 * MIB as usize);
+    }
+    let repo = t.join("repo");
+    let repo_s = repo.to_str().expect("utf8");
+    let rf = t.join("result.json");
+    let mut a = backup_args(repo_s, src.to_str().expect("utf8"), "data");
+    let rf_s = rf.to_str().expect("utf8");
+    a.extend(["--result-file", rf_s, "--backup-threads", "1"]);
+    let mut child = mover_cmd(&env, &a)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while files_under(&repo.join("data")) < 1 {
+        assert!(Instant::now() < deadline, "no pack written");
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "backup ended early"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unlock(&env, repo_s, true);
+    assert!(!child.wait().expect("wait").success());
+    let r: MoverResult =
+        serde_json::from_str(&std::fs::read_to_string(&rf).expect("result")).expect("json");
+    let e = r.error.expect("error");
+    assert!(
+        e.message.contains("was removed by someone else"),
+        "{}",
+        e.message
+    );
+    assert_eq!(files_under(&repo.join("snapshots")), 0, "no snapshot");
+    assert_eq!(files_under(&repo.join("index")), 0, "no index");
+    assert!(lock_names(repo_s).is_empty());
+}

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,26 +11,6 @@ use std::time::{Duration, Instant};
 use common::proxy::{Fault, Proxy, Rule};
 use common::result::{ErrorKind, MoverResult};
 use common::*;
-
-fn files_under(dir: &Path) -> usize {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    rd.filter_map(|e| e.ok())
-        .map(|e| {
-            let p = e.path();
-            if p.is_dir() { files_under(&p) } else { 1 }
-        })
-        .sum()
-}
-
-fn random_file(path: &Path, len: usize) {
-    let mut data = vec![0u8; len];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut data))
-        .expect("urandom");
-    std::fs::write(path, data).expect("write");
-}
 
 fn check_read_data(env: &Env, repo: &str) {
     let o = restic(env, &["-r", repo, "check", "--read-data"]);

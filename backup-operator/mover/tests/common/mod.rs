@@ -373,4 +373,25 @@ pub fn files_in(repo: &Path, dir: &str) -> Vec<String> {
     };
     rd.map(|e| e.expect("entry").file_name().to_string_lossy().to_string())
         .collect()
+
+/// Regular files below `dir`, recursively.
+pub fn files_under(dir: &Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.filter_map(|e| e.ok())
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() { files_under(&p) } else { 1 }
+        })
+        .sum()
+}
+
+/// `len` random bytes (from /dev/urandom) at `path`.
+pub fn random_file(path: &Path, len: usize) {
+    let mut data = vec![0u8; len];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut data))
+        .expect("urandom");
+    std::fs::write(path, data).expect("write");
 }
