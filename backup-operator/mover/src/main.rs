@@ -20,7 +20,6 @@ mod retry;
 mod s3;
 mod select;
 mod skipped;
-mod unlock;
 mod verified;
 
 use std::path::PathBuf;
@@ -350,7 +349,7 @@ fn run(cmd: Cmd, r: &mut MoverResult) -> MResult<()> {
             let (be, o) = connect(&common)?;
             let repo = repo::open_or_init(&be, &o, true)?;
             let crypto = repo::crypto(&repo)?;
-            unlock::hold(be.raw.clone(), crypto, exclusive, seconds, time.as_deref())?;
+            lock::unlock::hold(be.raw.clone(), crypto, exclusive, seconds, time.as_deref())?;
             r.ok = true;
             Ok(())
         }

@@ -12,6 +12,7 @@ use crate::archive;
 use crate::cancel;
 use crate::error::{MResult, MoverError, RusticCtx};
 use crate::lock;
+use crate::lock::unlock;
 use crate::meta;
 use crate::owner::{self, Me};
 use crate::prune::{self, PruneOpts};
@@ -20,7 +21,6 @@ use crate::restore;
 use crate::result::{ErrorKind, MoverResult, SnapshotInfo};
 use crate::select::{Selector, choose_parent, tag_value};
 use crate::skipped::Skipped;
-use crate::unlock;
 
 /// Path under which every snapshot stores the PVC contents (restic's
 /// `paths`), independent of where the PVC was mounted.

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
+use super::{self as lock, Seen, Timing};
 use crate::crypto::Crypto;
 use crate::error::MResult;
-use crate::lock::{self, Seen, Timing};
 use crate::repo::Raw;
 
 /// What `unlock` did: ids removed, and locks kept with why.
