@@ -24,6 +24,7 @@ static REQUESTED: AtomicBool = AtomicBool::new(false);
 static SIGNAL_NO: AtomicI32 = AtomicI32::new(0);
 static LOCK_MESSAGE: Mutex<Option<String>> = Mutex::new(None);
 static SINCE: Mutex<Option<Instant>> = Mutex::new(None);
+static FINISHING: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(sig: libc::c_int) {
     // Only atomics here: async-signal-safe.
@@ -117,10 +118,7 @@ pub fn error() -> MoverError {
                 libc::SIGINT => "SIGINT",
                 _ => "SIGTERM",
             };
-            MoverError::new(
-                ErrorKind::Interrupted,
-                format!("interrupted by {name}; the operation was stopped"),
-            )
+            MoverError::new(ErrorKind::Interrupted, format!("interrupted by {name}"))
         }
     }
 }
@@ -145,5 +143,31 @@ pub fn sleep(d: Duration) -> MResult<()> {
             return Ok(());
         }
         std::thread::sleep((end - now).min(Duration::from_millis(100)));
+    }
+}
+
+/// Whether the caller is the one to write the result and exit (the main
+/// thread or the watchdog, whichever comes first).
+pub fn claim_finish() -> bool {
+    !FINISHING.swap(true, Ordering::SeqCst)
+}
+
+/// After a signal, gives the operation `grace` to stop by itself (most
+/// loops poll within a second, but e.g. rustic's prune does not); then
+/// runs `force` (remove locks, write the result, exit).
+pub fn spawn_watchdog(grace: Duration, force: impl FnOnce() + Send + 'static) {
+    let spawned = std::thread::Builder::new()
+        .name("stop-watchdog".into())
+        .spawn(move || {
+            while !interrupted() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            std::thread::sleep(grace);
+            if claim_finish() {
+                force();
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("no stop watchdog (a signal then waits for the operation): {e}");
     }
 }

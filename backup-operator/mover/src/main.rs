@@ -395,6 +395,25 @@ fn main() -> ExitCode {
     };
     let mut r = MoverResult::new(op);
     r.location = location_of(&common);
+    {
+        let mut forced = MoverResult::new(op);
+        forced.location = r.location.clone();
+        let path = common.result_file.clone();
+        cancel::spawn_watchdog(stop_grace(), move || {
+            lock::remove_held();
+            let c = cancel::error();
+            forced.error = Some(ErrorInfo {
+                kind: c.kind,
+                message: format!(
+                    "{}; the operation did not stop within {}s, so the mover exited after removing its lock",
+                    c.message,
+                    stop_grace().as_secs()
+                ),
+            });
+            emit(&forced, path.as_deref());
+            std::process::exit(1);
+        });
+    }
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         cancel::install_signal_handlers()?;
         run(cli.cmd, &mut r)
@@ -425,18 +444,39 @@ fn main() -> ExitCode {
             message: e.message,
         });
     }
-    let json = r.to_json_limited(MAX_RESULT_BYTES);
-    if let Some(path) = &common.result_file
-        && let Err(e) = std::fs::write(path, &json)
-    {
-        eprintln!("backup-mover: writing result to {}: {e}", path.display());
+    if !cancel::claim_finish() {
+        // The watchdog is writing the result and exits the process.
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
     }
-    eprintln!("{json}");
+    emit(&r, common.result_file.as_deref());
     if r.ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// How long an operation may take to stop after SIGTERM before the mover
+/// exits anyway (Kubernetes kills 30 s after SIGTERM by default).
+fn stop_grace() -> Duration {
+    let secs = std::env::var("MOVER_STOP_GRACE_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15);
+    Duration::from_secs(secs)
+}
+
+/// Writes the result to `path` (if any) and stderr.
+fn emit(r: &MoverResult, path: Option<&std::path::Path>) {
+    let json = r.to_json_limited(MAX_RESULT_BYTES);
+    if let Some(path) = path
+        && let Err(e) = std::fs::write(path, &json)
+    {
+        eprintln!("backup-mover: writing result to {}: {e}", path.display());
+    }
+    eprintln!("{json}");
 }
 
 /// Minimal stderr logger for the `log` facade (RUST_LOG=debug|info|warn, default warn).

@@ -250,3 +250,61 @@ fn unreadable_directory_makes_the_backup_partial() {
     assert!(w.contains("2 entries"), "{w}");
     assert!(w.contains("closed") && w.contains("secret"), "{w}");
 }
+
+#[test]
+fn sigterm_during_a_restore_that_does_not_poll_still_removes_the_lock() {
+    // The restore path does not poll for cancellation; the watchdog gives it
+    // MOVER_STOP_GRACE_SECONDS, then removes the lock, reports and exits.
+    let t = TempDir::new("sigterm-restore");
+    let env = Env::local();
+    let src = t.join("src");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    for i in 0..6 {
+        random_file(&src.join(format!("f{i}")), 48 * MIB as usize);
+    }
+    let repo = t.join("repo");
+    let repo_s = repo.to_str().expect("utf8");
+    ok(
+        &env,
+        &backup_args(repo_s, src.to_str().expect("utf8"), "data"),
+    );
+    let target = t.join("target");
+    let rf = t.join("result.json");
+    let args = [
+        "restore",
+        "--repository",
+        repo_s,
+        "--target",
+        target.to_str().expect("utf8"),
+        "--restore-threads",
+        "1",
+        "--result-file",
+        rf.to_str().expect("utf8"),
+    ];
+    let mut child = mover_cmd(&env.with("MOVER_STOP_GRACE_SECONDS", "1"), &args)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while files_under(&target) < 1 {
+        assert!(Instant::now() < deadline, "nothing restored");
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "restore ended early"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(files_under(&repo.join("locks")), 1, "restore holds a lock");
+    let sent = Instant::now();
+    // SAFETY: signalling our own child by its pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    assert!(!child.wait().expect("wait").success());
+    let stopped = sent.elapsed();
+    let r: MoverResult =
+        serde_json::from_str(&std::fs::read_to_string(&rf).expect("result")).expect("json");
+    let e = r.error.expect("error");
+    assert_eq!(e.kind, ErrorKind::Interrupted, "{}", e.message);
+    eprintln!("restore stopped {stopped:?} after SIGTERM: {}", e.message);
+    assert!(stopped < Duration::from_secs(10));
+    assert_eq!(files_under(&repo.join("locks")), 0, "lock removed");
+}

@@ -105,6 +105,25 @@ pub fn acquire(be: Raw, crypto: Crypto, exclusive: bool, wait: Duration) -> MRes
     }
 }
 
+/// Locks this process holds, for [`remove_held`] when it is forced to exit.
+static HELD: Mutex<Vec<(Raw, Arc<Mutex<String>>)>> = Mutex::new(Vec::new());
+
+fn held() -> std::sync::MutexGuard<'static, Vec<(Raw, Arc<Mutex<String>>)>> {
+    HELD.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Removes every lock this process holds (before a forced exit).
+pub fn remove_held() {
+    for (be, id) in held().drain(..) {
+        let id = id.lock().map(|g| g.clone()).unwrap_or_default();
+        match be.delete(&format!("locks/{id}")) {
+            Ok(()) => log::warn!("removed our lock {} before exiting", short(&id)),
+            Err(e) => log::warn!("removing our lock {}: {e}", short(&id)),
+        }
+    }
+}
+
 /// A held lock; removed on drop. While it is held, a refresher thread
 /// renews it; if that fails for too long the operation is cancelled.
 pub struct LockGuard {
@@ -130,6 +149,7 @@ impl LockGuard {
         if let Some(h) = self.refresher.take() {
             let _ = h.join();
         }
+        held().retain(|(_, h)| !Arc::ptr_eq(h, &self.id));
         let id = match self.id.lock() {
             Ok(g) => g.clone(),
             Err(p) => p.into_inner().clone(),
@@ -162,12 +182,15 @@ fn start_guard(
         .name("lock-refresh".into())
         .spawn(move || refresh_loop(&be2, &crypto, exclusive, &id2, &rx, timing));
     match spawned {
-        Ok(h) => Ok(LockGuard {
-            be,
-            id,
-            stop: Some(tx),
-            refresher: Some(h),
-        }),
+        Ok(h) => {
+            held().push((be.clone(), id.clone()));
+            Ok(LockGuard {
+                be,
+                id,
+                stop: Some(tx),
+                refresher: Some(h),
+            })
+        }
         Err(e) => {
             // Without a refresher the lock would silently go stale.
             let id = id.lock().map(|g| g.clone()).unwrap_or_default();
