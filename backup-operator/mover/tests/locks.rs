@@ -405,6 +405,7 @@ fn failing_refresh_stops_the_holder_before_the_lock_turns_stale() {
     let (ok_exit, stderr, took) = stderr_of(c);
     assert!(!ok_exit, "holder must fail");
     assert!(stderr.contains("could not be refreshed"), "{stderr}");
+    eprintln!("holder stopped {took:?} after its refreshes began to fail");
     assert!(took < Duration::from_secs(20), "stopped in {took:?}");
     std::fs::remove_file(&locks).expect("rm");
     std::fs::rename(&moved, &locks).expect("mv back");
@@ -420,6 +421,7 @@ fn removing_a_held_lock_stops_the_holder() {
     let (ok_exit, stderr, took) = stderr_of(c);
     assert!(!ok_exit, "holder must fail");
     assert!(stderr.contains("was removed by someone else"), "{stderr}");
+    eprintln!("holder stopped {took:?} after its lock was removed");
     assert!(took < Duration::from_secs(10), "stopped in {took:?}");
 }
 

@@ -92,7 +92,7 @@ fn s3_errors_resets_and_stalls_are_retried() {
     let moto = Moto::start();
     let direct = moto.bucket("faults");
     let proxy = Proxy::start(moto.port);
-    let repo = proxy.repo("faults/ns1/data");
+    let repo = proxy.repo("faults/ns1/vol");
     let env = Env::s3()
         .with("MOVER_S3_RETRIES", "10")
         .with("MOVER_S3_TIMEOUT_SECONDS", "2");
@@ -154,7 +154,7 @@ fn s3_errors_resets_and_stalls_are_retried() {
     ok(&env, &backup_args(&repo, s, "data"));
     assert_eq!(proxy.faults(), injected + 4);
     proxy.clear();
-    check_read_data(&env, &format!("{direct}/ns1/data"));
+    check_read_data(&env, &format!("{direct}/ns1/vol"));
     restore_matches(&env, &repo, &src, &t);
 
     // Failures that do not end give up within the (here: short) budget,
@@ -173,13 +173,17 @@ fn s3_errors_resets_and_stalls_are_retried() {
     );
     let took = start.elapsed();
     assert!(!r.ok);
+    eprintln!(
+        "permanent 503 with a 3 s budget: gave up after {took:?}: {:?}",
+        r.error
+    );
     assert!(took < Duration::from_secs(30), "gave up after {took:?}");
     proxy.clear();
     let o = restic(
         &env,
         &[
             "-r",
-            &format!("{direct}/ns1/data"),
+            &format!("{direct}/ns1/vol"),
             "list",
             "locks",
             "--no-lock",
@@ -194,7 +198,7 @@ fn s3_errors_resets_and_stalls_are_retried() {
         .snapshots
         .expect("snaps");
     assert_eq!(snaps.len(), 2);
-    check_read_data(&env, &format!("{direct}/ns1/data"));
+    check_read_data(&env, &format!("{direct}/ns1/vol"));
 }
 
 #[test]
