@@ -435,7 +435,7 @@ fn backup_whose_lock_is_removed_stops_without_a_snapshot() {
     let src = t.join("src");
     std::fs::create_dir_all(&src).expect("mkdir");
     for i in 0..6 {
-        random_file(&src.join(format!("f{i}")), 48 * MIB as usize);
+        random_file(&src.join(format!("f{i}")), 48 * MIB);
     }
     let repo = t.join("repo");
     let repo_s = repo.to_str().expect("utf8");

@@ -29,7 +29,7 @@ fn sigterm_during_backup_reports_interrupted_and_leaves_no_lock() {
     let src = t.join("src");
     std::fs::create_dir_all(&src).expect("mkdir");
     for i in 0..6 {
-        random_file(&src.join(format!("f{i}")), 48 * MIB as usize);
+        random_file(&src.join(format!("f{i}")), 48 * MIB);
     }
     let repo = t.join("repo");
     let repo_s = repo.to_str().expect("utf8");
@@ -100,7 +100,7 @@ fn s3_errors_resets_and_stalls_are_retried() {
     let src = t.join("src");
     std::fs::create_dir_all(&src).expect("mkdir");
     for i in 0..3 {
-        random_file(&src.join(format!("f{i}")), 10 * MIB as usize);
+        random_file(&src.join(format!("f{i}")), 10 * MIB);
     }
     let s = src.to_str().expect("utf8");
     let rules = [
@@ -143,7 +143,7 @@ fn s3_errors_resets_and_stalls_are_retried() {
     assert_eq!(proxy.faults(), injected, "every fault was served");
 
     // An incremental run whose index and snapshot reads are reset.
-    random_file(&src.join("f1"), 10 * MIB as usize);
+    random_file(&src.join("f1"), 10 * MIB);
     proxy.add(Rule::new(Some("GET"), "/index/", Fault::Reset, Some(2)));
     proxy.add(Rule::new(
         Some("GET"),
@@ -165,7 +165,7 @@ fn s3_errors_resets_and_stalls_are_retried() {
         Fault::Status(503, "SlowDown"),
         None,
     ));
-    random_file(&src.join("f2"), 10 * MIB as usize);
+    random_file(&src.join("f2"), 10 * MIB);
     let start = Instant::now();
     let r = mover(
         &env.with("MOVER_S3_RETRY_SECONDS", "3"),
@@ -264,7 +264,7 @@ fn sigterm_during_a_restore_that_does_not_poll_still_removes_the_lock() {
     let src = t.join("src");
     std::fs::create_dir_all(&src).expect("mkdir");
     for i in 0..6 {
-        random_file(&src.join(format!("f{i}")), 48 * MIB as usize);
+        random_file(&src.join(format!("f{i}")), 48 * MIB);
     }
     let repo = t.join("repo");
     let repo_s = repo.to_str().expect("utf8");

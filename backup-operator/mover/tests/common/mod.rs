@@ -373,6 +373,7 @@ pub fn files_in(repo: &Path, dir: &str) -> Vec<String> {
     };
     rd.map(|e| e.expect("entry").file_name().to_string_lossy().to_string())
         .collect()
+}
 
 /// Regular files below `dir`, recursively.
 pub fn files_under(dir: &Path) -> usize {
