@@ -66,7 +66,7 @@ pub struct SnapshotSummary {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MoverError {
-    /// WrongPassword, BucketMissing, EndpointUnreachable, PermissionDenied, SourceEmpty, RepositoryLocked, NotFound, Other.
+    /// WrongPassword, BucketMissing, EndpointUnreachable, PermissionDenied, SourceEmpty, RepositoryLocked, NotFound, Interrupted, Other.
     pub kind: String,
     /// Human-readable detail (never contains secrets).
     pub message: String,

@@ -3,16 +3,23 @@
 //! See `README.md` in this crate for the CLI contract, tags and result JSON.
 
 mod archive;
+mod cancel;
 mod crypto;
 mod error;
+mod fence;
+mod init;
 mod lock;
 mod meta;
 mod ops;
+mod owner;
 mod prune;
 mod repo;
 mod restore;
 mod result;
+mod retry;
 mod s3;
+mod select;
+mod skipped;
 mod verified;
 
 use std::path::PathBuf;
@@ -118,10 +125,14 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Apply retention for one PVC (and prune: unused packs are marked, and deleted by a later prune after --prune-grace)
+    /// Apply retention to one policy's snapshots of one PVC (and prune: unused packs are marked, and deleted by a later prune after --prune-grace)
     Forget {
         #[command(flatten)]
         common: Common,
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        policy: String,
         #[arg(long)]
         pvc: String,
         #[arg(long)]
@@ -133,11 +144,31 @@ enum Cmd {
         /// Prune deletes a pack only this long after marking it unused (longer than any backup)
         #[arg(long, default_value = prune::DEFAULT_GRACE, value_parser = prune::parse_duration)]
         prune_grace: Duration,
+        /// Forget/prune even in a repository another cluster or namespace
+        /// owns, or one with snapshots not written by the mover; records us
+        /// as its owner
+        #[arg(long)]
+        adopt: bool,
     },
     /// Create the repository if it does not exist (backup does this itself)
     Init {
         #[command(flatten)]
         common: Common,
+        /// Recorded in the owner marker (with MOVER_CLUSTER_ID)
+        #[arg(long, requires = "policy")]
+        namespace: Option<String>,
+        #[arg(long, requires = "namespace")]
+        policy: Option<String>,
+    },
+    /// Remove stale locks (older than 30 minutes, or of dead processes on
+    /// this host); every removal is logged. Run only when no Job of the
+    /// repository runs.
+    Unlock {
+        #[command(flatten)]
+        common: Common,
+        /// Remove every lock, also fresh and unreadable ones
+        #[arg(long)]
+        remove_all: bool,
     },
     /// Hold a restic-compatible lock for some seconds (tests, maintenance)
     #[command(hide = true)]
@@ -148,6 +179,9 @@ enum Cmd {
         exclusive: bool,
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+        /// Only write a lock file with this time (any string) and leave it
+        #[arg(long)]
+        time: Option<String>,
     },
 }
 
@@ -253,11 +287,14 @@ fn run(cmd: Cmd, r: &mut MoverResult) -> MResult<()> {
         }
         Cmd::Forget {
             common,
+            namespace,
+            policy,
             pvc,
             keep_last,
             keep_within_days,
             prune,
             prune_grace,
+            adopt,
         } => {
             let (be, o) = connect(&common)?;
             let ret = ops::Retention {
@@ -265,32 +302,54 @@ fn run(cmd: Cmd, r: &mut MoverResult) -> MResult<()> {
                 keep_within_days,
             };
             let prune = prune.then(|| prune::PruneOpts::new(prune_grace));
+            let me = owner::Me::new(&namespace, &policy);
+            let scope = ops::Scope {
+                sel: select::Selector::policy(&namespace, &policy, &pvc),
+                me: &me,
+                adopt,
+            };
             ops::forget(
                 &be,
                 &o,
-                &pvc,
+                &scope,
                 &ret,
                 prune.as_ref(),
                 Duration::from_secs(common.lock_wait_seconds),
                 r,
             )
         }
-        Cmd::Init { common } => {
+        Cmd::Init {
+            common,
+            namespace,
+            policy,
+        } => {
             let (be, o) = connect(&common)?;
-            repo::open_or_init(&be, &o, true)?;
+            let repo = repo::open_or_init(&be, &o, true)?;
+            if let (Some(ns), Some(p)) = (namespace, policy) {
+                let crypto = repo::crypto(&repo)?;
+                let snaps = repo
+                    .get_all_snapshots()
+                    .map_err(|e| MoverError::rustic("reading snapshots", &e))?;
+                owner::claim_if_unowned(&be.raw, &crypto, &owner::Me::new(&ns, &p), &snaps)?;
+            }
             r.time = Some(jiff::Timestamp::now().to_string());
             r.ok = true;
             Ok(())
+        }
+        Cmd::Unlock { common, remove_all } => {
+            let (be, o) = connect(&common)?;
+            ops::unlock(&be, &o, remove_all, r)
         }
         Cmd::Lock {
             common,
             exclusive,
             seconds,
+            time,
         } => {
             let (be, o) = connect(&common)?;
             let repo = repo::open_or_init(&be, &o, true)?;
             let crypto = repo::crypto(&repo)?;
-            lock::hold(be.raw.clone(), crypto, exclusive, seconds)?;
+            lock::unlock::hold(be.raw.clone(), crypto, exclusive, seconds, time.as_deref())?;
             r.ok = true;
             Ok(())
         }
@@ -330,42 +389,94 @@ fn main() -> ExitCode {
         Cmd::Restore { common, .. } => ("restore", common.clone()),
         Cmd::Snapshots { common, .. } => ("snapshots", common.clone()),
         Cmd::Forget { common, .. } => ("forget", common.clone()),
-        Cmd::Init { common } => ("init", common.clone()),
+        Cmd::Init { common, .. } => ("init", common.clone()),
+        Cmd::Unlock { common, .. } => ("unlock", common.clone()),
         Cmd::Lock { common, .. } => ("lock", common.clone()),
     };
     let mut r = MoverResult::new(op);
     r.location = location_of(&common);
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli.cmd, &mut r)))
-        .unwrap_or_else(|p| {
-            let msg = p
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "panic".to_string());
-            Err(MoverError::new(
-                ErrorKind::Other,
-                format!("internal error: {msg}"),
-            ))
+    {
+        let mut forced = MoverResult::new(op);
+        forced.location = r.location.clone();
+        let path = common.result_file.clone();
+        cancel::spawn_watchdog(stop_grace(), move || {
+            lock::remove_held();
+            let c = cancel::error();
+            forced.error = Some(ErrorInfo {
+                kind: c.kind,
+                message: format!(
+                    "{}; the operation did not stop within {}s, so the mover exited after removing its lock",
+                    c.message,
+                    stop_grace().as_secs()
+                ),
+            });
+            emit(&forced, path.as_deref());
+            std::process::exit(1);
         });
-    if let Err(e) = outcome {
+    }
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        cancel::install_signal_handlers()?;
+        run(cli.cmd, &mut r)
+    }))
+    .unwrap_or_else(|p| {
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "panic".to_string());
+        Err(MoverError::new(
+            ErrorKind::Other,
+            format!("internal error: {msg}"),
+        ))
+    });
+    if let Err(mut e) = outcome {
+        // Whatever failed after a signal failed because of it.
+        let c = cancel::error();
+        if cancel::requested()
+            && e.kind != ErrorKind::Interrupted
+            && !e.message.contains(&c.message)
+        {
+            e = MoverError::new(c.kind, format!("{} ({})", c.message, e.message));
+        }
         r.ok = false;
         r.error = Some(ErrorInfo {
             kind: e.kind,
             message: e.message,
         });
     }
-    let json = r.to_json_limited(MAX_RESULT_BYTES);
-    if let Some(path) = &common.result_file
-        && let Err(e) = std::fs::write(path, &json)
-    {
-        eprintln!("backup-mover: writing result to {}: {e}", path.display());
+    if !cancel::claim_finish() {
+        // The watchdog is writing the result and exits the process.
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
     }
-    eprintln!("{json}");
+    emit(&r, common.result_file.as_deref());
     if r.ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// How long an operation may take to stop after SIGTERM before the mover
+/// exits anyway (Kubernetes kills 30 s after SIGTERM by default).
+fn stop_grace() -> Duration {
+    let secs = std::env::var("MOVER_STOP_GRACE_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15);
+    Duration::from_secs(secs)
+}
+
+/// Writes the result to `path` (if any) and stderr.
+fn emit(r: &MoverResult, path: Option<&std::path::Path>) {
+    let json = r.to_json_limited(MAX_RESULT_BYTES);
+    if let Some(path) = path
+        && let Err(e) = std::fs::write(path, &json)
+    {
+        eprintln!("backup-mover: writing result to {}: {e}", path.display());
+    }
+    eprintln!("{json}");
 }
 
 /// Minimal stderr logger for the `log` facade (RUST_LOG=debug|info|warn, default warn).
@@ -376,19 +487,12 @@ fn init_logging() {
             m.level() <= self.0
         }
         fn log(&self, rec: &log::Record<'_>) {
-            if rec.level() == log::Level::Warn && rec.target().starts_with("rustic_core") {
-                let msg = rec.args().to_string();
-                if msg.starts_with("ignoring error") {
-                    ops::note_skipped(msg);
-                }
-            }
             if self.enabled(rec.metadata()) {
                 eprintln!("[{}] {}: {}", rec.level(), rec.target(), rec.args());
             }
         }
         fn flush(&self) {}
     }
-    // Warnings are always captured (skipped files make a backup partial).
     let level = match std::env::var("RUST_LOG").as_deref() {
         Ok("trace") => log::LevelFilter::Trace,
         Ok("debug") => log::LevelFilter::Debug,
@@ -398,6 +502,6 @@ fn init_logging() {
         _ => log::LevelFilter::Warn,
     };
     if log::set_boxed_logger(Box::new(L(level))).is_ok() {
-        log::set_max_level(level.max(log::LevelFilter::Warn));
+        log::set_max_level(level);
     }
 }

@@ -9,33 +9,18 @@ use rustic_core::repofile::SnapshotFile;
 use rustic_core::{OpenStatus, Repository, SnapshotOptions, StringList};
 
 use crate::archive;
+use crate::cancel;
 use crate::error::{MResult, MoverError, RusticCtx};
 use crate::lock;
+use crate::lock::unlock;
 use crate::meta;
+use crate::owner::{self, Me};
 use crate::prune::{self, PruneOpts};
 use crate::repo::{self, Backend};
 use crate::restore;
 use crate::result::{ErrorKind, MoverResult, SnapshotInfo};
-
-static SKIPPED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-static SKIPPED_COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// Called by the logger for rustic's "ignoring error" warnings: an entry of
-/// the source could not be read and is missing from the snapshot.
-pub fn note_skipped(msg: String) {
-    SKIPPED_COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    if let Ok(mut v) = SKIPPED.lock()
-        && v.len() < 3
-    {
-        v.push(msg);
-    }
-}
-
-fn skipped() -> (u64, Vec<String>) {
-    let n = SKIPPED_COUNT.load(std::sync::atomic::Ordering::Relaxed);
-    let v = SKIPPED.lock().map(|v| v.clone()).unwrap_or_default();
-    (n, v)
-}
+use crate::select::{Selector, choose_parent, tag_value};
+use crate::skipped::Skipped;
 
 /// Path under which every snapshot stores the PVC contents (restic's
 /// `paths`), independent of where the PVC was mounted.
@@ -68,12 +53,6 @@ pub struct BackupArgs {
     pub prune_grace: Duration,
 }
 
-fn tag_value<'a>(s: &'a SnapshotFile, key: &str) -> Option<&'a str> {
-    s.tags
-        .iter()
-        .find_map(|t| t.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
-}
-
 fn info(s: &SnapshotFile) -> SnapshotInfo {
     SnapshotInfo {
         id: s.id.to_string(),
@@ -83,15 +62,26 @@ fn info(s: &SnapshotFile) -> SnapshotInfo {
     }
 }
 
-fn snapshots_for(repo: &Repository<OpenStatus>, pvc: Option<&str>) -> MResult<Vec<SnapshotFile>> {
+/// Matching snapshots, newest first.
+fn snapshots_of(repo: &Repository<OpenStatus>, sel: &Selector<'_>) -> MResult<Vec<SnapshotFile>> {
     let mut snaps: Vec<SnapshotFile> = repo
         .get_all_snapshots()
         .ctx("reading snapshots")?
         .into_iter()
-        .filter(|s| pvc.is_none_or(|p| tag_value(s, "pvc") == Some(p)))
+        .filter(|s| sel.matches(s))
         .collect();
     snaps.sort_by_key(|s| std::cmp::Reverse(s.time.timestamp()));
     Ok(snaps)
+}
+
+fn snapshots_for(repo: &Repository<OpenStatus>, pvc: Option<&str>) -> MResult<Vec<SnapshotFile>> {
+    snapshots_of(
+        repo,
+        &Selector {
+            pvc,
+            ..Selector::default()
+        },
+    )
 }
 
 fn source_is_empty(path: &Path) -> MResult<bool> {
@@ -140,14 +130,21 @@ pub fn backup(
         snap_opts = snap_opts.time(t.to_zoned(jiff::tz::TimeZone::UTC));
     }
     let snap = snap_opts.to_snapshot().ctx("preparing snapshot")?;
-    // The newest snapshot of this PVC: unchanged files are not read again.
-    let parent = snapshots_for(&repo, Some(&a.pvc))?.into_iter().next();
+    let sel = Selector::policy(&a.namespace, &a.policy, &a.pvc);
+    let all = snapshots_of(&repo, &Selector::default())?;
+    let me = Me::new(&a.namespace, &a.policy);
+    if let Err(e) = owner::claim_if_unowned(&be.raw, &crypto, &me, &all) {
+        log::warn!("writing the owner marker: {e}");
+    }
+    // Unchanged files (against the parent) are not read again.
+    let skipped = Skipped::default();
     let settings = archive::Settings {
         source: &a.source,
         as_path: SNAPSHOT_PATH,
-        parent: parent.as_ref(),
+        parent: choose_parent(&all, &sel),
         threads: a.threads,
-        cancel: None,
+        cancel: Some(cancel::flag()),
+        skipped: &skipped,
     };
     let snap = archive::backup(&repo, be, &crypto, &settings, snap)
         .map_err(|e| e.context(&format!("backing up {}", a.source.display())))?;
@@ -163,24 +160,29 @@ pub fn backup(
     }
     r.ok = true;
 
-    let (n_skipped, examples) = skipped();
-    if n_skipped > 0 {
+    if skipped.count() > 0 {
         // A partial snapshot is kept, but never used to delete older ones.
         r.partial = Some(true);
         r.warning = Some(format!(
-            "partial backup: {n_skipped} entries could not be read (retention skipped): {}",
-            examples.join("; ").replace('\n', " ")
+            "partial backup: {} entries could not be read (retention skipped): {}",
+            skipped.count(),
+            skipped.examples().join("; ").replace('\n', " ")
         ));
     } else if a.retention.is_set() {
         let prune = PruneOpts::new(a.prune_grace);
-        match apply_retention(be, &repo, &a.pvc, &a.retention, Some(&prune), a.lock_wait) {
+        let scope = Scope {
+            sel,
+            me: &me,
+            adopt: false,
+        };
+        match apply_retention(be, &repo, &scope, &a.retention, Some(&prune), a.lock_wait) {
             Ok(forgotten) => r.forgotten = Some(forgotten),
             Err(e) => {
                 r.warning = Some(format!("backup stored but retention failed: {e}"));
             }
         }
     }
-    match snapshots_for(&repo, Some(&a.pvc)) {
+    match snapshots_of(&repo, &sel) {
         Ok(s) => r.snapshots = Some(s.iter().map(info).collect()),
         Err(e) => r.warning = Some(format!("listing snapshots after backup: {e}")),
     }
@@ -207,24 +209,38 @@ pub fn select_forget(snaps: &[SnapshotFile], ret: &Retention, now: Timestamp) ->
     out
 }
 
-/// forget (per PVC) + two-phase prune (`prune.rs`), under an exclusive lock.
+/// What retention may touch: one policy's snapshots of one PVC, in a
+/// repository that is ours (see `owner.rs`).
+pub struct Scope<'a> {
+    pub sel: Selector<'a>,
+    pub me: &'a Me,
+    /// Take over a repository that is not ours (rewrites the owner marker).
+    pub adopt: bool,
+}
+
+/// forget (one policy of one PVC) + two-phase prune (`prune/`), under an
+/// exclusive lock.
 pub fn apply_retention(
     be: &Backend,
     repo: &Repository<OpenStatus>,
-    pvc: &str,
+    scope: &Scope<'_>,
     ret: &Retention,
     prune: Option<&PruneOpts>,
     lock_wait: Duration,
 ) -> MResult<Vec<String>> {
     let crypto = repo::crypto(repo)?;
-    let guard = lock::acquire(be.raw.clone(), crypto, true, lock_wait)?;
-    let snaps = snapshots_for(repo, Some(pvc))?;
+    let guard = lock::acquire(be.raw.clone(), crypto.clone(), true, lock_wait)?;
+    let all = snapshots_of(repo, &Selector::default())?;
+    owner::authorize(&be.raw, &crypto, scope.me, &all, scope.adopt)?;
+    let snaps: Vec<SnapshotFile> = all.into_iter().filter(|s| scope.sel.matches(s)).collect();
     let del = select_forget(&snaps, ret, Timestamp::now());
     let ids: Vec<_> = del.iter().map(|&i| snaps[i].id).collect();
+    guard.check()?;
     if !ids.is_empty() {
         repo.delete_snapshots(&ids).ctx("deleting snapshots")?;
     }
     if let Some(o) = prune {
+        guard.check()?;
         prune::after_forget(be, repo, o, !ids.is_empty())?;
     }
     guard.release();
@@ -234,20 +250,23 @@ pub fn apply_retention(
 pub fn forget(
     be: &Backend,
     o: &repo::OpenOpts,
-    pvc: &str,
+    scope: &Scope<'_>,
     ret: &Retention,
     prune: Option<&PruneOpts>,
     lock_wait: Duration,
     r: &mut MoverResult,
 ) -> MResult<()> {
     let started = Instant::now();
-    r.pvc = Some(pvc.to_string());
+    r.pvc = scope.sel.pvc.map(str::to_string);
     let repo = repo::open_or_init(be, o, false)?;
     let forgotten = if ret.is_set() {
-        apply_retention(be, &repo, pvc, ret, prune, lock_wait)?
+        apply_retention(be, &repo, scope, ret, prune, lock_wait)?
     } else if let Some(o) = prune {
         let crypto = repo::crypto(&repo)?;
-        let guard = lock::acquire(be.raw.clone(), crypto, true, lock_wait)?;
+        let guard = lock::acquire(be.raw.clone(), crypto.clone(), true, lock_wait)?;
+        let all = snapshots_of(&repo, &Selector::default())?;
+        owner::authorize(&be.raw, &crypto, scope.me, &all, scope.adopt)?;
+        guard.check()?;
         prune::run(be, &repo, o)?;
         guard.release();
         Vec::new()
@@ -255,9 +274,32 @@ pub fn forget(
         Vec::new()
     };
     r.forgotten = Some(forgotten);
-    r.snapshots = Some(snapshots_for(&repo, Some(pvc))?.iter().map(info).collect());
+    r.snapshots = Some(snapshots_of(&repo, &scope.sel)?.iter().map(info).collect());
     r.time = Some(Timestamp::now().to_string());
     r.duration_seconds = Some(started.elapsed().as_secs_f64());
+    r.ok = true;
+    Ok(())
+}
+
+/// Removes stale locks (all with `remove_all`); every removal is logged.
+pub fn unlock(
+    be: &Backend,
+    o: &repo::OpenOpts,
+    remove_all: bool,
+    r: &mut MoverResult,
+) -> MResult<()> {
+    let repo = repo::open_or_init(be, o, false)?;
+    let crypto = repo::crypto(&repo)?;
+    let done = unlock::unlock(&be.raw, &crypto, remove_all)?;
+    if !done.kept.is_empty() {
+        r.warning = Some(format!(
+            "{} lock(s) kept: {}",
+            done.kept.len(),
+            done.kept.join("; ")
+        ));
+    }
+    r.removed_locks = Some(done.removed);
+    r.time = Some(Timestamp::now().to_string());
     r.ok = true;
     Ok(())
 }

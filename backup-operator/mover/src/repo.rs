@@ -1,21 +1,17 @@
-//! Repository location parsing, backend construction and race-free open-or-init.
+//! Repository location parsing, backend construction and open-or-init.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rustic_backend::local::LocalBackend;
-use rustic_core::repofile::{KeyFile, MasterKey};
 use rustic_core::{
-    ConfigOptions, Credentials, FileType, Id, KeyOptions, OpenStatus, Repository,
-    RepositoryBackends, RepositoryOptions, WriteBackend,
+    ConfigOptions, Credentials, OpenStatus, Repository, RepositoryBackends, RepositoryOptions,
+    WriteBackend,
 };
 
-use sha2::{Digest, Sha256};
-
-use crate::crypto::{Crypto, random_bytes, random_u64};
+use crate::crypto::{Crypto, random_u64};
 use crate::error::{MResult, MoverError, RusticCtx};
-use crate::lock::hostname;
+use crate::fence::Fenced;
 use crate::result::ErrorKind;
 use crate::s3::{S3Backend, S3Settings};
 use crate::verified::Verified;
@@ -24,7 +20,7 @@ use crate::verified::Verified;
 #[derive(Debug, Clone)]
 pub enum RepoSpec {
     Local(PathBuf),
-    S3(S3Settings),
+    S3(Box<S3Settings>),
 }
 
 /// `s3:<http(s)://endpoint>/<bucket>[/<prefix>]` or an absolute local path.
@@ -71,10 +67,7 @@ pub fn parse_repo(repo: &str) -> MResult<RepoSpec> {
                 ));
             }
         };
-        let retries = env("MOVER_S3_RETRIES")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(3);
-        Ok(RepoSpec::S3(S3Settings {
+        Ok(RepoSpec::S3(Box::new(S3Settings {
             endpoint: format!("{scheme}://{host}"),
             bucket: bucket.to_string(),
             prefix: prefix.to_string(),
@@ -84,8 +77,8 @@ pub fn parse_repo(repo: &str) -> MResult<RepoSpec> {
             path_style,
             access_key: env("AWS_ACCESS_KEY_ID"),
             secret_key: env("AWS_SECRET_ACCESS_KEY"),
-            retries,
-        }))
+            retry: crate::retry::RetryPolicy::from_env(),
+        })))
     } else if repo.starts_with('/') {
         Ok(RepoSpec::Local(PathBuf::from(repo)))
     } else {
@@ -111,8 +104,19 @@ pub fn location(spec: &RepoSpec) -> String {
     }
 }
 
+/// What a create-if-absent write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    Written,
+    /// Something is there already; nothing was written.
+    Exists,
+    /// The storage cannot create conditionally (no hard links, no
+    /// `If-None-Match`); nothing was written.
+    Unsupported,
+}
+
 /// Raw object access below the repository root (for files rustic_core does
-/// not know: `locks/` and the init claims in `mover-init/`).
+/// not know: `locks/`, `mover-owner` and the init claims in `mover-init/`).
 #[derive(Clone)]
 pub enum Raw {
     Local(PathBuf),
@@ -132,6 +136,57 @@ impl Raw {
                 let tmp = root.join(format!("{name}.tmp-{:016x}", random_u64()));
                 std::fs::write(&tmp, data).ctx(&format!("writing {}", tmp.display()))?;
                 std::fs::rename(&tmp, &path).ctx(&format!("renaming to {}", path.display()))
+            }
+        }
+    }
+
+    /// Writes `name` only if it does not exist, atomically: a hard link of
+    /// a complete temp file locally, `If-None-Match: *` on S3.
+    pub fn create_new(&self, name: &str, data: &[u8]) -> MResult<Created> {
+        match self {
+            Raw::S3(s3) => s3.put_if_absent(name, data.to_vec()),
+            Raw::Local(root) => {
+                let path = root.join(name);
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).ctx(&format!("creating {}", dir.display()))?;
+                }
+                let tmp = root.join(format!("{name}.tmp-{:016x}", random_u64()));
+                std::fs::write(&tmp, data).ctx(&format!("writing {}", tmp.display()))?;
+                let linked = std::fs::hard_link(&tmp, &path);
+                let _ = std::fs::remove_file(&tmp);
+                match linked {
+                    Ok(()) => Ok(Created::Written),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(Created::Exists),
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::Unsupported
+                            || matches!(
+                                e.raw_os_error(),
+                                Some(libc::EPERM | libc::EOPNOTSUPP | libc::EMLINK)
+                            ) =>
+                    {
+                        Ok(Created::Unsupported)
+                    }
+                    Err(e) => Err(e).ctx(&format!("creating {}", path.display())),
+                }
+            }
+        }
+    }
+
+    /// Whether [`Raw::create_new`] can be trusted: S3 servers that ignore
+    /// `If-None-Match` are found by writing a probe twice.
+    pub fn conditional_writes(&self) -> MResult<bool> {
+        match self {
+            Raw::Local(_) => Ok(true),
+            Raw::S3(_) => {
+                let probe = format!("mover-init/probe-{:016x}", random_u64());
+                let first = self.create_new(&probe, b"probe")?;
+                let second = if first == Created::Written {
+                    self.create_new(&probe, b"probe")?
+                } else {
+                    first
+                };
+                let _ = self.delete(&probe);
+                Ok(first == Created::Written && second == Created::Exists)
             }
         }
     }
@@ -204,7 +259,7 @@ impl Backend {
                     .ctx(&format!("opening local repository {path_str}"))?;
                 Ok(Self {
                     spec: spec.clone(),
-                    be: Arc::new(Verified(Arc::new(be))),
+                    be: Arc::new(Fenced(Arc::new(Verified(Arc::new(be))))),
                     raw: Raw::Local(path.clone()),
                 })
             }
@@ -213,7 +268,7 @@ impl Backend {
                 be.preflight()?;
                 Ok(Self {
                     spec: spec.clone(),
-                    be: Arc::new(Verified(Arc::new(be.clone()))),
+                    be: Arc::new(Fenced(Arc::new(Verified(Arc::new(be.clone()))))),
                     raw: Raw::S3(be),
                 })
             }
@@ -224,7 +279,7 @@ impl Backend {
         location(&self.spec)
     }
 
-    fn config_exists(&self) -> MResult<bool> {
+    pub fn config_exists(&self) -> MResult<bool> {
         let cfg = self
             .be
             .list_with_size(rustic_core::FileType::Config)
@@ -302,7 +357,7 @@ pub fn open_opts_from_env() -> MResult<OpenOpts> {
     })
 }
 
-fn repository(be: &Backend, o: &OpenOpts) -> MResult<Repository<()>> {
+pub fn repository(be: &Backend, o: &OpenOpts) -> MResult<Repository<()>> {
     let mut ro = RepositoryOptions::default();
     match &o.cache_dir {
         Some(dir) => ro = ro.cache_dir(dir.clone()),
@@ -312,17 +367,13 @@ fn repository(be: &Backend, o: &OpenOpts) -> MResult<Repository<()>> {
     Repository::new(&ro, &backends).ctx("setting up repository")
 }
 
-fn open(be: &Backend, o: &OpenOpts) -> MResult<Repository<OpenStatus>> {
+pub fn open(be: &Backend, o: &OpenOpts) -> MResult<Repository<OpenStatus>> {
     repository(be, o)?
         .open(&Credentials::password(&o.password))
         .ctx(&format!("opening repository {}", be.location()))
 }
 
-/// Opens the repository, or (if `create`) initialises it first.
-///
-/// Init is race-free: each would-be initialiser writes a claim
-/// `mover-init/<millis>-<random>`, waits, and only the lexicographically
-/// smallest (earliest) claim initialises; everyone else waits for `config`.
+/// Opens the repository, or (if `create`) initialises it first (see `init.rs`).
 pub fn open_or_init(be: &Backend, o: &OpenOpts, create: bool) -> MResult<Repository<OpenStatus>> {
     if be.config_exists()? {
         return open(be, o);
@@ -333,91 +384,12 @@ pub fn open_or_init(be: &Backend, o: &OpenOpts, create: bool) -> MResult<Reposit
             format!("no repository at {}", be.location()),
         ));
     }
-    let millis = jiff::Timestamp::now().as_millisecond();
-    let claim = format!("{millis:015}-{:016x}", random_u64());
-    be.raw
-        .put(&format!("mover-init/{claim}"), claim.as_bytes())?;
-    std::thread::sleep(Duration::from_millis(1500));
-    // Claims older than 10 minutes belong to initialisers that died.
-    let cutoff = format!("{:015}", millis - 600_000);
-    let claims: Vec<String> = be
-        .raw
-        .list("mover-init")?
-        .into_iter()
-        .filter(|c| c.as_str() >= cutoff.as_str())
-        .collect();
-    let winner = claims.first().cloned().unwrap_or_else(|| claim.clone());
-    if winner == claim && !be.config_exists()? {
-        log::info!("initialising repository at {}", be.location());
-        // Key first (racers wait for `config`, then open with the password).
-        let master = write_key(be, &o.password)?;
-        let repo = repository(be, o)?
-            .init(
-                &Credentials::Masterkey(master),
-                &KeyOptions::default(),
-                &config_options(),
-            )
-            .ctx(&format!("initialising repository {}", be.location()))?;
-        return Ok(repo);
-    }
-    // Someone else initialises: wait for the config to appear.
-    for _ in 0..120 {
-        if be.config_exists()? {
-            // Keys are written before the config, so open can find ours.
-            return open(be, o);
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    Err(MoverError::new(
-        ErrorKind::Other,
-        format!(
-            "repository at {} is being initialised by another process that did not finish within 60s",
-            be.location()
-        ),
-    ))
-}
-
-/// scrypt cost of new keys: restic's calibrated choice (N=2^15, r=8, p=1:
-/// 32 MiB, ~0.1 s) instead of rustic's OWASP default (N=2^17: 128 MiB), which
-/// dominated the mover's peak memory.
-const KEY_LOG_N: u8 = 15;
-
-/// Writes a new restic key file for a fresh random master key.
-fn write_key(be: &Backend, password: &str) -> MResult<MasterKey> {
-    let master = MasterKey::new();
-    let mut salt = vec![0u8; 64];
-    random_bytes(&mut salt)?;
-    let params = scrypt::Params::new(KEY_LOG_N, 8, 1)
-        .map_err(|e| MoverError::new(ErrorKind::Other, format!("scrypt params: {e}")))?;
-    let mut derived = [0u8; 64];
-    scrypt::scrypt(password.as_bytes(), &salt, &params, &mut derived)
-        .map_err(|e| MoverError::new(ErrorKind::Other, format!("scrypt: {e}")))?;
-    let json = serde_json::to_vec(&master)
-        .map_err(|e| MoverError::new(ErrorKind::Other, format!("encoding master key: {e}")))?;
-    let data = Crypto::from_raw(derived).encrypt(&json)?;
-    let kf = KeyFile {
-        hostname: Some(hostname()),
-        username: None,
-        created: Some(jiff::Zoned::now()),
-        kdf: "scrypt".to_string(),
-        n: 1 << KEY_LOG_N,
-        r: 8,
-        p: 1,
-        data,
-        salt,
-    };
-    let bytes = serde_json::to_vec(&kf)
-        .map_err(|e| MoverError::new(ErrorKind::Other, format!("encoding key file: {e}")))?;
-    let hash: [u8; 32] = Sha256::digest(&bytes).into();
-    be.be
-        .write_bytes(FileType::Key, &Id::new(hash), false, bytes.into())
-        .ctx("writing key file")?;
-    Ok(master)
+    crate::init::init(be, o)
 }
 
 /// Data packs of 16 MiB (restic's default) instead of rustic's 32 MiB and up:
 /// restores read whole pack sections in few requests with bounded buffers.
-fn config_options() -> ConfigOptions {
+pub fn config_options() -> ConfigOptions {
     ConfigOptions::default()
         .set_datapack_size(bytesize::ByteSize::mib(16))
         .set_datapack_size_limit(bytesize::ByteSize::mib(64))

@@ -27,6 +27,9 @@ pub enum ErrorKind {
     RepositoryCorrupt,
     /// The repository, snapshot or path asked for does not exist.
     NotFound,
+    /// SIGTERM/SIGINT stopped the operation (e.g. the Job's deadline); its
+    /// lock was removed and nothing partial was recorded as a snapshot.
+    Interrupted,
     /// Anything else.
     Other,
 }
@@ -59,7 +62,7 @@ pub struct SnapshotInfo {
 #[serde(rename_all = "camelCase")]
 pub struct MoverResult {
     pub ok: bool,
-    /// "backup" | "restore" | "snapshots" | "forget"
+    /// "backup" | "restore" | "snapshots" | "forget" | "init" | "unlock"
     pub operation: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_id: Option<String>,
@@ -93,6 +96,9 @@ pub struct MoverResult {
     /// Snapshot ids (short) removed by retention in this run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forgotten: Option<Vec<String>>,
+    /// Locks removed by `unlock` (short ids).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_locks: Option<Vec<String>>,
     /// Backup stored, but some entries of the source could not be read
     /// (listed in `warning`); retention was not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -134,6 +140,12 @@ impl MoverResult {
                 f.truncate(f.len() / 2);
                 continue;
             }
+            if let Some(f) = r.removed_locks.as_mut()
+                && !f.is_empty()
+            {
+                f.truncate(f.len() / 2);
+                continue;
+            }
             if let Some(sn) = r.snapshots.as_mut()
                 && !sn.is_empty()
             {
@@ -164,6 +176,7 @@ impl MoverResult {
                 // Nothing left to shorten: give up on details.
                 r.snapshots = None;
                 r.forgotten = None;
+                r.removed_locks = None;
                 r.warning = None;
                 if let Some(e) = r.error.as_mut() {
                     e.message.truncate(64);

@@ -3,186 +3,24 @@
 //! this machine cannot serve NFS to itself) and against moto's S3 server.
 //! Needs `restic` (Debian package) and `moto_server` (`pip install "moto[server]"`).
 
-#[allow(dead_code)]
-#[path = "../src/result.rs"]
-mod result;
+mod common;
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead, BufReader};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Stdio};
 
-use result::{ErrorKind, MoverResult};
+use common::result::{ErrorKind, MoverResult};
+use common::*;
 use sha2::{Digest, Sha256};
 
-const PASSWORD: &str = "test-password";
+/// Byte counts here are compared with the result's u64 fields.
 const MIB: u64 = 1024 * 1024;
 
-// ---------- helpers ----------
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "mover-test-{}-{}-{name}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("create temp dir");
-        Self(p)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-    fn join(&self, s: &str) -> PathBuf {
-        self.0.join(s)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-#[derive(Clone)]
-struct Env {
-    vars: Vec<(String, String)>,
-}
-
-impl Env {
-    fn local() -> Self {
-        Self {
-            vars: vec![("RESTIC_PASSWORD".into(), PASSWORD.into())],
-        }
-    }
-    fn s3() -> Self {
-        Self {
-            vars: vec![
-                ("RESTIC_PASSWORD".into(), PASSWORD.into()),
-                ("AWS_ACCESS_KEY_ID".into(), "testing".into()),
-                ("AWS_SECRET_ACCESS_KEY".into(), "testing".into()),
-                ("AWS_DEFAULT_REGION".into(), "us-east-1".into()),
-                ("MOVER_S3_RETRIES".into(), "1".into()),
-            ],
-        }
-    }
-    fn with(&self, k: &str, v: &str) -> Self {
-        let mut e = self.clone();
-        e.vars.retain(|(a, _)| a != k);
-        e.vars.push((k.into(), v.into()));
-        e
-    }
-    fn apply(&self, c: &mut Command) {
-        for k in [
-            "RESTIC_PASSWORD",
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-            "AWS_DEFAULT_REGION",
-            "MOVER_S3_PATH_STYLE",
-            "MOVER_CACHE_DIR",
-        ] {
-            c.env_remove(k);
-        }
-        c.env("HOME", std::env::temp_dir());
-        for (k, v) in &self.vars {
-            c.env(k, v);
-        }
-    }
-}
-
-fn mover_cmd(env: &Env, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_backup-mover"));
-    c.args(args);
-    env.apply(&mut c);
-    c
-}
-
-/// Runs the mover with `--result-file`; returns the parsed result.
-fn mover(env: &Env, args: &[&str]) -> MoverResult {
-    let dir = TempDir::new("result");
-    let rf = dir.join("result.json");
-    let mut all: Vec<&str> = args.to_vec();
-    let rf_s = rf.to_str().expect("utf8");
-    all.extend(["--result-file", rf_s]);
-    let out = mover_cmd(env, &all).output().expect("run backup-mover");
-    let text = std::fs::read_to_string(&rf).unwrap_or_else(|_| {
-        panic!(
-            "no result file for {args:?}; stderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    assert!(text.len() <= 4096, "result over 4096 bytes");
-    let r: MoverResult = serde_json::from_str(&text).expect("result parses as MoverResult");
-    assert_eq!(
-        out.status.success(),
-        r.ok,
-        "exit status must match ok for {args:?}: {text}"
-    );
-    r
-}
-
-fn ok(env: &Env, args: &[&str]) -> MoverResult {
-    let r = mover(env, args);
-    assert!(r.ok, "{args:?} failed: {:?}", r.error);
-    r
-}
-
-fn err_kind(env: &Env, args: &[&str]) -> ErrorKind {
-    let r = mover(env, args);
-    assert!(!r.ok, "{args:?} unexpectedly succeeded");
-    let e = r.error.expect("error present");
-    assert!(!e.message.contains(PASSWORD), "password leaked");
-    assert!(!e.message.contains("testing-secret"), "secret leaked");
-    e.kind
-}
-
-fn restic(env: &Env, args: &[&str]) -> std::process::Output {
-    let mut c = Command::new("restic");
-    c.arg("--no-cache").args(args);
-    env.apply(&mut c);
-    c.output()
-        .expect("restic must be installed (apt-get install restic)")
-}
-
-fn backup_args<'a>(repo: &'a str, src: &'a str, pvc: &'a str) -> Vec<&'a str> {
-    vec![
-        "backup",
-        "--repository",
-        repo,
-        "--source",
-        src,
-        "--namespace",
-        "ns1",
-        "--policy",
-        "pol1",
-        "--pvc",
-        pvc,
-    ]
-}
-
-/// Deterministic pseudo-random bytes.
-fn prng_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
+// ---------- helpers (shared ones are in common/) ----------
 
 fn set_mtime(p: &Path, sec: i64, nsec: i64) {
     let c = CString::new(p.as_os_str().as_bytes()).expect("cstring");
@@ -354,87 +192,6 @@ fn assert_same_tree(a: &Path, b: &Path, with_root: bool) {
     );
     for (k, ea) in &ta {
         assert_eq!(Some(ea), tb.get(k), "entry {k} differs");
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// A moto S3 server owned by this test; killed (by PID, via the Child) on drop.
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Moto {
-    fn start() -> Self {
-        Self::start_with(&[])
-    }
-
-    fn start_with(env: &[(&str, &str)]) -> Self {
-        let port = free_port();
-        let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "moto_server not runnable ({e}); install it with: pip install \"moto[server]\""
-                )
-            });
-        let mut m = Moto { child, port };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if m.http("GET", "/", b"").is_some() {
-                break;
-            }
-            if let Ok(Some(status)) = m.child.try_wait() {
-                panic!("moto_server exited early ({status}); pip install \"moto[server]\"");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "moto_server did not start in 60s"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        m
-    }
-
-    fn http(&self, method: &str, path: &str, body: &[u8]) -> Option<u16> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            self.port,
-            body.len()
-        )
-        .ok()?;
-        s.write_all(body).ok()?;
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).ok()?;
-        resp.split_whitespace().nth(1)?.parse().ok()
-    }
-
-    fn bucket(&self, name: &str) -> String {
-        let st = self
-            .http("PUT", &format!("/{name}"), b"")
-            .expect("create bucket");
-        assert_eq!(st, 200, "create bucket {name}");
-        format!("s3:http://127.0.0.1:{}/{name}", self.port)
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -694,6 +451,10 @@ fn retention(env: &Env, repo: &str) {
             "forget",
             "--repository",
             repo,
+            "--namespace",
+            "ns1",
+            "--policy",
+            "pol1",
             "--pvc",
             "ret-pvc",
             "--keep-within-days",
@@ -715,6 +476,10 @@ fn retention(env: &Env, repo: &str) {
             "forget",
             "--repository",
             repo,
+            "--namespace",
+            "ns1",
+            "--policy",
+            "pol1",
             "--pvc",
             "ret-pvc",
             "--keep-last",
@@ -736,6 +501,10 @@ fn retention(env: &Env, repo: &str) {
             "forget",
             "--repository",
             repo,
+            "--namespace",
+            "ns1",
+            "--policy",
+            "pol1",
             "--pvc",
             "ret-pvc",
             "--keep-last",
@@ -863,6 +632,10 @@ fn locked_and_password(env: &Env, repo: &str) {
                 "forget",
                 "--repository",
                 repo,
+                "--namespace",
+                "ns1",
+                "--policy",
+                "pol1",
                 "--pvc",
                 "lockpvc",
                 "--keep-last",

@@ -25,7 +25,18 @@ fn forget(env: &Env, repo: &str, extra: &[&str]) {
 
 /// Runs forget + prune; returns the counts prune logs ("marked 3", ...).
 fn prune_counts(env: &Env, repo: &str, extra: &[&str]) -> HashMap<String, u64> {
-    let mut a = vec!["forget", "--repository", repo, "--pvc", "p", "--prune"];
+    let mut a = vec![
+        "forget",
+        "--repository",
+        repo,
+        "--namespace",
+        "ns1",
+        "--policy",
+        "pol1",
+        "--pvc",
+        "p",
+        "--prune",
+    ];
     a.extend_from_slice(extra);
     let out = mover_cmd(&env.with("RUST_LOG", "info"), &a)
         .output()

@@ -66,6 +66,8 @@ pub struct Settings<'a> {
     /// When set (e.g. on SIGTERM) the backup stops reading files, uploads
     /// and indexes the packs it has filled, and fails with "backup interrupted".
     pub cancel: Option<&'a AtomicBool>,
+    /// Counts the entries left out (the backup is then partial).
+    pub skipped: &'a crate::skipped::Skipped,
 }
 
 /// How old the pending index may grow before it is written:
@@ -170,7 +172,14 @@ pub fn backup(
 
         let mut trees = Store::new(&shared, Kind::Tree, packs_tx);
         let built = {
-            let mut walk = Walk::new(s.source, jobs_tx, results_rx, &parents, parent_root);
+            let mut walk = Walk::new(
+                s.source,
+                jobs_tx,
+                results_rx,
+                &parents,
+                parent_root,
+                s.skipped,
+            );
             walk.run(&source, &mut trees, &index, top_dir)
         };
         // Workers stop once `jobs` is dropped (inside `walk`); then the

@@ -102,6 +102,7 @@ fn cancelled_backup_indexes_its_packs_and_the_next_run_reuses_them() {
             parent: None,
             threads: Some(2),
             cancel: Some(&cancel),
+            skipped: &crate::skipped::Skipped::default(),
         };
         backup(&repo, &be, &crypto, &settings, snap())
     });
@@ -124,6 +125,7 @@ fn cancelled_backup_indexes_its_packs_and_the_next_run_reuses_them() {
         parent: None,
         threads: Some(2),
         cancel: None,
+        skipped: &crate::skipped::Skipped::default(),
     };
     let done = backup(&repo, &be, &crypto, &settings, snap()).expect("second backup");
     let sum = done.summary.expect("summary");

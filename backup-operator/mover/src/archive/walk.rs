@@ -16,6 +16,7 @@ use super::store::Store;
 use super::{FileResult, Job, SourceFile};
 use crate::error::{MResult, MoverError};
 use crate::result::ErrorKind;
+use crate::skipped::Skipped;
 
 /// Walk-ahead limit: entries waiting for their file contents.
 const MAX_PENDING: usize = 20_000;
@@ -76,6 +77,8 @@ pub struct Walk<'w, 'p> {
     /// Trees being built (they trail the walk until their files are done).
     frames: Vec<Frame>,
     summary: Summary,
+    /// Counts the entries left out (the backup is then partial).
+    skipped: &'w Skipped,
 }
 
 impl<'w, 'p> Walk<'w, 'p> {
@@ -86,6 +89,7 @@ impl<'w, 'p> Walk<'w, 'p> {
         results: Receiver<(u64, FileResult)>,
         parents: &'w ParentTrees<'p>,
         parent_root: Option<ParentDir>,
+        skipped: &'w Skipped,
     ) -> Self {
         Self {
             root,
@@ -98,6 +102,7 @@ impl<'w, 'p> Walk<'w, 'p> {
             next_seq: 0,
             frames: vec![Frame::default()],
             summary: Summary::default(),
+            skipped,
         }
     }
 
@@ -114,7 +119,7 @@ impl<'w, 'p> Walk<'w, 'p> {
                 break;
             }
             match item {
-                Err(e) => crate::ops::note_skipped(e.display_log()),
+                Err(e) => self.skipped.note(e.display_log()),
                 Ok(entry) => self.entry(entry, index)?,
             }
             while let Ok((seq, r)) = self.results.try_recv() {
@@ -274,7 +279,7 @@ impl<'w, 'p> Walk<'w, 'p> {
                                 node.content = Some(ids);
                             }
                             Some(Err(msg)) => {
-                                crate::ops::note_skipped(msg);
+                                self.skipped.note(msg);
                                 continue;
                             }
                             None => continue,

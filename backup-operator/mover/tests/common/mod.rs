@@ -1,30 +1,35 @@
-//! Helpers for the mover's process-level tests (local-path repositories).
-
+//! Helpers shared by the mover's process-level tests: temp dirs, running
+//! the mover and restic, checking and restoring repositories, a moto S3
+//! server and a fault-injecting proxy in front of it.
 #![allow(dead_code)]
 
-#[allow(dead_code)]
 #[path = "../../src/result.rs"]
 pub mod result;
 
+pub mod proxy;
+
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use result::MoverResult;
+use result::{ErrorKind, MoverResult};
 use sha2::{Digest, Sha256};
 
 pub const PASSWORD: &str = "test-password";
 pub const MIB: usize = 1024 * 1024;
 
-pub struct TempDir(PathBuf);
+pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(name: &str) -> Self {
         static N: AtomicU64 = AtomicU64::new(0);
         let p = std::env::temp_dir().join(format!(
-            "mover-ptest-{}-{}-{name}",
+            "mover-test-{}-{}-{name}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         ));
@@ -46,8 +51,6 @@ impl Drop for TempDir {
     }
 }
 
-/// The environment of a mover or restic process (nothing inherited that
-/// could point it elsewhere).
 #[derive(Clone)]
 pub struct Env {
     pub vars: Vec<(String, String)>,
@@ -57,6 +60,17 @@ impl Env {
     pub fn local() -> Self {
         Self {
             vars: vec![("RESTIC_PASSWORD".into(), PASSWORD.into())],
+        }
+    }
+    pub fn s3() -> Self {
+        Self {
+            vars: vec![
+                ("RESTIC_PASSWORD".into(), PASSWORD.into()),
+                ("AWS_ACCESS_KEY_ID".into(), "testing".into()),
+                ("AWS_SECRET_ACCESS_KEY".into(), "testing".into()),
+                ("AWS_DEFAULT_REGION".into(), "us-east-1".into()),
+                ("MOVER_S3_RETRIES".into(), "1".into()),
+            ],
         }
     }
     pub fn with(&self, k: &str, v: &str) -> Self {
@@ -70,6 +84,8 @@ impl Env {
             "RESTIC_PASSWORD",
             "AWS_ACCESS_KEY_ID",
             "AWS_SECRET_ACCESS_KEY",
+            "AWS_DEFAULT_REGION",
+            "MOVER_S3_PATH_STYLE",
             "MOVER_CACHE_DIR",
             "MOVER_INDEX_INTERVAL_SECONDS",
         ] {
@@ -89,25 +105,26 @@ pub fn mover_cmd(env: &Env, args: &[&str]) -> Command {
     c
 }
 
-/// Runs the mover to the end; returns its result JSON.
+/// Runs the mover with `--result-file`; returns the parsed result.
 pub fn mover(env: &Env, args: &[&str]) -> MoverResult {
-    let out = mover_cmd(env, args).output().expect("run backup-mover");
-    parse_result(args, &out)
-}
-
-/// The result JSON the mover prints last on stderr.
-pub fn parse_result(args: &[&str], out: &std::process::Output) -> MoverResult {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let line = stderr
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| panic!("no result for {args:?}; stderr: {stderr}"));
-    let r: MoverResult = serde_json::from_str(line).expect("result parses");
+    let dir = TempDir::new("result");
+    let rf = dir.join("result.json");
+    let mut all: Vec<&str> = args.to_vec();
+    let rf_s = rf.to_str().expect("utf8");
+    all.extend(["--result-file", rf_s]);
+    let out = mover_cmd(env, &all).output().expect("run backup-mover");
+    let text = std::fs::read_to_string(&rf).unwrap_or_else(|_| {
+        panic!(
+            "no result file for {args:?}; stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(text.len() <= 4096, "result over 4096 bytes");
+    let r: MoverResult = serde_json::from_str(&text).expect("result parses as MoverResult");
     assert_eq!(
         out.status.success(),
         r.ok,
-        "exit status vs ok for {args:?}: {line}"
+        "exit status must match ok for {args:?}: {text}"
     );
     r
 }
@@ -118,26 +135,21 @@ pub fn ok(env: &Env, args: &[&str]) -> MoverResult {
     r
 }
 
+pub fn err_kind(env: &Env, args: &[&str]) -> ErrorKind {
+    let r = mover(env, args);
+    assert!(!r.ok, "{args:?} unexpectedly succeeded");
+    let e = r.error.expect("error present");
+    assert!(!e.message.contains(PASSWORD), "password leaked");
+    assert!(!e.message.contains("testing-secret"), "secret leaked");
+    e.kind
+}
+
 pub fn restic(env: &Env, args: &[&str]) -> std::process::Output {
     let mut c = Command::new("restic");
     c.arg("--no-cache").args(args);
     env.apply(&mut c);
     c.output()
         .expect("restic must be installed (apt-get install restic)")
-}
-
-/// `restic check --read-data` passes (orphaned packs are not errors).
-pub fn assert_restic_check(env: &Env, repo: &str, when: &str) {
-    let o = restic(env, &["-r", repo, "check", "--read-data"]);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(
-        o.status.success() && text.contains("no errors were found"),
-        "restic check --read-data {when}:\n{text}"
-    );
 }
 
 pub fn backup_args<'a>(repo: &'a str, src: &'a str, pvc: &'a str) -> Vec<&'a str> {
@@ -168,6 +180,118 @@ pub fn prng_bytes(seed: u64, len: usize) -> Vec<u8> {
     }
     v.truncate(len);
     v
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A moto S3 server owned by this test; killed (by PID, via the Child) on drop.
+pub struct Moto {
+    child: Child,
+    pub port: u16,
+}
+
+impl Moto {
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "moto_server not runnable ({e}); install it with: pip install \"moto[server]\""
+                )
+            });
+        let mut m = Moto { child, port };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if m.http("GET", "/", b"").is_some() {
+                break;
+            }
+            if let Ok(Some(status)) = m.child.try_wait() {
+                panic!("moto_server exited early ({status}); pip install \"moto[server]\"");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not start in 60s"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        m
+    }
+
+    pub fn http(&self, method: &str, path: &str, body: &[u8]) -> Option<u16> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.port,
+            body.len()
+        )
+        .ok()?;
+        s.write_all(body).ok()?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).ok()?;
+        resp.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    pub fn bucket(&self, name: &str) -> String {
+        let st = self
+            .http("PUT", &format!("/{name}"), b"")
+            .expect("create bucket");
+        assert_eq!(st, 200, "create bucket {name}");
+        format!("s3:http://127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The result JSON the mover prints last on stderr.
+pub fn parse_result(args: &[&str], out: &std::process::Output) -> MoverResult {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no result for {args:?}; stderr: {stderr}"));
+    let r: MoverResult = serde_json::from_str(line).expect("result parses");
+    assert_eq!(
+        out.status.success(),
+        r.ok,
+        "exit status vs ok for {args:?}: {line}"
+    );
+    r
+}
+
+/// `restic check --read-data` passes (orphaned packs are not errors).
+pub fn assert_restic_check(env: &Env, repo: &str, when: &str) {
+    let o = restic(env, &["-r", repo, "check", "--read-data"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        o.status.success() && text.contains("no errors were found"),
+        "restic check --read-data {when}:\n{text}"
+    );
 }
 
 /// Relative path to (kind, mode, content hash) of everything below `root`.
@@ -249,4 +373,26 @@ pub fn files_in(repo: &Path, dir: &str) -> Vec<String> {
     };
     rd.map(|e| e.expect("entry").file_name().to_string_lossy().to_string())
         .collect()
+}
+
+/// Regular files below `dir`, recursively.
+pub fn files_under(dir: &Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.filter_map(|e| e.ok())
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() { files_under(&p) } else { 1 }
+        })
+        .sum()
+}
+
+/// `len` random bytes (from /dev/urandom) at `path`.
+pub fn random_file(path: &Path, len: usize) {
+    let mut data = vec![0u8; len];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut data))
+        .expect("urandom");
+    std::fs::write(path, data).expect("write");
 }
