@@ -258,6 +258,13 @@ fn prune_beside_a_backup_whose_lock_is_gone() {
     let fast = env.with("MOVER_INDEX_INTERVAL_SECONDS", "0.3");
     let (mut overlapped, mut deleted, mut recovered, mut marked) = (0, 0, 0, 0);
     for round in 0..20u64 {
+        // Unused packs are marked only once older than the grace period:
+        // let both toggle contents' packs (rounds 0 and 1) age past it, so
+        // that later prunes mark the one a running backup is reusing (on an
+        // idle machine the rounds would otherwise end before that).
+        if round == 2 {
+            std::thread::sleep(grace);
+        }
         write(&src.join("toggle.bin"), &prng_bytes(7 + round % 2, 3 * MIB));
         write(&src.join("round.txt"), format!("{round}\n").as_bytes());
         let _ = std::fs::remove_file(src.join(format!("fresh{}.bin", round.wrapping_sub(1))));
@@ -301,6 +308,23 @@ fn prune_beside_a_backup_whose_lock_is_gone() {
 
         assert_restic_check(&env, repo, &format!("in round {round}"));
         assert_restores(&env, repo, "latest", &src, &format!("in round {round}"));
+    }
+    // An unused pack is marked only once it is older than the grace period
+    // and deleted a grace period after that: on an idle machine the rounds
+    // end before both have passed, so wait and prune once more.
+    if deleted == 0 {
+        std::thread::sleep(grace);
+        write(&src.join("round.txt"), b"after the rounds\n");
+        ok(&env, &backup_args(repo, s, "p"));
+        let before = packs(&repo_p);
+        prune_counts(
+            &env,
+            repo,
+            &["--keep-last", "1", "--prune-grace", &grace_arg],
+        );
+        deleted += before.difference(&packs(&repo_p)).count();
+        assert_restic_check(&env, repo, "after the rounds");
+        assert_restores(&env, repo, "latest", &src, "after the rounds");
     }
     eprintln!(
         "20 rounds: prune overlapped the backup in {overlapped}, marked {marked}, \
