@@ -1,8 +1,10 @@
-//! A backend wrapper that refuses every write and delete once the
-//! repository lock is lost ([`crate::cancel::lock_is_lost`]), so that an
-//! operation whose lock may already be stale (and ignored by a prune
-//! elsewhere) cannot add snapshots referring to data that may be deleted,
-//! nor delete anything itself, whatever loop it is in.
+//! The backend wrapper every repository access goes through. It refuses
+//! every write and delete once the repository lock is lost
+//! ([`crate::cancel::lock_is_lost`]), so that an operation whose lock may
+//! already be stale (and ignored by a prune elsewhere) cannot add snapshots
+//! referring to data that may be deleted, nor delete anything itself,
+//! whatever loop it is in; and it checks every whole file it reads against
+//! its name ([`crate::verified::check`]).
 
 use std::sync::Arc;
 
@@ -12,7 +14,7 @@ use rustic_core::{
     WriteBackend,
 };
 
-use crate::cancel;
+use crate::{cancel, verified};
 
 #[derive(Debug)]
 pub struct Fenced(pub Arc<dyn WriteBackend>);
@@ -40,7 +42,10 @@ impl ReadBackend for Fenced {
         self.0.list(tpe)
     }
     fn read_full(&self, tpe: FileType, id: &Id) -> RusticResult<Bytes> {
-        self.0.read_full(tpe, id)
+        let data = self.0.read_full(tpe, id)?;
+        verified::check(tpe, id, &data)
+            .map_err(|msg| RusticError::new(RErrorKind::Repository, msg))?;
+        Ok(data)
     }
     fn read_partial(
         &self,

@@ -397,8 +397,6 @@ fn restore_root(
     {
         return Ok(node);
     }
-    // Make sure the root tree itself is readable before restoring from it.
-    trees.load(&snap.tree)?;
     Ok(restore::root_node(snap.tree))
 }
 

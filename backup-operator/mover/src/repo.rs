@@ -14,7 +14,6 @@ use crate::error::{MResult, MoverError, RusticCtx};
 use crate::fence::Fenced;
 use crate::result::ErrorKind;
 use crate::s3::{S3Backend, S3Settings};
-use crate::verified::Verified;
 
 /// Where the repository lives.
 #[derive(Debug, Clone)]
@@ -259,7 +258,7 @@ impl Backend {
                     .ctx(&format!("opening local repository {path_str}"))?;
                 Ok(Self {
                     spec: spec.clone(),
-                    be: Arc::new(Fenced(Arc::new(Verified(Arc::new(be))))),
+                    be: Arc::new(Fenced(Arc::new(be))),
                     raw: Raw::Local(path.clone()),
                 })
             }
@@ -268,7 +267,7 @@ impl Backend {
                 be.preflight()?;
                 Ok(Self {
                     spec: spec.clone(),
-                    be: Arc::new(Fenced(Arc::new(Verified(Arc::new(be.clone()))))),
+                    be: Arc::new(Fenced(Arc::new(be.clone()))),
                     raw: Raw::S3(be),
                 })
             }

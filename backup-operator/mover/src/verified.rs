@@ -1,94 +1,52 @@
-//! A backend wrapper that checks every whole file it reads against its name:
-//! restic names index, snapshot, key and pack files by the SHA-256 of their
-//! bytes, and verifies that on read; rustic_core does not. A damaged or
-//! substituted snapshot or index file is then an error naming the file,
-//! never silently used. (Blobs read by range are verified by their own id
-//! where they are used: the restore and the archiver's parent trees.)
+//! Whole repository files checked against their name: restic names index,
+//! snapshot, key and pack files by the SHA-256 of their bytes, and verifies
+//! that on read; rustic_core does not. The repository backend
+//! ([`crate::fence::Fenced`]) applies this to every whole file it reads, so
+//! a damaged or substituted snapshot or index file is an error naming the
+//! file, never silently used. (Blobs read by range are verified by their own
+//! id where they are used: the restore and the archiver's parent trees.)
 
-use std::sync::Arc;
+use rustic_core::{FileType, Id};
 
-use bytes::Bytes;
-use rustic_core::{
-    BytesList, ErrorKind, FileType, Id, ReadBackend, RusticError, RusticResult, WriteBackend,
-};
+use crate::crypto::Crypto;
 use sha2::{Digest, Sha256};
 
-#[derive(Clone)]
-pub struct Verified(pub Arc<dyn WriteBackend>);
+/// True when `data` is what `id` names: its SHA-256. The one content
+/// check for files, tree blobs and data blobs alike.
+pub fn names(id: &Id, data: &[u8]) -> bool {
+    Id::new(Sha256::digest(data).into()) == *id
+}
+
+/// The plaintext of a sealed blob (`IV || ciphertext || MAC`, zstd-compressed
+/// when `uncompressed` gives its length), verified against `id`; the error
+/// says which step failed.
+pub fn open_blob(
+    crypto: &Crypto,
+    id: &Id,
+    sealed: &[u8],
+    uncompressed: Option<u32>,
+) -> Result<Vec<u8>, &'static str> {
+    let plain = crypto.decrypt(sealed).ok_or("does not decrypt")?;
+    let plain = match uncompressed {
+        Some(n) => zstd::bulk::decompress(&plain, n as usize).map_err(|_| "does not decompress")?,
+        None => plain,
+    };
+    if names(id, &plain) {
+        Ok(plain)
+    } else {
+        Err("does not match its id")
+    }
+}
 
 /// `Ok` when `data` hashes to `id` (the config file has no such name).
 pub fn check(tpe: FileType, id: &Id, data: &[u8]) -> Result<(), String> {
-    if tpe == FileType::Config {
+    if tpe == FileType::Config || names(id, data) {
         return Ok(());
     }
-    let hash: [u8; 32] = Sha256::digest(data).into();
-    if Id::new(hash) == *id {
-        Ok(())
-    } else {
-        Err(format!(
-            "{tpe} file {id} does not match its name (sha256 {}): the repository is damaged",
-            Id::new(hash)
-        ))
-    }
-}
-
-impl ReadBackend for Verified {
-    fn location(&self) -> String {
-        self.0.location()
-    }
-
-    fn list_with_size(&self, tpe: FileType) -> RusticResult<Vec<(Id, u32)>> {
-        self.0.list_with_size(tpe)
-    }
-
-    fn read_full(&self, tpe: FileType, id: &Id) -> RusticResult<Bytes> {
-        let data = self.0.read_full(tpe, id)?;
-        check(tpe, id, &data).map_err(|msg| RusticError::new(ErrorKind::Repository, msg))?;
-        Ok(data)
-    }
-
-    fn read_partial(
-        &self,
-        tpe: FileType,
-        id: &Id,
-        cacheable: bool,
-        offset: u32,
-        length: u32,
-    ) -> RusticResult<Bytes> {
-        self.0.read_partial(tpe, id, cacheable, offset, length)
-    }
-
-    fn warmup_path(&self, tpe: FileType, id: &Id) -> String {
-        self.0.warmup_path(tpe, id)
-    }
-
-    fn needs_warm_up(&self) -> bool {
-        self.0.needs_warm_up()
-    }
-
-    fn warm_up(&self, tpe: FileType, id: &Id) -> RusticResult<()> {
-        self.0.warm_up(tpe, id)
-    }
-}
-
-impl WriteBackend for Verified {
-    fn create(&self) -> RusticResult<()> {
-        self.0.create()
-    }
-
-    fn write_bytes(
-        &self,
-        tpe: FileType,
-        id: &Id,
-        cacheable: bool,
-        content: BytesList,
-    ) -> RusticResult<()> {
-        self.0.write_bytes(tpe, id, cacheable, content)
-    }
-
-    fn remove(&self, tpe: FileType, id: &Id, cacheable: bool) -> RusticResult<()> {
-        self.0.remove(tpe, id, cacheable)
-    }
+    Err(format!(
+        "{tpe} file {id} does not match its name (sha256 {}): the repository is damaged",
+        Id::new(Sha256::digest(data).into())
+    ))
 }
 
 #[cfg(test)]

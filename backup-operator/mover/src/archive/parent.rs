@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use rustic_core::repofile::Tree;
 use rustic_core::{FileType, Id, TreeId};
-use sha2::Digest;
 
 use crate::crypto::Crypto;
 use crate::repo::Backend;
@@ -72,20 +71,10 @@ impl<'a> ParentTrees<'a> {
             loc.offset as usize + loc.length as usize,
         );
         let sealed = pack.get(start..end).ok_or("blob outside its pack")?;
-        let plain = self
-            .crypto
-            .decrypt(sealed)
-            .ok_or("cannot decrypt (corrupt blob)")?;
-        let json = match loc.uncompressed_length {
-            Some(n) => zstd::bulk::decompress(&plain, n as usize).map_err(|e| e.to_string())?,
-            None => plain,
-        };
         // Verified by its id like every blob we use: a wrong parent tree
         // would hand wrong content lists to unchanged files.
-        let hash: [u8; 32] = sha2::Sha256::digest(&json).into();
-        if Id::new(hash) != **id {
-            return Err("does not match its id (corrupt tree)".into());
-        }
+        let json = crate::verified::open_blob(self.crypto, id, sealed, loc.uncompressed_length)
+            .map_err(|why| format!("{why} (corrupt tree)"))?;
         serde_json::from_slice(&json).map_err(|e| format!("tree JSON: {e}"))
     }
 

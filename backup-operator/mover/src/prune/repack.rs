@@ -8,7 +8,7 @@ use rustic_core::{FileType, Id};
 use super::plan::{PackInfo, Repack};
 use crate::archive::PACK_SIZE;
 use crate::archive::index::PackEntry;
-use crate::archive::pack::{Kind, Pack, PackBuilder, hex, sha256};
+use crate::archive::pack::{Kind, Pack, PackBuilder, hex};
 use crate::crypto::Crypto;
 use crate::error::{MResult, MoverError, RusticCtx};
 use crate::repo::Backend;
@@ -92,16 +92,7 @@ fn verify(
     sealed: &[u8],
     uncompressed: Option<u32>,
 ) -> Result<(), &'static str> {
-    let plain = crypto.decrypt(sealed).ok_or("does not decrypt")?;
-    let plain = match uncompressed {
-        Some(n) => zstd::bulk::decompress(&plain, n as usize).map_err(|_| "does not decompress")?,
-        None => plain,
-    };
-    if Id::new(sha256(&plain)) == *id {
-        Ok(())
-    } else {
-        Err("does not match its id")
-    }
+    crate::verified::open_blob(crypto, id, sealed, uncompressed).map(drop)
 }
 
 /// The 32 bytes of an id.
@@ -120,6 +111,7 @@ pub fn id_bytes(id: &Id) -> MResult<[u8; 32]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::archive::pack::sha256;
 
     #[test]
     fn id_bytes_round_trip() {

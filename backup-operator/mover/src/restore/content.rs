@@ -19,9 +19,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use rustic_core::repofile::PackId;
 use rustic_core::{DataId, FileType, IndexedFullStatus, Repository, WriteBackend};
-use sha2::{Digest, Sha256};
 
 use super::fsat::{Dir, open_file_beneath};
+use super::trees::corrupt;
 use crate::crypto::{Crypto, open_in_place};
 use crate::error::{MResult, MoverError, RusticCtx};
 use crate::result::ErrorKind;
@@ -292,8 +292,7 @@ fn write_unit(
             }
             None => plain,
         };
-        let hash: [u8; 32] = Sha256::digest(plain).into();
-        if rustic_core::Id::new(hash) != b.id.into_inner() {
+        if !crate::verified::names(&b.id, plain) {
             return Err(corrupt(format!(
                 "blob {} of {} has a wrong hash",
                 b.id,
@@ -315,10 +314,6 @@ fn write_unit(
         }
     }
     Ok(written)
-}
-
-fn corrupt(msg: String) -> MoverError {
-    MoverError::new(ErrorKind::RepositoryCorrupt, msg)
 }
 
 /// All bytes zero (checked eight at a time).

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use rustic_core::repofile::{Node, Tree};
 use rustic_core::{FileType, IndexedFullStatus, Repository, TreeId, WriteBackend};
-use sha2::{Digest, Sha256};
 
 use crate::crypto::Crypto;
 use crate::error::{MResult, MoverError, RusticCtx};
@@ -39,16 +38,9 @@ impl Trees<'_> {
                 ie.location.length,
             )
             .ctx(&format!("reading tree {id} from pack {}", ie.pack))?;
-        let plain = self
-            .crypto
-            .decrypt(&sealed)
-            .ok_or_else(|| corrupt(format!("tree {id} failed authentication")))?;
-        let json = match ie.location.uncompressed_length {
-            Some(n) => zstd::bulk::decompress(&plain, n.get() as usize)
-                .map_err(|e| corrupt(format!("decompressing tree {id}: {e}")))?,
-            None => plain,
-        };
-        verify(&json, id)?;
+        let uncompressed = ie.location.uncompressed_length.map(|n| n.get());
+        let json = crate::verified::open_blob(self.crypto, id, &sealed, uncompressed)
+            .map_err(|why| corrupt(format!("tree {id} {why} (the repository is damaged)")))?;
         serde_json::from_slice(&json).map_err(|e| corrupt(format!("tree {id} is not valid: {e}")))
     }
 
@@ -83,14 +75,4 @@ pub fn root_node(tree: TreeId) -> Node {
     );
     n.subtree = Some(tree);
     n
-}
-
-fn verify(plain: &[u8], id: &TreeId) -> MResult<()> {
-    let hash: [u8; 32] = Sha256::digest(plain).into();
-    if rustic_core::Id::new(hash) != **id {
-        return Err(corrupt(format!(
-            "tree {id} does not match its id (the repository is damaged)"
-        )));
-    }
-    Ok(())
 }
