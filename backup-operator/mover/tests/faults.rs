@@ -6,23 +6,16 @@
 //!
 //! `FAULT_ROUNDS` (default 20) sets the number of rounds of each kind.
 
-#[path = "faults/proxy.rs"]
-mod proxy;
-#[allow(dead_code)]
-#[path = "../src/result.rs"]
-mod result;
+mod common;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use proxy::{FaultProxy, Plan};
-use result::MoverResult;
+use common::proxy::{Fault, Proxy};
+use common::result::MoverResult;
+use common::{Env, Moto, TempDir, mover_cmd, prng_bytes};
 use sha2::{Digest, Sha256};
-
-const PASSWORD: &str = "fault-password";
 
 fn rounds() -> usize {
     std::env::var("FAULT_ROUNDS")
@@ -31,79 +24,10 @@ fn rounds() -> usize {
         .unwrap_or(20)
 }
 
-fn tmp(name: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("mover-faults-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&p);
-    std::fs::create_dir_all(&p).expect("mkdir");
-    p
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// moto on 127.0.0.1, stopped by its own PID on drop.
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Moto {
-    fn start() -> Self {
-        let port = free_port();
-        let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("moto_server (pip install \"moto[server]\")");
-        let m = Moto { child, port };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while m.put("/probe-bucket").is_none() {
-            assert!(Instant::now() < deadline, "moto did not start");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        m
-    }
-
-    fn put(&self, path: &str) -> Option<u16> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        write!(
-            s,
-            "PUT {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).ok()?;
-        resp.split_whitespace().nth(1)?.parse().ok()
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn envs(c: &mut Command) {
-    c.env("RESTIC_PASSWORD", PASSWORD)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_DEFAULT_REGION", "us-east-1");
-}
-
-fn mover_cmd(args: &[&str], result: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_backup-mover"));
-    c.args(args)
-        .args(["--result-file", result.to_str().expect("utf-8")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    envs(&mut c);
-    c
+/// S3 credentials without the retry cap of `Env::s3`: these runs must ride
+/// out the injected faults with the mover's default retries.
+fn env() -> Env {
+    Env::s3().without("MOVER_S3_RETRIES")
 }
 
 /// Runs the mover; with `kill_after`, SIGKILLs it then unless it ended.
@@ -111,7 +35,13 @@ fn mover_cmd(args: &[&str], result: &Path) -> Command {
 fn run(args: &[&str], dir: &Path, kill_after: Option<Duration>) -> Option<MoverResult> {
     let rf = dir.join("result.json");
     let _ = std::fs::remove_file(&rf);
-    let mut child = mover_cmd(args, &rf).spawn().expect("spawn mover");
+    let mut all = args.to_vec();
+    all.extend(["--result-file", rf.to_str().expect("utf-8")]);
+    let mut child = mover_cmd(&env(), &all)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn mover");
     if let Some(d) = kill_after {
         let deadline = Instant::now() + d;
         while Instant::now() < deadline {
@@ -137,11 +67,9 @@ fn run(args: &[&str], dir: &Path, kill_after: Option<Duration>) -> Option<MoverR
 }
 
 fn restic(repo: &str, args: &[&str]) -> std::process::Output {
-    let bin = std::env::var("RESTIC_BIN").unwrap_or_else(|_| "restic".into());
-    let mut c = Command::new(bin);
-    c.args(["--no-cache", "-r", repo]).args(args);
-    envs(&mut c);
-    c.output().expect("restic (RESTIC_BIN or PATH)")
+    let mut all = vec!["-r", repo];
+    all.extend_from_slice(args);
+    common::restic(&env(), &all)
 }
 
 fn check(repo: &str, round: &str) {
@@ -165,24 +93,12 @@ fn unlock(repo: &str) {
     );
 }
 
-fn prng(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// Writes round `n`'s version of the source: most files stay, some change.
 fn write_source(src: &Path, n: u64) {
     std::fs::create_dir_all(src).expect("mkdir");
     for i in 0..12u64 {
         let seed = if i % 4 == n % 4 { 1000 * n + i } else { i };
-        std::fs::write(src.join(format!("f{i}")), prng(seed, 600 * 1024)).expect("write");
+        std::fs::write(src.join(format!("f{i}")), prng_bytes(seed, 600 * 1024)).expect("write");
     }
 }
 
@@ -226,11 +142,22 @@ fn verify_newest(direct: &str, base: &Path, id: &str, want: &[(String, String)],
 #[test]
 fn s3_faults_and_kills_never_lose_data() {
     let moto = Moto::start();
-    assert_eq!(moto.put("/faults"), Some(200), "bucket");
-    let proxy = FaultProxy::start(moto.port, Plan::new(0x5eed, 0.1));
-    let via_proxy = format!("s3:http://127.0.0.1:{}/faults/ns/pvc", proxy.port);
-    let direct = format!("s3:http://127.0.0.1:{}/faults/ns/pvc", moto.port);
-    let base = tmp("s3");
+    let direct = format!("{}/ns/pvc", moto.bucket("faults"));
+    let proxy = Proxy::start(moto.port);
+    proxy.random_faults(
+        0x5eed,
+        0.1,
+        vec![
+            Fault::Status(503, "SlowDown"),
+            Fault::Status(500, "InternalError"),
+            Fault::Reset,
+            Fault::Status(429, "TooManyRequests"),
+            Fault::Delay(Duration::from_millis(1500)),
+        ],
+    );
+    let via_proxy = proxy.repo("faults/ns/pvc");
+    let tmp = TempDir::new("s3-faults");
+    let base = tmp.path();
     let src = base.join("src");
     let mut newest: Option<(String, Vec<(String, String)>)> = None;
     let (mut backups_killed, mut prunes_killed, mut completed) = (0, 0, 0);
@@ -256,7 +183,7 @@ fn s3_faults_and_kills_never_lose_data() {
             "--lock-wait-seconds",
             "120",
         ];
-        match run(&backup, &base, kill) {
+        match run(&backup, base, kill) {
             Some(r) => {
                 assert!(r.ok, "{round}: backup through faults failed: {:?}", r.error);
                 completed += 1;
@@ -285,7 +212,7 @@ fn s3_faults_and_kills_never_lose_data() {
                 "--lock-wait-seconds",
                 "120",
             ];
-            match run(&forget, &base, kill) {
+            match run(&forget, base, kill) {
                 Some(r) => assert!(
                     r.ok,
                     "{round}: forget+prune through faults failed: {:?}",
@@ -297,33 +224,26 @@ fn s3_faults_and_kills_never_lose_data() {
                 }
             }
         }
-        proxy.set_enabled(false);
+        proxy.set_random_enabled(false);
         check(&direct, &round);
         if let Some((id, want)) = &newest {
-            verify_newest(&direct, &base, id, want, &round);
+            verify_newest(&direct, base, id, want, &round);
         }
-        proxy.set_enabled(true);
+        proxy.set_random_enabled(true);
     }
-    let c = &proxy.counts;
     eprintln!(
-        "fault rounds={} completed_backups={completed} killed_backups={backups_killed} killed_prunes={prunes_killed} \
-         requests={} injected={} (500={} 503={} 429={} resets={} stalls={})",
+        "fault rounds={} completed_backups={completed} killed_backups={backups_killed} \
+         killed_prunes={prunes_killed} requests={} injected={}",
         rounds(),
-        c.requests.load(std::sync::atomic::Ordering::Relaxed),
-        c.injected(),
-        c.error500.load(std::sync::atomic::Ordering::Relaxed),
-        c.slowdown503.load(std::sync::atomic::Ordering::Relaxed),
-        c.throttle429.load(std::sync::atomic::Ordering::Relaxed),
-        c.resets.load(std::sync::atomic::Ordering::Relaxed),
-        c.stalls.load(std::sync::atomic::Ordering::Relaxed),
+        proxy.requests(),
+        proxy.faults(),
     );
     assert!(
-        c.injected() >= rounds() as u64,
+        proxy.faults() >= rounds() as u64,
         "about one fault per round injected"
     );
     assert!(
         completed > 0 && backups_killed > 0,
         "both completed and killed backups"
     );
-    let _ = std::fs::remove_dir_all(&base);
 }

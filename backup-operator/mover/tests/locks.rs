@@ -312,7 +312,7 @@ fn restic_lock_is_honoured() {
     let env = Env::local();
     let (repo, src) = repo_with_backup(&t, &env);
     // restic holds a shared lock while it reads stdin.
-    let mut restic_backup = Command::new("restic");
+    let mut restic_backup = Command::new(common::restic_bin());
     restic_backup
         .args([
             "--no-cache",
@@ -473,8 +473,8 @@ fn backup_whose_lock_is_removed_stops_without_a_snapshot() {
 
 /// restic as selected by `RESTIC_BIN` (default: `restic` on PATH), and its
 /// (major, minor) version.
-fn restic_bin() -> (String, (u32, u32)) {
-    let bin = std::env::var("RESTIC_BIN").unwrap_or_else(|_| "restic".into());
+fn restic_version() -> (String, (u32, u32)) {
+    let bin = common::restic_bin();
     let out = Command::new(&bin).arg("version").output().expect("restic");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let v: Vec<u32> = text
@@ -495,7 +495,7 @@ fn restic_bin() -> (String, (u32, u32)) {
 
 #[test]
 fn restic_applies_the_same_rules_to_the_movers_locks() {
-    let (bin, version) = restic_bin();
+    let (bin, version) = restic_version();
     let t = TempDir::new("resticrules");
     let env = Env::local();
     let (repo, src) = repo_with_backup(&t, &env);

@@ -255,10 +255,41 @@ fn unreadable_directory_makes_the_backup_partial() {
     assert!(w.contains("closed") && w.contains("secret"), "{w}");
 }
 
+/// Restore arguments for `repo` into `target`, one worker, result to `rf`.
+fn restore_args<'a>(repo: &'a str, target: &'a Path, rf: &'a Path) -> [&'a str; 9] {
+    [
+        "restore",
+        "--repository",
+        repo,
+        "--target",
+        target.to_str().expect("utf8"),
+        "--restore-threads",
+        "1",
+        "--result-file",
+        rf.to_str().expect("utf8"),
+    ]
+}
+
+/// SIGTERMs `child`, waits for it, and returns how long it took to stop
+/// and its (interrupted) error message.
+fn stop_with_sigterm(child: &mut std::process::Child, rf: &Path) -> (Duration, String) {
+    let sent = Instant::now();
+    // SAFETY: signalling our own child by its pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    assert!(
+        !child.wait().expect("wait").success(),
+        "exit code after SIGTERM"
+    );
+    let stopped = sent.elapsed();
+    let r: MoverResult =
+        serde_json::from_str(&std::fs::read_to_string(rf).expect("result")).expect("json");
+    let e = r.error.expect("error");
+    assert_eq!(e.kind, ErrorKind::Interrupted, "{}", e.message);
+    (stopped, e.message)
+}
+
 #[test]
-fn sigterm_during_a_restore_that_does_not_poll_still_removes_the_lock() {
-    // The restore path does not poll for cancellation; the watchdog gives it
-    // MOVER_STOP_GRACE_SECONDS, then removes the lock, reports and exits.
+fn sigterm_during_a_restore_stops_it_between_files_and_removes_the_lock() {
     let t = TempDir::new("sigterm-restore");
     let env = Env::local();
     let src = t.join("src");
@@ -272,20 +303,8 @@ fn sigterm_during_a_restore_that_does_not_poll_still_removes_the_lock() {
         &env,
         &backup_args(repo_s, src.to_str().expect("utf8"), "data"),
     );
-    let target = t.join("target");
-    let rf = t.join("result.json");
-    let args = [
-        "restore",
-        "--repository",
-        repo_s,
-        "--target",
-        target.to_str().expect("utf8"),
-        "--restore-threads",
-        "1",
-        "--result-file",
-        rf.to_str().expect("utf8"),
-    ];
-    let mut child = mover_cmd(&env.with("MOVER_STOP_GRACE_SECONDS", "1"), &args)
+    let (target, rf) = (t.join("target"), t.join("result.json"));
+    let mut child = mover_cmd(&env, &restore_args(repo_s, &target, &rf))
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn");
@@ -299,16 +318,60 @@ fn sigterm_during_a_restore_that_does_not_poll_still_removes_the_lock() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(files_under(&repo.join("locks")), 1, "restore holds a lock");
-    let sent = Instant::now();
-    // SAFETY: signalling our own child by its pid.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    assert!(!child.wait().expect("wait").success());
-    let stopped = sent.elapsed();
-    let r: MoverResult =
-        serde_json::from_str(&std::fs::read_to_string(&rf).expect("result")).expect("json");
-    let e = r.error.expect("error");
-    assert_eq!(e.kind, ErrorKind::Interrupted, "{}", e.message);
-    eprintln!("restore stopped {stopped:?} after SIGTERM: {}", e.message);
+    let (stopped, message) = stop_with_sigterm(&mut child, &rf);
+    eprintln!("restore stopped {stopped:?} after SIGTERM: {message}");
+    // The restore polls for cancellation itself: no watchdog exit.
+    assert!(!message.contains("did not stop within"), "{message}");
     assert!(stopped < Duration::from_secs(10));
     assert_eq!(files_under(&repo.join("locks")), 0, "lock removed");
+}
+
+#[test]
+fn sigterm_while_a_read_hangs_exits_after_the_grace_and_removes_the_lock() {
+    // A pack read that never answers does not poll for cancellation; the
+    // watchdog gives the operation MOVER_STOP_GRACE_SECONDS, then removes
+    // the lock, reports and exits.
+    let moto = Moto::start();
+    moto.bucket("hang");
+    let proxy = Proxy::start(moto.port);
+    let repo = proxy.repo("hang/ns/pvc");
+    let env = Env::s3();
+    let t = TempDir::new("sigterm-hang");
+    let src = t.join("src");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    random_file(&src.join("f"), 4 * MIB);
+    ok(
+        &env,
+        &backup_args(&repo, src.to_str().expect("utf8"), "pvc"),
+    );
+    proxy.add(Rule::new(
+        Some("GET"),
+        "/data/",
+        Fault::Stall(Duration::from_secs(120)),
+        None,
+    ));
+    let (target, rf) = (t.join("target"), t.join("result.json"));
+    let mut child = mover_cmd(
+        &env.with("MOVER_STOP_GRACE_SECONDS", "1"),
+        &restore_args(&repo, &target, &rf),
+    )
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while proxy.faults() < 1 {
+        assert!(Instant::now() < deadline, "the restore read no pack");
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "restore ended early"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (stopped, message) = stop_with_sigterm(&mut child, &rf);
+    eprintln!("restore stopped {stopped:?} after SIGTERM: {message}");
+    assert!(message.contains("did not stop within 1s"), "{message}");
+    assert!(stopped < Duration::from_secs(10));
+    let locks = restic(&env, &["-r", &repo, "list", "locks", "--no-lock"]);
+    assert!(locks.status.success());
+    assert!(locks.stdout.is_empty(), "lock removed: {locks:?}");
 }

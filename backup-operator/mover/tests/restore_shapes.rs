@@ -7,83 +7,38 @@
 //! `RESTIC_BIN` selects the restic binary (default `restic` on PATH).
 //! `MOVER_TEST_BIG=1` adds a 4 GiB file to the shapes.
 
-#[allow(dead_code)]
-#[path = "../src/result.rs"]
-mod result;
+mod common;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use result::MoverResult;
+use common::result::MoverResult;
+use common::{Env, MIB, TempDir, backup_args, mover, ok, prng_bytes, restic_bin};
 use sha2::{Digest, Sha256};
-
-const PASSWORD: &str = "shape-password";
-const MIB: usize = 1024 * 1024;
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "mover-shapes-{}-{}-{name}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("create temp dir");
-        Self(p)
-    }
-    fn join(&self, s: &str) -> PathBuf {
-        self.0.join(s)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 test path")
 }
 
-fn mover(args: &[&str]) -> MoverResult {
-    let dir = TempDir::new("result");
-    let rf = dir.join("result.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_backup-mover"))
-        .args(args)
-        .args(["--result-file", s(&rf)])
-        .env("RESTIC_PASSWORD", PASSWORD)
-        .output()
-        .expect("run backup-mover");
-    let text = std::fs::read_to_string(&rf).unwrap_or_else(|_| {
-        panic!(
-            "no result for {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    serde_json::from_str(&text).expect("result parses")
+fn mover_ok(args: &[&str]) -> MoverResult {
+    ok(&Env::local(), args)
 }
 
-fn mover_ok(args: &[&str]) -> MoverResult {
-    let r = mover(args);
-    assert!(r.ok, "{args:?} failed: {:?}", r.error);
-    r
+/// A mover backup of `src` into `repo`; the snapshot id.
+fn mover_backup(repo: &Path, src: &Path, pvc: &str) -> String {
+    mover_ok(&backup_args(s(repo), s(src), pvc))
+        .snapshot_id
+        .expect("snapshot id")
 }
 
 fn restic_cmd(cwd: Option<&Path>, args: &[&str]) -> std::process::Output {
-    let bin = std::env::var("RESTIC_BIN").unwrap_or_else(|_| "restic".into());
-    let mut c = Command::new(bin);
-    c.arg("--no-cache")
-        .args(args)
-        .env("RESTIC_PASSWORD", PASSWORD);
+    let mut c = Command::new(restic_bin());
+    c.arg("--no-cache").args(args);
+    Env::local().apply(&mut c);
     if let Some(d) = cwd {
         c.current_dir(d);
     }
@@ -123,18 +78,6 @@ fn newest_restic_snapshot(repo: &Path) -> String {
     snaps.last().expect("one snapshot").1.to_string()
 }
 
-fn prng(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 fn is_root() -> bool {
     // SAFETY: plain syscall.
     unsafe { libc::geteuid() == 0 }
@@ -152,21 +95,22 @@ fn make_shapes(root: &Path) {
         std::fs::write(&p, data).expect("write");
     };
     w("zeros.bin", &vec![0u8; 20 * MIB]);
-    let block = prng(1, 3 * MIB);
+    let block = prng_bytes(1, 3 * MIB);
     w("repeated.bin", &block.repeat(8));
-    let shared = prng(2, 2 * MIB);
+    let shared = prng_bytes(2, 2 * MIB);
     w("copies/a.bin", &shared);
     w("copies/b.bin", &shared);
-    let mut mid = prng(3, MIB);
+    let mut mid = prng_bytes(3, MIB);
     mid.extend_from_slice(&shared);
-    mid.extend_from_slice(&prng(4, MIB));
+    mid.extend_from_slice(&prng_bytes(4, MIB));
     w("copies/inside.bin", &mid);
     w("empty", b"");
     std::fs::create_dir_all(root.join("empty-dir")).expect("mkdir");
     // Sparse: 64 MiB with 4 KiB of data in the middle.
     let f = std::fs::File::create(root.join("sparse.img")).expect("create");
     f.set_len(64 * MIB as u64).expect("set_len");
-    std::os::unix::fs::FileExt::write_all_at(&f, &prng(5, 4096), 32 * MIB as u64).expect("write");
+    std::os::unix::fs::FileExt::write_all_at(&f, &prng_bytes(5, 4096), 32 * MIB as u64)
+        .expect("write");
     w("links/one", b"hard linked");
     std::fs::hard_link(root.join("links/one"), root.join("links/two")).expect("link");
     symlink("one", root.join("links/rel-link")).expect("symlink");
@@ -210,7 +154,7 @@ fn make_shapes(root: &Path) {
         .expect("chmod");
     if std::env::var("MOVER_TEST_BIG").is_ok_and(|v| v == "1") {
         let f = std::fs::File::create(root.join("big.bin")).expect("create");
-        let chunk = prng(6, 64 * MIB);
+        let chunk = prng_bytes(6, 64 * MIB);
         for i in 0..64u64 {
             std::os::unix::fs::FileExt::write_all_at(&f, &chunk, i * 64 * MIB as u64)
                 .expect("write");
@@ -308,20 +252,7 @@ fn mover_backups_of_every_shape_restore_with_mover_and_restic() {
     let t = TempDir::new("m2x");
     let (src, repo) = (t.join("src"), t.join("repo"));
     make_shapes(&src);
-    let r = mover_ok(&[
-        "backup",
-        "--repository",
-        s(&repo),
-        "--source",
-        s(&src),
-        "--namespace",
-        "ns",
-        "--policy",
-        "p",
-        "--pvc",
-        "shapes",
-    ]);
-    let id = r.snapshot_id.expect("snapshot id");
+    let id = mover_backup(&repo, &src, "shapes");
     check_read_data(&repo);
 
     let by_mover = t.join("by-mover");
@@ -406,21 +337,7 @@ fn restore_never_writes_outside_its_target() {
     std::fs::write(src.join("x/victim"), b"from the backup").expect("write");
     std::fs::write(src.join("plain"), b"plain file").expect("write");
     std::fs::write(src.join("hl"), b"restored over a link").expect("write");
-    let id = mover_ok(&[
-        "backup",
-        "--repository",
-        s(&repo),
-        "--source",
-        s(&src),
-        "--namespace",
-        "ns",
-        "--policy",
-        "p",
-        "--pvc",
-        "esc",
-    ])
-    .snapshot_id
-    .expect("id");
+    let id = mover_backup(&repo, &src, "esc");
 
     // The target's user planted: a symlinked directory, a symlinked file,
     // a hard link to a file outside, and (for --delete) a symlink to remove.
@@ -472,21 +389,7 @@ fn partial_restore_brings_back_only_the_paths_asked_for() {
         std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
         std::fs::write(&p, f.as_bytes()).expect("write");
     }
-    let id = mover_ok(&[
-        "backup",
-        "--repository",
-        s(&repo),
-        "--source",
-        s(&src),
-        "--namespace",
-        "ns",
-        "--policy",
-        "p",
-        "--pvc",
-        "paths",
-    ])
-    .snapshot_id
-    .expect("id");
+    let id = mover_backup(&repo, &src, "paths");
     mover_restore(
         &repo,
         &id,
@@ -503,16 +406,19 @@ fn partial_restore_brings_back_only_the_paths_asked_for() {
         std::fs::read(target.join("a/deeper/two")).expect("r"),
         b"a/deeper/two"
     );
-    let bad = mover(&[
-        "restore",
-        "--repository",
-        s(&repo),
-        "--snapshot",
-        &id,
-        "--target",
-        s(&target),
-        "--path",
-        "../etc",
-    ]);
+    let bad = mover(
+        &Env::local(),
+        &[
+            "restore",
+            "--repository",
+            s(&repo),
+            "--snapshot",
+            &id,
+            "--target",
+            s(&target),
+            "--path",
+            "../etc",
+        ],
+    );
     assert!(!bad.ok, "a path with .. is refused");
 }

@@ -83,12 +83,24 @@ pub fn write_contents(
     let bytes = AtomicU64::new(0);
     let failure: Mutex<Option<MoverError>> = Mutex::new(None);
     let threads = threads.clamp(1, 64);
+    let fail = |e: MoverError| {
+        if let Ok(mut f) = failure.lock()
+            && f.is_none()
+        {
+            *f = Some(e);
+        }
+    };
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
                 loop {
                     if failure.lock().map(|f| f.is_some()).unwrap_or(true) {
                         return;
+                    }
+                    // SIGTERM (the Job's deadline) stops the restore between
+                    // units; the lock guard is dropped on the way out.
+                    if let Err(e) = crate::cancel::check() {
+                        return fail(e);
                     }
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(unit) = units.get(i) else { return };
@@ -105,14 +117,7 @@ pub fn write_contents(
                         Ok(n) => {
                             bytes.fetch_add(n, Ordering::Relaxed);
                         }
-                        Err(e) => {
-                            if let Ok(mut f) = failure.lock()
-                                && f.is_none()
-                            {
-                                *f = Some(e);
-                            }
-                            return;
-                        }
+                        Err(e) => return fail(e),
                     }
                 }
             });

@@ -182,6 +182,7 @@ fn attrs_of(meta: &Metadata, ownership: bool, with_mode: bool) -> Attrs {
 
 impl Walk<'_> {
     fn dir(&mut self, dir: &Dir, rel: &[u8], tree: TreeId, sel: &Sel) -> MResult<()> {
+        crate::cancel::check()?;
         let tree = self.trees.load(&tree)?;
         let mut keep = HashSet::new();
         for node in tree.nodes {

@@ -73,6 +73,11 @@ impl Env {
             ],
         }
     }
+    pub fn without(&self, k: &str) -> Self {
+        let mut e = self.clone();
+        e.vars.retain(|(a, _)| a != k);
+        e
+    }
     pub fn with(&self, k: &str, v: &str) -> Self {
         let mut e = self.clone();
         e.vars.retain(|(a, _)| a != k);
@@ -144,12 +149,20 @@ pub fn err_kind(env: &Env, args: &[&str]) -> ErrorKind {
     e.kind
 }
 
+/// The restic the differential and fault tests compare against:
+/// `RESTIC_BIN` (restic 0.18.1 in `make test-integration`), else `restic`
+/// on PATH.
+pub fn restic_bin() -> String {
+    std::env::var("RESTIC_BIN").unwrap_or_else(|_| "restic".into())
+}
+
+/// Runs [`restic_bin`] with `--no-cache` and `env`.
 pub fn restic(env: &Env, args: &[&str]) -> std::process::Output {
-    let mut c = Command::new("restic");
+    let mut c = Command::new(restic_bin());
     c.arg("--no-cache").args(args);
     env.apply(&mut c);
     c.output()
-        .expect("restic must be installed (apt-get install restic)")
+        .expect("restic must be installed (RESTIC_BIN or PATH)")
 }
 
 pub fn backup_args<'a>(repo: &'a str, src: &'a str, pvc: &'a str) -> Vec<&'a str> {

@@ -19,6 +19,35 @@ pub enum Fault {
     Stall(Duration),
     /// Forwarded without this request header (a server that ignores it).
     StripHeader(&'static str),
+    /// Forwarded after this delay (a slow server).
+    Delay(Duration),
+}
+
+/// Faults for a share of all requests that no rule matches: each request is
+/// faulty with probability `rate` (seeded, so runs repeat), taking the kinds
+/// in turn.
+struct Random {
+    state: u64,
+    rate: f64,
+    kinds: Vec<Fault>,
+    next: usize,
+    enabled: bool,
+}
+
+impl Random {
+    fn decide(&mut self) -> Option<Fault> {
+        if !self.enabled || self.kinds.is_empty() {
+            return None;
+        }
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        if (self.state >> 11) as f64 / (1u64 << 53) as f64 >= self.rate {
+            return None;
+        }
+        self.next = (self.next + 1) % self.kinds.len();
+        Some(self.kinds[self.next].clone())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -45,6 +74,7 @@ impl Rule {
 pub struct Proxy {
     pub port: u16,
     rules: Arc<Mutex<Vec<Rule>>>,
+    random: Arc<Mutex<Option<Random>>>,
     faults: Arc<AtomicU64>,
     requests: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
@@ -133,6 +163,7 @@ fn serve(
     client: TcpStream,
     upstream: u16,
     rules: &Mutex<Vec<Rule>>,
+    random: &Mutex<Option<Random>>,
     faults: &AtomicU64,
     requests: &AtomicU64,
 ) {
@@ -162,6 +193,13 @@ fn serve(
                 r.fault.clone()
             })
     };
+    let fault = fault.or_else(|| {
+        random
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_mut()
+            .and_then(Random::decide)
+    });
     let mut client = client;
     match fault {
         None => forward(&req, None, upstream, &mut client),
@@ -183,6 +221,10 @@ fn serve(
                 Fault::Reset => reset(&client),
                 Fault::Stall(d) => std::thread::sleep(d),
                 Fault::StripHeader(h) => forward(&req, Some(h), upstream, &mut client),
+                Fault::Delay(d) => {
+                    std::thread::sleep(d);
+                    forward(&req, None, upstream, &mut client);
+                }
             }
         }
     }
@@ -193,11 +235,13 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
         let port = listener.local_addr().expect("addr").port();
         let rules = Arc::new(Mutex::new(Vec::new()));
+        let random = Arc::new(Mutex::new(None));
         let faults = Arc::new(AtomicU64::new(0));
         let requests = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (r, f, q, st) = (
+        let (r, rnd, f, q, st) = (
             rules.clone(),
+            random.clone(),
             faults.clone(),
             requests.clone(),
             stop.clone(),
@@ -208,13 +252,14 @@ impl Proxy {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
-                let (r, f, q) = (r.clone(), f.clone(), q.clone());
-                std::thread::spawn(move || serve(conn, upstream, &r, &f, &q));
+                let (r, rnd, f, q) = (r.clone(), rnd.clone(), f.clone(), q.clone());
+                std::thread::spawn(move || serve(conn, upstream, &r, &rnd, &f, &q));
             }
         });
         Self {
             port,
             rules,
+            random,
             faults,
             requests,
             stop,
@@ -231,6 +276,33 @@ impl Proxy {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(rule);
+    }
+
+    /// Also fault a `rate` share of the requests no rule matches, taking
+    /// `kinds` in turn (seeded: the same run gets the same faults).
+    pub fn random_faults(&self, seed: u64, rate: f64, kinds: Vec<Fault>) {
+        *self
+            .random
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Random {
+            state: seed | 1,
+            rate,
+            kinds,
+            next: 0,
+            enabled: true,
+        });
+    }
+
+    /// Pauses (or resumes) the random faults, e.g. while a test checks.
+    pub fn set_random_enabled(&self, on: bool) {
+        if let Some(r) = self
+            .random
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_mut()
+        {
+            r.enabled = on;
+        }
     }
 
     pub fn clear(&self) {
