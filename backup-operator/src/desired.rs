@@ -277,17 +277,13 @@ pub fn backup_job_template(
         &name,
         "--pvc",
         pvc,
-        "--keep-last",
-        &spec.retention.max_backups.to_string(),
         "--result-file",
         "/dev/termination-log",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
-    if let Some(days) = spec.retention.max_days {
-        args.extend(["--keep-within-days".to_string(), days.to_string()]);
-    }
+    args.extend(spec.retention.mover_args(spec.time_zone.as_deref()));
     let (env, mut volumes, mut mounts) = destination_access(dest);
     volumes.push(Volume {
         name: "data".into(),
@@ -522,7 +518,7 @@ mod tests {
         let args = c.args.clone().expect("args");
         assert!(
             args.windows(2)
-                .any(|w| w[0] == "--keep-last" && w[1] == "3")
+                .any(|w| w[0] == "--max-count" && w[1] == "3")
         );
         assert!(
             args.windows(2)

@@ -186,7 +186,8 @@ pub fn compute(policy: &BackupPolicy, prev: &BackupPolicyStatus, obs: &Observati
     {
         status.last_backup_time = Some(Time(t));
     }
-    let (kept, _expired) = retention::apply(stored, &spec.retention, obs.now);
+    let (kept, _expired) =
+        retention::apply(stored, &spec.retention, spec.time_zone.as_deref(), obs.now);
     status.stored_backups = kept;
 
     if failures.is_empty() {

@@ -55,6 +55,64 @@ struct Common {
     lock_wait_seconds: u64,
 }
 
+/// Retention flags of `backup` and `forget` (see `retention.rs` for how
+/// the keep rules and the caps combine).
+#[derive(clap::Args)]
+struct RetentionArgs {
+    /// Keep the newest N (restic's --keep-last)
+    #[arg(long)]
+    keep_last: Option<u32>,
+    /// Keep the newest of each of the last N hours that have snapshots
+    #[arg(long)]
+    keep_hourly: Option<u32>,
+    /// ... days
+    #[arg(long)]
+    keep_daily: Option<u32>,
+    /// ... ISO weeks
+    #[arg(long)]
+    keep_weekly: Option<u32>,
+    /// ... months
+    #[arg(long)]
+    keep_monthly: Option<u32>,
+    /// ... years
+    #[arg(long)]
+    keep_yearly: Option<u32>,
+    /// Keep everything within this span of the newest snapshot (e.g. 7d, 1y6m, 36h)
+    #[arg(long)]
+    keep_within: Option<backup_retention::Within>,
+    /// Cap: keep at most N (maxBackups)
+    #[arg(long)]
+    max_count: Option<u32>,
+    /// Cap: keep nothing older than N days (maxDays)
+    #[arg(long, alias = "max-age-days")]
+    keep_within_days: Option<u32>,
+    /// IANA time zone of the hour/day/week/month/year buckets (default UTC)
+    #[arg(long)]
+    time_zone: Option<String>,
+}
+
+impl RetentionArgs {
+    fn policy(&self) -> MResult<backup_retention::Policy> {
+        Ok(backup_retention::Policy {
+            last: self.keep_last,
+            hourly: self.keep_hourly,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+            yearly: self.keep_yearly,
+            within: self.keep_within,
+            max_count: self.max_count,
+            max_age_days: self.keep_within_days,
+            zone: self
+                .time_zone
+                .as_deref()
+                .map(backup_retention::zone)
+                .transpose()
+                .map_err(|e| MoverError::new(ErrorKind::Other, e))?,
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Back up a directory (the PVC mount) as one snapshot, then apply retention
@@ -69,10 +127,8 @@ enum Cmd {
         policy: String,
         #[arg(long)]
         pvc: String,
-        #[arg(long)]
-        keep_last: Option<u32>,
-        #[arg(long)]
-        keep_within_days: Option<u32>,
+        #[command(flatten)]
+        retention: RetentionArgs,
         /// Do not fail with SourceEmpty on an empty directory
         #[arg(long)]
         allow_empty: bool,
@@ -135,10 +191,11 @@ enum Cmd {
         policy: String,
         #[arg(long)]
         pvc: String,
+        #[command(flatten)]
+        retention: RetentionArgs,
+        /// Report what retention would forget, change nothing (no prune)
         #[arg(long)]
-        keep_last: Option<u32>,
-        #[arg(long)]
-        keep_within_days: Option<u32>,
+        dry_run: bool,
         #[arg(long)]
         prune: bool,
         /// Prune deletes a pack only this long after marking it unused (longer than any backup)
@@ -206,8 +263,7 @@ fn run(cmd: Cmd, r: &mut MoverResult) -> MResult<()> {
             namespace,
             policy,
             pvc,
-            keep_last,
-            keep_within_days,
+            retention,
             allow_empty,
             backup_threads,
             time,
@@ -221,10 +277,7 @@ fn run(cmd: Cmd, r: &mut MoverResult) -> MResult<()> {
                 namespace,
                 policy,
                 pvc,
-                retention: ops::Retention {
-                    keep_last,
-                    keep_within_days,
-                },
+                retention: retention.policy()?,
                 allow_empty,
                 lock_wait: Duration::from_secs(common.lock_wait_seconds),
                 time,
@@ -290,23 +343,21 @@ fn run(cmd: Cmd, r: &mut MoverResult) -> MResult<()> {
             namespace,
             policy,
             pvc,
-            keep_last,
-            keep_within_days,
+            retention,
+            dry_run,
             prune,
             prune_grace,
             adopt,
         } => {
             let (be, o) = connect(&common)?;
-            let ret = ops::Retention {
-                keep_last,
-                keep_within_days,
-            };
-            let prune = prune.then(|| prune::PruneOpts::new(prune_grace));
+            let ret = retention.policy()?;
+            let prune = (prune && !dry_run).then(|| prune::PruneOpts::new(prune_grace));
             let me = owner::Me::new(&namespace, &policy);
             let scope = ops::Scope {
                 sel: select::Selector::policy(&namespace, &policy, &pvc),
                 me: &me,
                 adopt,
+                dry_run,
             };
             ops::forget(
                 &be,

@@ -21,28 +21,18 @@ use crate::restore;
 use crate::result::{ErrorKind, MoverResult, SnapshotInfo};
 use crate::select::{Selector, choose_parent, tag_value};
 use crate::skipped::Skipped;
+use backup_retention as retention;
 
 /// Path under which every snapshot stores the PVC contents (restic's
 /// `paths`), independent of where the PVC was mounted.
 pub const SNAPSHOT_PATH: &str = "/data";
-
-pub struct Retention {
-    pub keep_last: Option<u32>,
-    pub keep_within_days: Option<u32>,
-}
-
-impl Retention {
-    pub fn is_set(&self) -> bool {
-        self.keep_last.is_some() || self.keep_within_days.is_some()
-    }
-}
 
 pub struct BackupArgs {
     pub source: PathBuf,
     pub namespace: String,
     pub policy: String,
     pub pvc: String,
-    pub retention: Retention,
+    pub retention: retention::Policy,
     pub allow_empty: bool,
     pub lock_wait: Duration,
     /// Snapshot time override (tests of age-based retention).
@@ -174,6 +164,7 @@ pub fn backup(
             sel,
             me: &me,
             adopt: false,
+            dry_run: false,
         };
         match apply_retention(be, &repo, &scope, &a.retention, Some(&prune), a.lock_wait) {
             Ok(forgotten) => r.forgotten = Some(forgotten),
@@ -191,22 +182,18 @@ pub fn backup(
 }
 
 /// Which snapshots of `snaps` (newest first) to delete. The newest is always kept.
-pub fn select_forget(snaps: &[SnapshotFile], ret: &Retention, now: Timestamp) -> Vec<usize> {
-    let mut out = Vec::new();
-    for (i, s) in snaps.iter().enumerate() {
-        if i == 0 {
-            continue;
-        }
-        let over_count = ret.keep_last.is_some_and(|n| i >= n.max(1) as usize);
-        let too_old = ret.keep_within_days.is_some_and(|d| {
-            let age = now.duration_since(s.time.timestamp()).as_secs();
-            age > i64::from(d) * 86_400
-        });
-        if over_count || too_old {
-            out.push(i);
-        }
-    }
-    out
+pub fn select_forget(
+    snaps: &[SnapshotFile],
+    ret: &retention::Policy,
+    now: Timestamp,
+) -> Vec<usize> {
+    let times: Vec<Timestamp> = snaps.iter().map(|s| s.time.timestamp()).collect();
+    retention::keep(&times, ret, now)
+        .iter()
+        .enumerate()
+        .filter(|(_, k)| !**k)
+        .map(|(i, _)| i)
+        .collect()
 }
 
 /// What retention may touch: one policy's snapshots of one PVC, in a
@@ -216,6 +203,8 @@ pub struct Scope<'a> {
     pub me: &'a Me,
     /// Take over a repository that is not ours (rewrites the owner marker).
     pub adopt: bool,
+    /// Only report what would be forgotten.
+    pub dry_run: bool,
 }
 
 /// forget (one policy of one PVC) + two-phase prune (`prune/`), under an
@@ -224,7 +213,7 @@ pub fn apply_retention(
     be: &Backend,
     repo: &Repository<OpenStatus>,
     scope: &Scope<'_>,
-    ret: &Retention,
+    ret: &retention::Policy,
     prune: Option<&PruneOpts>,
     lock_wait: Duration,
 ) -> MResult<Vec<String>> {
@@ -235,6 +224,10 @@ pub fn apply_retention(
     let snaps: Vec<SnapshotFile> = all.into_iter().filter(|s| scope.sel.matches(s)).collect();
     let del = select_forget(&snaps, ret, Timestamp::now());
     let ids: Vec<_> = del.iter().map(|&i| snaps[i].id).collect();
+    if scope.dry_run {
+        guard.release();
+        return Ok(ids.iter().map(ToString::to_string).collect());
+    }
     guard.check()?;
     if !ids.is_empty() {
         repo.delete_snapshots(&ids).ctx("deleting snapshots")?;
@@ -251,7 +244,7 @@ pub fn forget(
     be: &Backend,
     o: &repo::OpenOpts,
     scope: &Scope<'_>,
-    ret: &Retention,
+    ret: &retention::Policy,
     prune: Option<&PruneOpts>,
     lock_wait: Duration,
     r: &mut MoverResult,

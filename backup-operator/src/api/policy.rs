@@ -85,30 +85,101 @@ pub enum BackupMethod {
     SnapshotThenCopy,
 }
 
-/// Retention: per PVC, keep the newest `maxBackups` and nothing older than `maxDays`.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+/// Retention per PVC and policy. `keep*` are restic's `forget --keep-*`
+/// rules (a backup is kept when any rule keeps it; hour/day/week/month/year
+/// buckets are taken in the policy's `timeZone`); `maxBackups` and `maxDays`
+/// are caps applied on top: nothing older than `maxDays`, and at most
+/// `maxBackups` of what the rules keep. Without any `keep*` rule, the newest
+/// `maxBackups` (default 7) are kept. The newest backup is always kept.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct Retention {
-    /// Newest backups kept per PVC.
-    #[serde(default = "default_max_backups")]
+    /// At most this many backups per PVC (default 7 when no `keep*` rule is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]
-    pub max_backups: u32,
+    pub max_backups: Option<u32>,
     /// Backups older than this many days are removed (unset: no age limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_days: Option<u32>,
+    /// Keep the newest N backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub keep_last: Option<u32>,
+    /// Keep the newest backup of each of the last N hours that have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub keep_hourly: Option<u32>,
+    /// Keep the newest backup of each of the last N days that have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub keep_daily: Option<u32>,
+    /// Keep the newest backup of each of the last N ISO weeks that have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub keep_weekly: Option<u32>,
+    /// Keep the newest backup of each of the last N months that have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub keep_monthly: Option<u32>,
+    /// Keep the newest backup of each of the last N years that have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub keep_yearly: Option<u32>,
+    /// Keep every backup within this span of the newest one, in restic's
+    /// syntax: numbers with `y`, `m`, `d`, `h` (e.g. `7d`, `1y6m`, `36h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]{1,5}[ymdh])+$"), length(max = 32))]
+    pub keep_within: Option<String>,
 }
 
-fn default_max_backups() -> u32 {
-    7
-}
+/// Backups kept when neither `maxBackups` nor a `keep*` rule is set.
+pub const DEFAULT_MAX_BACKUPS: u32 = 7;
 
-impl Default for Retention {
-    fn default() -> Self {
-        Self {
-            max_backups: default_max_backups(),
-            max_days: None,
+impl Retention {
+    /// Whether any of restic's `keep*` rules is set.
+    pub fn has_keep_rules(&self) -> bool {
+        [
+            self.keep_last,
+            self.keep_hourly,
+            self.keep_daily,
+            self.keep_weekly,
+            self.keep_monthly,
+            self.keep_yearly,
+        ]
+        .iter()
+        .any(Option::is_some)
+            || self.keep_within.is_some()
+    }
+
+    /// The count cap in effect: `maxBackups`, else 7 unless `keep*` rules
+    /// decide alone.
+    pub fn max_count(&self) -> Option<u32> {
+        self.max_backups
+            .or((!self.has_keep_rules()).then_some(DEFAULT_MAX_BACKUPS))
+    }
+
+    /// The mover's retention flags for this retention in `time_zone`.
+    pub fn mover_args(&self, time_zone: Option<&str>) -> Vec<String> {
+        let mut args = Vec::new();
+        let mut push = |flag: &str, v: Option<String>| {
+            if let Some(v) = v {
+                args.extend([flag.to_string(), v]);
+            }
+        };
+        push("--max-count", self.max_count().map(|n| n.to_string()));
+        push("--keep-within-days", self.max_days.map(|n| n.to_string()));
+        push("--keep-last", self.keep_last.map(|n| n.to_string()));
+        push("--keep-hourly", self.keep_hourly.map(|n| n.to_string()));
+        push("--keep-daily", self.keep_daily.map(|n| n.to_string()));
+        push("--keep-weekly", self.keep_weekly.map(|n| n.to_string()));
+        push("--keep-monthly", self.keep_monthly.map(|n| n.to_string()));
+        push("--keep-yearly", self.keep_yearly.map(|n| n.to_string()));
+        push("--keep-within", self.keep_within.clone());
+        if self.has_keep_rules() {
+            push("--time-zone", time_zone.map(str::to_string));
         }
+        args
     }
 }
 

@@ -167,8 +167,9 @@ pub fn snapshot_of(backup: &StoredBackup) -> Option<&str> {
 }
 
 /// Retention over the snapshots of a policy, per PVC:
-/// * Ready snapshots count: the newest `maxBackups` are kept, and none older
-///   than `maxDays`.
+/// * Ready snapshots are decided by the policy's retention rules
+///   (`crate::retention`, the same rules as the mover's `forget`, buckets in
+///   `time_zone`); the newest Ready one is always kept.
 /// * Pending ones are kept and do not count.
 /// * Failed ones do not count; the newest failure of a PVC is kept (it is
 ///   what the user should see) unless older than `maxDays` or older than the
@@ -179,8 +180,10 @@ pub fn snapshot_of(backup: &StoredBackup) -> Option<&str> {
 pub fn retain(
     snaps: Vec<SnapshotInfo>,
     retention: &Retention,
+    time_zone: Option<&str>,
     now: Timestamp,
 ) -> (Vec<SnapshotInfo>, Vec<SnapshotInfo>) {
+    let rules = crate::retention::policy(retention, time_zone);
     let oldest_allowed = retention
         .max_days
         .map(|d| now - SignedDuration::from_hours(24 * i64::from(d)));
@@ -197,7 +200,13 @@ pub fn retain(
             (Some(_), None) => std::cmp::Ordering::Greater,
             (None, None) => a.name.cmp(&b.name),
         });
-        let (mut ready, mut seen_ready, mut kept_failure) = (0u32, false, false);
+        let ready_times: Vec<Timestamp> = list
+            .iter()
+            .filter(|s| s.state == SnapshotState::Ready)
+            .filter_map(|s| s.taken_at)
+            .collect();
+        let mut ready = backup_retention::keep(&ready_times, &rules, now).into_iter();
+        let (mut seen_ready, mut kept_failure) = (false, false);
         for s in list {
             let too_old =
                 matches!((s.taken_at, oldest_allowed), (Some(t), Some(limit)) if t < limit);
@@ -205,12 +214,8 @@ pub fn retain(
                 (_, None) => true,
                 (SnapshotState::Pending, _) => true,
                 (SnapshotState::Ready, _) => {
-                    let k = ready < retention.max_backups && !too_old;
-                    if k {
-                        ready += 1;
-                    }
                     seen_ready = true;
-                    k
+                    ready.next().unwrap_or(true)
                 }
                 (SnapshotState::Failed, _) => {
                     let k = !kept_failure && !seen_ready && !too_old;
@@ -347,9 +352,11 @@ mod tests {
         let (kept, expired) = retain(
             all,
             &Retention {
-                max_backups: 2,
+                max_backups: Some(2),
                 max_days: None,
+                ..Retention::default()
             },
+            None,
             ts(NOW),
         );
         assert_eq!(names(&kept), ["a3", "a2", "b1"]);
@@ -368,9 +375,11 @@ mod tests {
         let (kept, expired) = retain(
             all,
             &Retention {
-                max_backups: 2,
+                max_backups: Some(2),
                 max_days: None,
+                ..Retention::default()
             },
+            None,
             ts(NOW),
         );
         assert_eq!(names(&kept), ["pending", "failed", "r2", "r1"]);
@@ -388,9 +397,11 @@ mod tests {
         let (kept, expired) = retain(
             all,
             &Retention {
-                max_backups: 5,
+                max_backups: Some(5),
                 max_days: None,
+                ..Retention::default()
             },
+            None,
             ts(NOW),
         );
         assert_eq!(names(&kept), ["f3", "r1"]);
@@ -408,9 +419,11 @@ mod tests {
         let (kept, expired) = retain(
             all,
             &Retention {
-                max_backups: 10,
+                max_backups: Some(10),
                 max_days: Some(7),
+                ..Retention::default()
             },
+            None,
             ts(NOW),
         );
         assert_eq!(names(&kept), ["undated", "new"]);

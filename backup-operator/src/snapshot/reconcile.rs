@@ -419,7 +419,12 @@ pub async fn reconcile_snapshots(
         next_run = schedule.next_after(now);
     }
 
-    let (kept, expired) = observed::retain(snaps, &policy.spec.retention, now);
+    let (kept, expired) = observed::retain(
+        snaps,
+        &policy.spec.retention,
+        policy.spec.time_zone.as_deref(),
+        now,
+    );
     for s in expired.iter().filter(|s| !s.deleting) {
         if delete_ignoring_missing(&api, "VolumeSnapshot", &s.name).await? {
             tracing::info!(policy = %name, namespace = %ns, pvc = %s.pvc, snapshot = %s.name, state = s.state.as_str(), "retention deleted VolumeSnapshot");
