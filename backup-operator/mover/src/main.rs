@@ -4,6 +4,7 @@
 
 mod archive;
 mod cancel;
+mod check;
 mod crypto;
 mod error;
 mod fence;
@@ -207,6 +208,21 @@ enum Cmd {
         #[arg(long)]
         adopt: bool,
     },
+    /// Verify the repository: structure always; with --read-data-subset the
+    /// data of those packs; with --snapshot every blob of that snapshot
+    Check {
+        #[command(flatten)]
+        common: Common,
+        /// all, N% (random) or n/m (part n of m, by pack id)
+        #[arg(long)]
+        read_data_subset: Option<check::Subset>,
+        /// Read and verify every blob of this snapshot (an id or "latest")
+        #[arg(long)]
+        snapshot: Option<String>,
+        /// With --snapshot latest: the newest of this PVC
+        #[arg(long)]
+        pvc: Option<String>,
+    },
     /// Create the repository if it does not exist (backup does this itself)
     Init {
         #[command(flatten)]
@@ -311,6 +327,23 @@ fn run(cmd: Cmd, r: &mut MoverResult) -> MResult<()> {
                 lock_wait: Duration::from_secs(common.lock_wait_seconds),
             };
             ops::restore(&be, &o, &args, r)
+        }
+        Cmd::Check {
+            common,
+            read_data_subset,
+            snapshot,
+            pvc,
+        } => {
+            let (be, o) = connect(&common)?;
+            check::command(
+                &be,
+                &o,
+                read_data_subset,
+                snapshot.as_deref(),
+                pvc.as_deref(),
+                Duration::from_secs(common.lock_wait_seconds),
+                r,
+            )
         }
         Cmd::Snapshots { common, pvc, json } => {
             let (be, o) = connect(&common)?;
@@ -439,6 +472,7 @@ fn main() -> ExitCode {
         Cmd::Backup { common, .. } => ("backup", common.clone()),
         Cmd::Restore { common, .. } => ("restore", common.clone()),
         Cmd::Snapshots { common, .. } => ("snapshots", common.clone()),
+        Cmd::Check { common, .. } => ("check", common.clone()),
         Cmd::Forget { common, .. } => ("forget", common.clone()),
         Cmd::Init { common, .. } => ("init", common.clone()),
         Cmd::Unlock { common, .. } => ("unlock", common.clone()),

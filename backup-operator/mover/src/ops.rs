@@ -326,39 +326,45 @@ pub struct RestoreArgs {
 }
 
 fn select_snapshot(repo: &Repository<OpenStatus>, a: &RestoreArgs) -> MResult<SnapshotFile> {
-    if a.snapshot == "latest" {
-        let snaps = snapshots_for(repo, a.pvc.as_deref())?;
+    find_snapshot(repo, &a.snapshot, a.pvc.as_deref(), a.before)
+}
+
+/// `latest` (of `pvc`, at or before `before`) or a snapshot by (short) id.
+pub fn find_snapshot(
+    repo: &Repository<OpenStatus>,
+    snapshot: &str,
+    pvc: Option<&str>,
+    before: Option<Timestamp>,
+) -> MResult<SnapshotFile> {
+    if snapshot == "latest" {
+        let snaps = snapshots_for(repo, pvc)?;
         return snaps
             .into_iter()
-            .find(|s| a.before.is_none_or(|b| s.time.timestamp() <= b))
+            .find(|s| before.is_none_or(|b| s.time.timestamp() <= b))
             .ok_or_else(|| {
                 MoverError::new(
                     ErrorKind::NotFound,
                     format!(
                         "no snapshot{}{}",
-                        a.pvc
-                            .as_ref()
-                            .map(|p| format!(" for pvc {p}"))
-                            .unwrap_or_default(),
-                        a.before.map(|b| format!(" before {b}")).unwrap_or_default()
+                        pvc.map(|p| format!(" for pvc {p}")).unwrap_or_default(),
+                        before.map(|b| format!(" before {b}")).unwrap_or_default()
                     ),
                 )
             });
     }
-    if a.snapshot.len() < 4 || !a.snapshot.chars().all(|c| c.is_ascii_hexdigit()) {
+    if snapshot.len() < 4 || !snapshot.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(MoverError::new(
             ErrorKind::Other,
-            format!("snapshot {:?} is neither 'latest' nor a hex id", a.snapshot),
+            format!("snapshot {:?} is neither 'latest' nor a hex id", snapshot),
         ));
     }
-    repo.get_snapshot_from_str(&a.snapshot, |_| true)
-        .map_err(|e| {
-            let mut err = MoverError::rustic(&format!("finding snapshot {}", a.snapshot), &e);
-            if err.kind == ErrorKind::Other {
-                err.kind = ErrorKind::NotFound;
-            }
-            err
-        })
+    repo.get_snapshot_from_str(snapshot, |_| true).map_err(|e| {
+        let mut err = MoverError::rustic(&format!("finding snapshot {}", snapshot), &e);
+        if err.kind == ErrorKind::Other {
+            err.kind = ErrorKind::NotFound;
+        }
+        err
+    })
 }
 
 /// The directory of `snap` to restore: `/data` for the mover's snapshots;

@@ -106,6 +106,9 @@ pub struct MoverResult {
     /// Non-fatal problem (e.g. retention failed after a successful backup).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
+    /// What `check` found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<CheckReport>,
     pub error: Option<ErrorInfo>,
 }
 
@@ -146,6 +149,12 @@ impl MoverResult {
                 f.truncate(f.len() / 2);
                 continue;
             }
+            if let Some(c) = r.check.as_mut()
+                && !c.errors.is_empty()
+            {
+                c.errors.truncate(c.errors.len() / 2);
+                continue;
+            }
             if let Some(sn) = r.snapshots.as_mut()
                 && !sn.is_empty()
             {
@@ -178,6 +187,9 @@ impl MoverResult {
                 r.forgotten = None;
                 r.removed_locks = None;
                 r.warning = None;
+                if let Some(c) = r.check.as_mut() {
+                    c.errors.clear();
+                }
                 if let Some(e) = r.error.as_mut() {
                     e.message.truncate(64);
                 }
@@ -185,6 +197,23 @@ impl MoverResult {
             }
         }
     }
+}
+
+/// What `check` found.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckReport {
+    pub snapshots: usize,
+    pub packs: usize,
+    pub trees: usize,
+    pub packs_read: usize,
+    pub bytes_read: u64,
+    pub blobs_verified: u64,
+    /// Packs present but in no index (e.g. from an interrupted backup; not
+    /// an error: prune removes them after its grace period).
+    pub unindexed_packs: usize,
+    pub error_count: usize,
+    pub errors: Vec<String>,
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@
 pub mod plan;
 mod repack;
 pub mod state;
-mod used;
+pub mod used;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
