@@ -413,7 +413,8 @@ mod tests {
 
     #[test]
     fn problems_are_one_short_line() {
-        let rustic = "`rustic_core` experienced an error.\n\nMessage:\nPack file 7448 does not match\nmore";
+        let rustic =
+            "`rustic_core` experienced an error.\n\nMessage:\nPack file 7448 does not match\nmore";
         assert_eq!(
             brief(&format!("pack 7448: {rustic}")),
             "pack 7448: `rustic_core` experienced an error. Pack file 7448 does not match"
