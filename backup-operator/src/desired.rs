@@ -284,6 +284,10 @@ pub fn backup_job_template(
     .map(|s| s.to_string())
     .collect();
     args.extend(spec.retention.mover_args(spec.time_zone.as_deref()));
+    args.extend([
+        "--prune-grace".to_string(),
+        prune_grace(spec.job.active_deadline_seconds),
+    ]);
     let (env, mut volumes, mut mounts) = destination_access(dest);
     volumes.push(Volume {
         name: "data".into(),
@@ -453,6 +457,13 @@ pub fn restore_job(input: &RestoreJobInput<'_>) -> Result<Job, DesiredError> {
     })
 }
 
+/// Prune deletes a pack only this long after it marked it unused; it must
+/// exceed the longest run of a backup that may still refer to the pack
+/// (the Job's deadline): the mover's 24 h, or twice the deadline.
+fn prune_grace(active_deadline_seconds: i64) -> String {
+    format!("{}s", active_deadline_seconds.saturating_mul(2).max(86_400))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -520,6 +531,11 @@ mod tests {
             args.windows(2)
                 .any(|w| w[0] == "--max-count" && w[1] == "3")
         );
+        assert!(
+            args.windows(2)
+                .any(|w| w[0] == "--prune-grace" && w[1] == "86400s")
+        );
+        assert_eq!(prune_grace(100_000), "200000s");
         assert!(
             args.windows(2)
                 .any(|w| w[0] == "--keep-within-days" && w[1] == "30")
