@@ -41,6 +41,10 @@ pub(crate) struct ObjectShared {
     /// Feeds objects returned by writes back into the controller's cache.
     pub(crate) observe: Observer,
     pub(crate) raw_meta: kube::api::ObjectMeta,
+    /// The controller's cache (for [`Context::store`]).
+    pub(crate) cache: Arc<crate::controller::Cache>,
+    /// The controller's indexes (for [`Context::index`]).
+    pub(crate) indexes: Arc<crate::index::Indexes>,
 }
 
 /// Everything a handler gets: the object, why it runs, what changed, and
@@ -162,6 +166,39 @@ where
     /// The object's namespace (`None` for cluster-scoped objects).
     pub fn namespace(&self) -> Option<String> {
         self.object.namespace()
+    }
+
+    /// The operator-wide value of type `T` registered with
+    /// [`Operator::data`](crate::Operator::data): the same `Arc` for every
+    /// handler of every controller (share mutable state through a `Mutex`
+    /// or atomics inside `T`). `Err` ([`Error::Config`], naming the type)
+    /// when none was registered, so `ctx.data::<T>()?` in a handler fails
+    /// the run with a clear message.
+    pub fn data<T: Send + Sync + 'static>(&self) -> Result<Arc<T>, Error> {
+        self.shared.rt.data.require::<T>()
+    }
+
+    /// Like [`Context::data`], `None` when no `T` was registered.
+    pub fn try_data<T: Send + Sync + 'static>(&self) -> Option<Arc<T>> {
+        self.shared.rt.data.get::<T>()
+    }
+
+    /// A read-only view of the controller's cache of its watched objects
+    /// (see [`Store`](crate::Store) for what it guarantees).
+    pub fn store(&self) -> crate::Store<K> {
+        crate::Store::new(self.shared.cache.clone())
+    }
+
+    /// The controller's index `name` (defined with
+    /// [`Controller::index`](crate::Controller::index)). `Err`
+    /// ([`Error::Config`]) when the controller has no index of that name or
+    /// its key or value type is not `IK` / `V`.
+    pub fn index<IK, V>(&self, name: &str) -> Result<crate::Index<IK, V>, Error>
+    where
+        IK: Send + Sync + 'static,
+        V: Send + Sync + 'static,
+    {
+        self.shared.indexes.get(name)
     }
 
     /// The operator's prefix (annotations, finalizer, field manager).

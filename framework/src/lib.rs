@@ -298,15 +298,18 @@ pub mod backoff;
 pub mod conditions;
 mod context;
 mod controller;
+mod data;
 pub mod diff;
 mod error;
 mod filters;
 mod handler;
+mod index;
 mod leader;
 mod metrics;
 mod operator;
 pub mod progress;
 mod runtime;
+mod store;
 mod time;
 mod tls;
 
@@ -317,9 +320,11 @@ pub use controller::{
 pub use diff::{DiffItem, DiffOp};
 pub use error::{Error, HandlerError, HandlerResult};
 pub use handler::{Cause, Handler, HandlerKind, MetaFilter, WatchEventType};
+pub use index::Index;
 pub use leader::LeaderElection;
 pub use metrics::{Histogram, Metrics, escape_label_value};
 pub use operator::{Operator, OperatorConfig, shutdown_signal};
+pub use store::Store;
 pub use tls::install_crypto_provider;
 
 pub use operator_framework_macros::{

@@ -2,6 +2,7 @@
 //! run loop of all controllers.
 
 use crate::controller::{Controller, RunState, Runnable};
+use crate::data::DataMap;
 use crate::error::Error;
 use crate::leader::{LeaderElection, Lease, renew_deadline};
 use crate::metrics::Metrics;
@@ -104,6 +105,7 @@ pub struct Operator {
     config: OperatorConfig,
     controllers: Vec<Arc<dyn Runnable>>,
     metrics: Arc<Metrics>,
+    data: DataMap,
 }
 
 impl Operator {
@@ -119,7 +121,35 @@ impl Operator {
             config: OperatorConfig::default(),
             controllers: Vec::new(),
             metrics: Arc::new(Metrics::default()),
+            data: DataMap::default(),
         }
+    }
+
+    /// Registers operator-wide data: handlers read it with
+    /// [`Context::data::<T>()`](crate::Context::data), which returns this
+    /// `Arc` (one value per type `T`; registering a second `T` replaces
+    /// the first). Instead of process globals: settings, clients of other
+    /// services, metrics, caches. Keep a clone of the `Arc` to reach the
+    /// same value outside handlers (e.g. in a metrics collector).
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use operator_framework::{Context, HandlerResult, Operator};
+    /// # use k8s_openapi::api::core::v1::ConfigMap;
+    /// struct Settings { image: String }
+    ///
+    /// async fn created(ctx: Context<ConfigMap>) -> HandlerResult {
+    ///     let settings = ctx.data::<Settings>()?;
+    ///     tracing::info!(image = %settings.image, "creating");
+    ///     Ok(())
+    /// }
+    /// # fn demo(client: kube::Client) -> Operator {
+    /// Operator::new(client, "example.com").data(Arc::new(Settings { image: "busybox".into() }))
+    /// # }
+    /// ```
+    pub fn data<T: Send + Sync + 'static>(mut self, value: Arc<T>) -> Self {
+        self.data.insert(value);
+        self
     }
 
     /// Sets the configuration.
@@ -179,6 +209,7 @@ impl Operator {
             self.config.clone(),
             self.metrics.clone(),
             identity,
+            Arc::new(self.data.clone()),
         ));
         let server = match self.config.metrics_addr {
             Some(addr) => {

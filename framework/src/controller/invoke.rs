@@ -123,7 +123,7 @@ where
     }
 
     pub(crate) fn store_get(&self, key: &Key) -> Option<Arc<DynamicObject>> {
-        self.store.lock().ok()?.get(key).cloned()
+        self.store.get(key)
     }
 
     /// Notes that the object left the watch (deleted or unselected).
@@ -211,6 +211,8 @@ where
                 Arc::new(move |o: DynamicObject| store_insert(&store, o))
             },
             raw_meta: cur.dobj.metadata.clone(),
+            cache: self.store.clone(),
+            indexes: self.indexes.clone(),
         };
         let field = match &h.kind {
             HandlerKind::Field { path } => Some(path.clone()),

@@ -64,9 +64,7 @@ pub(super) async fn run_controller<K>(
                         // Deleted, or no longer selected by the watch's
                         // selectors: a cycle tells the two apart.
                         let key = key_of(&o);
-                        if let Ok(mut s) = inner.store.lock() {
-                            s.remove(&key);
-                        }
+                        inner.store.remove(&key);
                         inner.departed(key.clone(), Arc::new(o));
                         let _ = tx.send((key, Instant::now()));
                     }
@@ -84,7 +82,7 @@ pub(super) async fn run_controller<K>(
                                 let _ = tx.send((k, Instant::now()));
                             }
                         }
-                        if !inner.ready.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        if inner.store.set_synced() {
                             inner.rt.metrics.controller_synced();
                         }
                     }
@@ -107,11 +105,7 @@ pub(super) async fn run_controller<K>(
                 let mut tick = tokio::time::interval_at(Instant::now() + period, period);
                 loop {
                     tick.tick().await;
-                    let keys: Vec<Key> = inner
-                        .store
-                        .lock()
-                        .map(|s| s.keys().cloned().collect())
-                        .unwrap_or_default();
+                    let keys: Vec<Key> = inner.store.keys();
                     for k in keys {
                         let _ = tx.send((k, Instant::now()));
                     }
