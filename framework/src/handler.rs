@@ -318,6 +318,13 @@ impl<K: Send + Sync + 'static> Handler<K> {
         self
     }
 
+    /// Runs the handler's function once with `ctx`, directly: no timeout,
+    /// retries, progress, conditions or Events (for unit tests with a
+    /// context from [`ContextBuilder`](crate::testing::ContextBuilder)).
+    pub fn call(&self, ctx: Context<K>) -> BoxFuture<'static, HandlerResult> {
+        (self.func)(ctx)
+    }
+
     /// The handler id.
     pub fn handler_id(&self) -> &str {
         &self.id

@@ -310,6 +310,7 @@ mod operator;
 pub mod progress;
 mod runtime;
 mod store;
+pub mod testing;
 mod time;
 mod tls;
 

@@ -24,9 +24,8 @@ mod secondary;
 mod timers;
 
 use cache::Store;
-#[cfg(test)]
-pub(crate) use cache::store_put;
-pub(crate) use cache::{Cache, Key, typed};
+pub(crate) use cache::{Cache, Key, store_put, typed};
+pub(crate) use invoke::essence;
 
 use crate::context::is_namespaced;
 use crate::error::Error;
