@@ -78,6 +78,8 @@ pub struct Context<K> {
     pub(crate) diff_known: bool,
     pub(crate) new_essence: Arc<Value>,
     pub(crate) shared: Arc<ObjectShared>,
+    /// For daemons: becomes `true` when the daemon must stop.
+    pub(crate) cancel: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl<K> Clone for Context<K> {
@@ -94,6 +96,7 @@ impl<K> Clone for Context<K> {
             diff_known: self.diff_known,
             new_essence: self.new_essence.clone(),
             shared: self.shared.clone(),
+            cancel: self.cancel.clone(),
         }
     }
 }
@@ -181,6 +184,45 @@ where
     /// Like [`Context::data`], `None` when no `T` was registered.
     pub fn try_data<T: Send + Sync + 'static>(&self) -> Option<Arc<T>> {
         self.shared.rt.data.get::<T>()
+    }
+
+    /// Completes when this daemon must stop (see
+    /// [`Handler::daemon`](crate::Handler::daemon)); for all other handlers
+    /// it never completes (they are cancelled by dropping them).
+    pub async fn cancelled(&self) {
+        match self.cancel.clone() {
+            Some(mut rx) => {
+                // A dropped sender also means: stop.
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    }
+
+    /// Whether this daemon has been asked to stop (`false` for other
+    /// handlers).
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|rx| *rx.borrow() || rx.has_changed().is_err())
+    }
+
+    /// Sleeps for `duration`, or less if the daemon is cancelled meanwhile
+    /// (kopf's `stopped.wait(..)`). `true`: cancelled, return now.
+    pub async fn sleep(&self, duration: std::time::Duration) -> bool {
+        tokio::select! {
+            _ = self.cancelled() => true,
+            _ = tokio::time::sleep(duration.min(crate::time::FAR_FUTURE)) => self.is_cancelled(),
+        }
+    }
+
+    /// The object's current version in the controller's cache, if it is
+    /// still the same object (same uid); `None` once it is gone. For
+    /// daemons, whose `object` is the version they started with.
+    pub fn latest(&self) -> Option<Arc<K>> {
+        let uid = self.object.meta().uid.clone()?;
+        self.store()
+            .get_if_uid(self.namespace().as_deref(), &self.name(), &uid)
     }
 
     /// A read-only view of the controller's cache of its watched objects

@@ -33,6 +33,8 @@ pub enum Cause {
     /// periodic resync), and once more when the object was deleted; see
     /// [`Context::watch_event`](crate::Context::watch_event).
     Event,
+    /// A daemon runs (see [`Handler::daemon`]).
+    Daemon,
 }
 
 impl Cause {
@@ -46,6 +48,7 @@ impl Cause {
             Cause::Field => "field",
             Cause::Timer => "timer",
             Cause::Event => "event",
+            Cause::Daemon => "daemon",
         }
     }
 }
@@ -116,6 +119,12 @@ pub enum HandlerKind {
     /// ([`WatchEventType::Applied`]), and once when the object was deleted
     /// from the API ([`WatchEventType::Deleted`]).
     Event,
+    /// A long-running task per matching object (see [`Handler::daemon`]).
+    Daemon {
+        /// How long a cancelled daemon may take to return before its task
+        /// is aborted.
+        cancellation_timeout: Duration,
+    },
 }
 
 type HandlerFn<K> = Arc<dyn Fn(Context<K>) -> BoxFuture<'static, HandlerResult> + Send + Sync>;
@@ -260,6 +269,60 @@ impl<K: Send + Sync + 'static> Handler<K> {
         Fut: Future<Output = HandlerResult> + Send + 'static,
     {
         Self::new(HandlerKind::Event, id, f)
+    }
+
+    /// A daemon: one long-running task per object that exists, is not being
+    /// deleted and matches the filters (kopf's `@kopf.daemon`).
+    ///
+    /// * Started when the controller first sees such an object (at start-up
+    ///   for existing ones, or when an object starts matching).
+    /// * Cancelled when the object gets a `deletionTimestamp`, is deleted,
+    ///   leaves the watch's selection, stops matching the filters, or does
+    ///   not deserialise any more, and when the controller stops (shutdown,
+    ///   lost leadership). Cancellation is cooperative: the daemon should
+    ///   watch [`Context::cancelled`](crate::Context::cancelled) (or sleep
+    ///   with [`Context::sleep`](crate::Context::sleep)) and return; after
+    ///   `cancellation_timeout` (default 10 s; at shutdown at most the
+    ///   operator's `shutdown_timeout`; at once when leadership is lost) its
+    ///   task is aborted.
+    /// * A daemon that returns `Ok` or a permanent error is not restarted
+    ///   for that object (until the object stops matching and matches
+    ///   again, or is re-created). Any other error or a panic restarts it
+    ///   after the handler's backoff (or the delay of a
+    ///   [`HandlerError::temporary`](crate::HandlerError::temporary)), up
+    ///   to `retries` times; the count resets after a run that lasted
+    ///   longer than the backoff cap.
+    /// * `ctx.object` is the object when the run started; read the current
+    ///   version with [`Context::latest`](crate::Context::latest). Spec
+    ///   changes do not restart a daemon. The handler `timeout` does not
+    ///   apply. Daemons keep no state on the object and add no finalizer:
+    ///   an object may be gone from the API before its daemon has returned.
+    ///   Failures are logged and counted in the metrics, not written to the
+    ///   object.
+    pub fn daemon<F, Fut>(id: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(Context<K>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        Self::new(
+            HandlerKind::Daemon {
+                cancellation_timeout: Duration::from_secs(10),
+            },
+            id,
+            f,
+        )
+    }
+
+    /// For a daemon: how long a cancelled run may take to return before its
+    /// task is aborted (default 10 s). No effect on other handlers.
+    pub fn cancellation_timeout(mut self, timeout: Duration) -> Self {
+        if let HandlerKind::Daemon {
+            cancellation_timeout,
+        } = &mut self.kind
+        {
+            *cancellation_timeout = timeout;
+        }
+        self
     }
 
     /// Gives up after this many failed runs (default: unlimited, except for

@@ -16,6 +16,7 @@
 //! * `when = path::to::predicate` (`fn(&K) -> bool`)
 //! * `on_field`: `path = "spec.schedule"` (required)
 //! * `on_timer`: `interval = "60s"` (required), `initial_delay = "5s"`
+//! * `daemon`: `cancellation_timeout = "10s"`
 //!
 //! Durations are written like `500ms`, `10s`, `5m`, `1h`, `1m30s`.
 //!
@@ -44,6 +45,7 @@ enum Kind {
     Field,
     Timer,
     Event,
+    Daemon,
 }
 
 #[derive(Default)]
@@ -59,6 +61,7 @@ struct Opts {
     path: Option<LitStr>,
     interval: Option<u64>,
     initial_delay: Option<u64>,
+    cancellation_timeout: Option<u64>,
 }
 
 /// Parses `1h30m`, `5m`, `10s`, `250ms` into milliseconds.
@@ -175,12 +178,16 @@ fn parse_opts(attr: TokenStream2, kind: Kind) -> syn::Result<Opts> {
             "initial_delay" if kind == Kind::Timer => {
                 o.initial_delay = Some(dur(&meta.value()?.parse()?)?)
             }
+            "cancellation_timeout" if kind == Kind::Daemon => {
+                o.cancellation_timeout = Some(dur(&meta.value()?.parse()?)?)
+            }
             _ => {
                 return Err(meta.error(format!(
                     "unknown option `{name}`; expected one of id, retries, backoff_base, backoff_max, timeout, labels(..), annotations(..), when{}",
                     match kind {
                         Kind::Field => ", path",
                         Kind::Timer => ", interval, initial_delay",
+                        Kind::Daemon => ", cancellation_timeout",
                         _ => "",
                     }
                 )));
@@ -278,6 +285,12 @@ fn expand_inner(attr: TokenStream, f: ItemFn, kind: Kind) -> syn::Result<TokenSt
         Kind::Delete => quote!(#fw::HandlerKind::Delete),
         Kind::Resume => quote!(#fw::HandlerKind::Resume),
         Kind::Event => quote!(#fw::HandlerKind::Event),
+        Kind::Daemon => {
+            let t = o.cancellation_timeout.unwrap_or(10_000);
+            quote!(#fw::HandlerKind::Daemon {
+                cancellation_timeout: ::std::time::Duration::from_millis(#t),
+            })
+        }
         Kind::Field => {
             let Some(p) = &o.path else {
                 return Err(syn::Error::new(
@@ -383,6 +396,16 @@ pub fn on_timer(attr: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn on_event(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand(attr, item, Kind::Event)
+}
+
+/// Marks a daemon: one long-running task per matching object, cancelled
+/// when the object is deleted or stops matching and on shutdown (watch
+/// `ctx.cancelled()`); restarted with backoff after a retryable error.
+/// Option: `cancellation_timeout = "10s"` (then the task is aborted). See
+/// `Handler::daemon` for the exact rules.
+#[proc_macro_attribute]
+pub fn daemon(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand(attr, item, Kind::Daemon)
 }
 
 #[cfg(test)]

@@ -46,6 +46,7 @@ where
             return Some(retry);
         }
         let Some(dobj) = self.store_get(key) else {
+            self.sync_daemons(key, None);
             if let Ok(mut s) = self.states.lock() {
                 s.remove(key);
             }
@@ -117,7 +118,10 @@ where
         dobj: DynamicObject,
         st: &mut ObjState,
     ) -> Option<Instant> {
-        let mut cur = match self.parse(dobj.clone()) {
+        let key = super::cache::key_of(&dobj);
+        let parsed = self.parse(dobj.clone());
+        self.sync_daemons(&key, parsed.as_ref().ok());
+        let mut cur = match parsed {
             Ok(c) => c,
             Err((_, msg)) if dobj.metadata.deletion_timestamp.is_some() => {
                 // Delete handlers need a typed object: without one they cannot

@@ -230,6 +230,7 @@ where
             diff_known: change.known,
             new_essence: Arc::new(essence(&cur.raw)),
             shared: Arc::new(shared),
+            cancel: None,
         }
     }
 

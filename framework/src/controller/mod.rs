@@ -5,13 +5,15 @@
 //! (pure), [`diffbase`] and [`persist`] say how state is kept on the object,
 //! [`finalizer`] builds the finalizer patches, [`queue`] orders the work
 //! (pure), [`run`] watches and dispatches, [`secondary`] maps other kinds
-//! back, [`cycle`] and [`cause`] execute a cycle, [`invoke`] runs one
+//! back, [`cycle`] and [`cause`] execute a cycle, [`daemons`] supervises
+//! the daemons, [`invoke`] runs one
 //! handler, [`timers`] the timers and event handlers, [`report`] writes
 //! conditions and Events.
 
 mod cache;
 mod cause;
 mod cycle;
+mod daemons;
 pub(crate) mod diffbase;
 mod finalizer;
 mod invoke;
@@ -287,6 +289,7 @@ where
             indexes: Arc::new(Indexes::of(&self.indexers)),
             departed: Mutex::new(HashMap::new()),
             states: Mutex::new(HashMap::new()),
+            daemons: Mutex::new(HashMap::new()),
             waiting: std::sync::atomic::AtomicUsize::new(0),
         });
         let config = self.config.clone();
@@ -322,6 +325,8 @@ pub(crate) struct Inner<K> {
     /// Per-object memory; each entry is only valid for the object with its
     /// uid (a new object of the same name starts afresh).
     states: Mutex<HashMap<Key, invoke::ObjState>>,
+    /// The running daemons, per object.
+    daemons: Mutex<daemons::Daemons>,
     /// Tasks of due objects waiting for a worker slot.
     waiting: std::sync::atomic::AtomicUsize,
 }

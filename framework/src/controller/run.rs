@@ -192,6 +192,14 @@ pub(super) async fn run_controller<K>(
     }
 
     background.abort_all();
+    // Daemons are cancelled with the controller: at once when leadership
+    // is lost, else within their cancellation timeout (at most the
+    // shutdown timeout), alongside the draining handlers.
+    let daemon_grace = match *shutdown.borrow() {
+        RunState::Cancel => Duration::ZERO,
+        _ => inner.rt.config.shutdown_timeout,
+    };
+    let daemons = inner.stop_all_daemons(daemon_grace);
     let drained = if *shutdown.borrow() == RunState::Cancel {
         false
     } else {
@@ -225,5 +233,8 @@ pub(super) async fn run_controller<K>(
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
     }
+    // Cycles that ended meanwhile may have started daemons: stop those too.
+    daemons.await;
+    inner.stop_all_daemons(Duration::ZERO).await;
     info!(kind = %inner.kind, "controller stopped");
 }

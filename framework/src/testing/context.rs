@@ -48,6 +48,7 @@ pub struct ContextBuilder<K> {
     prefix: String,
     cached: Vec<K>,
     indexers: Vec<Arc<dyn Indexer<K>>>,
+    cancel: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl<K> ContextBuilder<K>
@@ -76,7 +77,17 @@ where
             prefix: "test.operator-framework.dev".into(),
             cached: Vec::new(),
             indexers: Vec::new(),
+            cancel: None,
         }
+    }
+
+    /// Makes it a daemon's context: [`Context::cancelled`] completes (and
+    /// [`Context::is_cancelled`] is `true`) once `true` is sent on the
+    /// channel of `cancel` or its sender is dropped.
+    pub fn daemon(mut self, cancel: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.cause = Some(Cause::Daemon);
+        self.cancel = Some(cancel);
+        self
     }
 
     /// The last handled version: the context becomes an update's (cause
@@ -219,6 +230,7 @@ where
             diff_known: true,
             new_essence: Arc::new(new),
             shared: Arc::new(shared),
+            cancel: self.cancel,
         }
     }
 }
