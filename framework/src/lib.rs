@@ -303,6 +303,7 @@ pub mod diff;
 mod error;
 mod filters;
 mod handler;
+mod health;
 mod index;
 mod leader;
 mod metrics;

@@ -58,6 +58,12 @@ pub struct OperatorConfig {
     /// longer is cancelled and counts as a failed, retryable run, so a hung
     /// handler cannot hold one of the `max_in_flight` slots forever.
     pub handler_timeout: Option<Duration>,
+    /// `/healthz` fails ([`Metrics::is_healthy`]) when a running
+    /// controller's watch has not applied its initial list, or has been
+    /// failing without interruption, for longer than this (default 2
+    /// minutes), so that a liveness probe restarts a replica whose watches
+    /// are stuck (e.g. RBAC revoked, API server unreachable).
+    pub unhealthy_after: Duration,
 }
 
 impl Default for OperatorConfig {
@@ -73,6 +79,7 @@ impl Default for OperatorConfig {
             lease_duration: Duration::from_secs(15),
             lease_renew_interval: Duration::from_secs(2),
             handler_timeout: Some(Duration::from_secs(600)),
+            unhealthy_after: Duration::from_secs(120),
         }
     }
 }
@@ -194,6 +201,9 @@ impl Operator {
     /// controller rejected a handler (invalid options, duplicate ids).
     pub async fn run_until(self, signal: impl Future<Output = ()> + Send) -> Result<(), Error> {
         self.config.validate()?;
+        self.metrics
+            .health
+            .set_threshold(self.config.unhealthy_after);
         let problems: Vec<String> = self.controllers.iter().flat_map(|c| c.problems()).collect();
         if !problems.is_empty() {
             return Err(Error::Config(problems.join("; ")));

@@ -121,6 +121,21 @@ fn stop(d: Daemon, grace: Option<Duration>) -> JoinHandle<()> {
     })
 }
 
+/// Aborts the daemons of a controller whose future is dropped (e.g. the
+/// operator's `run` future), so that no daemon outlives its controller.
+pub(crate) struct DaemonsGuard<K>(pub(crate) Arc<Inner<K>>);
+
+impl<K> Drop for DaemonsGuard<K> {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.0.daemons.lock() {
+            for d in m.drain().flat_map(|(_, ds)| ds.into_values()) {
+                let _ = d.stop.send(true);
+                d.task.abort();
+            }
+        }
+    }
+}
+
 struct AbortOnDrop(tokio::task::AbortHandle);
 
 impl Drop for AbortOnDrop {

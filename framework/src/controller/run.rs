@@ -38,6 +38,7 @@ pub(super) async fn run_controller<K>(
         + 'static,
     K::Scope: 'static,
 {
+    let _daemons = super::daemons::DaemonsGuard(inner.clone());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Key, Instant)>();
     let mut background = JoinSet::new();
     // Primary watch.
@@ -45,10 +46,15 @@ pub(super) async fn run_controller<K>(
         let inner = inner.clone();
         let tx = tx.clone();
         background.spawn(async move {
+            let health = &inner.rt.metrics.health;
+            health.started(&inner.kind, false);
             let mut stream = watcher::watcher(dyn_api, config).default_backoff().boxed();
             // A (re)list is collected, then applied to the cache at once.
             let mut relist: Option<HashMap<Key, DynamicObject>> = None;
             while let Some(ev) = stream.next().await {
+                if ev.is_ok() {
+                    health.ok(&inner.kind);
+                }
                 match ev {
                     Ok(watcher::Event::InitApply(o)) if relist.is_some() => {
                         if let Some(listed) = relist.as_mut() {
@@ -82,11 +88,15 @@ pub(super) async fn run_controller<K>(
                                 let _ = tx.send((k, Instant::now()));
                             }
                         }
+                        health.synced(&inner.kind);
                         if inner.store.set_synced() {
                             inner.rt.metrics.controller_synced();
                         }
                     }
-                    Err(e) => warn!(error = %e, kind = %inner.kind, "watch error"),
+                    Err(e) => {
+                        warn!(error = %e, kind = %inner.kind, "watch error");
+                        health.failed(&inner.kind, &e.to_string());
+                    }
                 }
             }
         });
@@ -236,5 +246,6 @@ pub(super) async fn run_controller<K>(
     // Cycles that ended meanwhile may have started daemons: stop those too.
     daemons.await;
     inner.stop_all_daemons(Duration::ZERO).await;
+    inner.rt.metrics.health.stopped(&inner.kind);
     info!(kind = %inner.kind, "controller stopped");
 }
