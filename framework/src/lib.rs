@@ -304,6 +304,7 @@ mod error;
 mod filters;
 mod handler;
 mod health;
+mod hooks;
 mod index;
 mod leader;
 mod metrics;
@@ -322,6 +323,7 @@ pub use controller::{
 pub use diff::{DiffItem, DiffOp};
 pub use error::{Error, HandlerError, HandlerResult};
 pub use handler::{Cause, Handler, HandlerKind, MetaFilter, WatchEventType};
+pub use hooks::HookContext;
 pub use index::Index;
 pub use leader::LeaderElection;
 pub use metrics::{Histogram, Metrics, escape_label_value};
