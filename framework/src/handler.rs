@@ -149,6 +149,7 @@ pub struct Handler<K> {
     pub(crate) backoff: Backoff,
     pub(crate) timeout: Option<Duration>,
     pub(crate) filters: Filters<K>,
+    pub(crate) optional: bool,
 }
 
 impl<K> Clone for Handler<K> {
@@ -161,6 +162,7 @@ impl<K> Clone for Handler<K> {
             backoff: self.backoff,
             timeout: self.timeout,
             filters: self.filters.clone(),
+            optional: self.optional,
         }
     }
 }
@@ -192,6 +194,7 @@ impl<K: Send + Sync + 'static> Handler<K> {
             backoff: Backoff::default(),
             timeout: None,
             filters: Filters::default(),
+            optional: false,
         }
     }
 
@@ -322,6 +325,19 @@ impl<K: Send + Sync + 'static> Handler<K> {
         {
             *cancellation_timeout = timeout;
         }
+        self
+    }
+
+    /// Makes a delete handler optional (kopf's `optional=True`): it puts
+    /// no finalizer on the objects it matches, so deleting them never
+    /// waits for the operator. It runs when an object it matches is being
+    /// deleted and still exists: with all delete handlers when our
+    /// finalizer is there (because another delete handler wants it), else
+    /// once (per process) while other finalizers hold the object. An object
+    /// deleted without any finalizer is gone at once: no optional handler
+    /// runs for it. No effect on other handlers.
+    pub fn optional(mut self) -> Self {
+        self.optional = true;
         self
     }
 

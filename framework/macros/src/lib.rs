@@ -17,6 +17,7 @@
 //! * `on_field`: `path = "spec.schedule"` (required)
 //! * `on_timer`: `interval = "60s"` (required), `initial_delay = "5s"`
 //! * `daemon`: `cancellation_timeout = "10s"`
+//! * `on_delete`: `optional` (no finalizer)
 //!
 //! Durations are written like `500ms`, `10s`, `5m`, `1h`, `1m30s`.
 //!
@@ -62,6 +63,7 @@ struct Opts {
     interval: Option<u64>,
     initial_delay: Option<u64>,
     cancellation_timeout: Option<u64>,
+    optional: bool,
 }
 
 /// Parses `1h30m`, `5m`, `10s`, `250ms` into milliseconds.
@@ -178,6 +180,7 @@ fn parse_opts(attr: TokenStream2, kind: Kind) -> syn::Result<Opts> {
             "initial_delay" if kind == Kind::Timer => {
                 o.initial_delay = Some(dur(&meta.value()?.parse()?)?)
             }
+            "optional" if kind == Kind::Delete => o.optional = true,
             "cancellation_timeout" if kind == Kind::Daemon => {
                 o.cancellation_timeout = Some(dur(&meta.value()?.parse()?)?)
             }
@@ -188,6 +191,7 @@ fn parse_opts(attr: TokenStream2, kind: Kind) -> syn::Result<Opts> {
                         Kind::Field => ", path",
                         Kind::Timer => ", interval, initial_delay",
                         Kind::Daemon => ", cancellation_timeout",
+                        Kind::Delete => ", optional",
                         _ => "",
                     }
                 )));
@@ -338,6 +342,9 @@ fn expand_inner(attr: TokenStream, f: ItemFn, kind: Kind) -> syn::Result<TokenSt
     if let Some(w) = &o.when {
         chain.extend(quote!(.when(#w)));
     }
+    if o.optional {
+        chain.extend(quote!(.optional()));
+    }
     Ok(quote! {
         #(#docs)*
         #vis fn #name() -> #fw::Handler<#k> {
@@ -361,7 +368,8 @@ pub fn on_update(attr: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 /// Marks a delete handler (the framework keeps its finalizer on the objects
-/// this handler's filters match, and only on them).
+/// this handler's filters match, and only on them). `#[on_delete(optional)]`
+/// puts no finalizer (see `Handler::optional`).
 #[proc_macro_attribute]
 pub fn on_delete(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand(attr, item, Kind::Delete)
@@ -461,7 +469,11 @@ mod tests {
                 "must not be above backoff_max",
             ),
         ];
-        for (attr, kind, want) in cases {
+        let only_for = [
+            (quote!(optional), Kind::Create, "unknown option `optional`"),
+            (quote!(cancellation_timeout = "1s"), Kind::Timer, "unknown option"),
+        ];
+        for (attr, kind, want) in cases.into_iter().chain(only_for) {
             let got = error(attr.clone(), kind);
             assert!(got.contains(want), "`{attr}`: {got}");
         }
@@ -472,6 +484,8 @@ mod tests {
                 Kind::Create,
             ),
             (quote!(id = "x", retries = 0), Kind::Event),
+            (quote!(optional, labels("a")), Kind::Delete),
+            (quote!(cancellation_timeout = "0s"), Kind::Daemon),
         ] {
             assert_eq!(error(attr.clone(), kind), "accepted", "`{attr}`");
         }

@@ -149,6 +149,7 @@ where
             .map(|h| HandlerFacts {
                 kind: &h.kind,
                 matches: self.passes(h, &cur),
+                optional: h.optional,
             })
             .collect();
         let planned = plan(
@@ -159,6 +160,7 @@ where
                 essence: &now_essence,
                 base: base.as_ref(),
                 resumed: st.resumed,
+                deletion_handled: st.deletion_handled,
             },
         );
         let mut next = None;
@@ -198,6 +200,7 @@ where
                         return Some(retry_after_write_error(&e, "removing the finalizer"));
                     }
                     st.unsaved = None;
+                    st.deletion_handled = true;
                     info!("delete handlers done: finalizer removed");
                     return None;
                 }

@@ -29,6 +29,9 @@ pub(crate) struct ObjState {
     pub(crate) uid: Option<String>,
     /// Resume handlers ran (or are not needed) in this process.
     pub(crate) resumed: bool,
+    /// The delete handlers of the object's deletion are done (optional
+    /// ones, when other finalizers hold the object, run only once).
+    pub(crate) deletion_handled: bool,
     /// What the object should hold (progress, diff base) when writing it
     /// failed: used instead of what it holds, so a finished handler does not
     /// run again, and written again by the next cycle.

@@ -17,6 +17,8 @@ pub(crate) struct HandlerFacts<'a> {
     pub(crate) kind: &'a HandlerKind,
     /// The handler's filters (labels, annotations, `when`) pass now.
     pub(crate) matches: bool,
+    /// An optional delete handler: it wants no finalizer.
+    pub(crate) optional: bool,
 }
 
 /// What the planner needs to know about the object.
@@ -31,6 +33,8 @@ pub(crate) struct ObjectFacts<'a> {
     pub(crate) base: Option<&'a DiffBase>,
     /// Resume handlers ran (or were not needed) in this process.
     pub(crate) resumed: bool,
+    /// The delete handlers of this deletion are done (in this process).
+    pub(crate) deletion_handled: bool,
 }
 
 /// What one cycle does about causes and the finalizer.
@@ -67,8 +71,20 @@ pub(crate) fn plan(handlers: &[HandlerFacts<'_>], o: &ObjectFacts<'_>) -> Plan {
             .collect()
     };
     let deletes = pick(&|k| *k == HandlerKind::Delete);
+    let optional: Vec<usize> = deletes
+        .iter()
+        .copied()
+        .filter(|i| handlers[*i].optional)
+        .collect();
+    // Only the delete handlers that are not optional want the finalizer.
+    let required = deletes.len() > optional.len();
     if o.deleting {
         return match (o.has_finalizer, deletes.is_empty()) {
+            // Held by other finalizers: the optional handlers run once.
+            (false, _) if !optional.is_empty() && !o.deletion_handled => Plan::Handle {
+                cause: Cause::Delete,
+                handlers: optional,
+            },
             (false, _) => Plan::Idle,
             (true, true) => Plan::ReleaseFinalizer,
             (true, false) => Plan::Handle {
@@ -77,9 +93,9 @@ pub(crate) fn plan(handlers: &[HandlerFacts<'_>], o: &ObjectFacts<'_>) -> Plan {
             },
         };
     }
-    match (deletes.is_empty(), o.has_finalizer) {
-        (false, false) => return Plan::AddFinalizer,
-        (true, true) => return Plan::ReleaseFinalizer,
+    match (required, o.has_finalizer) {
+        (true, false) => return Plan::AddFinalizer,
+        (false, true) => return Plan::ReleaseFinalizer,
         _ => {}
     }
     // kopf's "prematch": only objects that some create, update, resume or
@@ -200,6 +216,7 @@ mod tests {
             .map(|(kind, matches)| HandlerFacts {
                 kind,
                 matches: *matches,
+                optional: false,
             })
             .collect()
     }
@@ -451,9 +468,63 @@ mod tests {
                 essence,
                 base,
                 resumed,
+                deletion_handled: false,
             };
             assert_eq!(plan(&hf, &o), want, "{name}");
         }
+    }
+
+    #[test]
+    fn optional_delete_handlers_want_no_finalizer_and_run_once() {
+        let e = json!({"spec": {}});
+        let b = DiffBase::Full(e.clone());
+        let del = HandlerKind::Delete;
+        let hs = |optional: &[bool]| -> Vec<HandlerFacts<'_>> {
+            optional
+                .iter()
+                .map(|o| HandlerFacts {
+                    kind: &del,
+                    matches: true,
+                    optional: *o,
+                })
+                .collect()
+        };
+        let obj = |deleting, has_finalizer, deletion_handled| ObjectFacts {
+            deleting,
+            has_finalizer,
+            essence: &e,
+            base: Some(&b),
+            resumed: true,
+            deletion_handled,
+        };
+        let only_optional = hs(&[true]);
+        assert_eq!(
+            plan(&only_optional, &obj(false, false, false)),
+            Plan::Idle,
+            "no finalizer"
+        );
+        assert_eq!(
+            plan(&only_optional, &obj(false, true, false)),
+            Plan::ReleaseFinalizer,
+            "a finalizer only optional handlers match is released"
+        );
+        assert_eq!(
+            plan(&only_optional, &obj(true, false, false)),
+            handle(Cause::Delete, &[0]),
+            "held by others: runs"
+        );
+        assert_eq!(
+            plan(&only_optional, &obj(true, false, true)),
+            Plan::Idle,
+            "once"
+        );
+        let mixed = hs(&[true, false]);
+        assert_eq!(plan(&mixed, &obj(false, false, false)), Plan::AddFinalizer);
+        assert_eq!(
+            plan(&mixed, &obj(true, true, false)),
+            handle(Cause::Delete, &[0, 1]),
+            "with our finalizer all matching delete handlers run"
+        );
     }
 
     #[test]
