@@ -3,8 +3,8 @@
 use crate::backoff::Backoff;
 use crate::context::Context;
 use crate::error::HandlerResult;
-use crate::filters::Filters;
 pub use crate::filters::MetaFilter;
+use crate::filters::{FieldValues, Filters};
 use futures::future::BoxFuture;
 use std::fmt;
 use std::future::Future;
@@ -150,6 +150,7 @@ pub struct Handler<K> {
     pub(crate) timeout: Option<Duration>,
     pub(crate) filters: Filters<K>,
     pub(crate) optional: bool,
+    pub(crate) values: FieldValues,
 }
 
 impl<K> Clone for Handler<K> {
@@ -163,6 +164,7 @@ impl<K> Clone for Handler<K> {
             timeout: self.timeout,
             filters: self.filters.clone(),
             optional: self.optional,
+            values: self.values.clone(),
         }
     }
 }
@@ -195,6 +197,7 @@ impl<K: Send + Sync + 'static> Handler<K> {
             timeout: None,
             filters: Filters::default(),
             optional: false,
+            values: FieldValues::default(),
         }
     }
 
@@ -341,6 +344,30 @@ impl<K: Send + Sync + 'static> Handler<K> {
         self
     }
 
+    /// For a field handler: fires only while the field's value (after the
+    /// change) is `value`; an absent field is `null`. Checked like the
+    /// other filters on every create and update.
+    pub fn value(mut self, value: impl Into<serde_json::Value>) -> Self {
+        self.values.value = Some(value.into());
+        self
+    }
+
+    /// For a field handler: fires only for changes away from `old` (an
+    /// absent field is `null`, so on creation the old value is `null`).
+    /// With a digest diff base the old value is unknown and the handler
+    /// does not fire.
+    pub fn old(mut self, old: impl Into<serde_json::Value>) -> Self {
+        self.values.old = Some(old.into());
+        self
+    }
+
+    /// For a field handler: fires only for changes to `new` (an absent
+    /// field is `null`: a removal).
+    pub fn new_value(mut self, new: impl Into<serde_json::Value>) -> Self {
+        self.values.new = Some(new.into());
+        self
+    }
+
     /// Gives up after this many failed runs (default: unlimited, except for
     /// delete handlers, see [`OperatorConfig::delete_retries`](crate::OperatorConfig::delete_retries)).
     pub fn retries(mut self, n: u32) -> Self {
@@ -452,6 +479,9 @@ impl<K: Send + Sync + 'static> Handler<K> {
         }
         if self.timeout.is_some_and(|t| t.is_zero()) {
             return bad("the timeout is zero".into());
+        }
+        if !self.values.is_empty() && !matches!(self.kind, HandlerKind::Field { .. }) {
+            return bad("value, old and new filters need a field handler".into());
         }
         Ok(())
     }

@@ -14,7 +14,9 @@
 //! * `timeout = "60s"` (per run; default: the operator's `handler_timeout`)
 //! * `labels("app=demo", "tier", "!skip")`, `annotations("x")`
 //! * `when = path::to::predicate` (`fn(&K) -> bool`)
-//! * `on_field`: `path = "spec.schedule"` (required)
+//! * `on_field`: `path = "spec.schedule"` (required); `value = ..`,
+//!   `old = ..`, `new = ..` (string, integer or bool literals: fire only
+//!   while the field is `value`, for changes away from `old`, to `new`)
 //! * `on_timer`: `interval = "60s"` (required), `initial_delay = "5s"`
 //! * `daemon`: `cancellation_timeout = "10s"`
 //! * `on_delete`: `optional` (no finalizer)
@@ -64,6 +66,9 @@ struct Opts {
     initial_delay: Option<u64>,
     cancellation_timeout: Option<u64>,
     optional: bool,
+    value: Option<syn::Lit>,
+    old: Option<syn::Lit>,
+    new: Option<syn::Lit>,
 }
 
 /// Parses `1h30m`, `5m`, `10s`, `250ms` into milliseconds.
@@ -181,6 +186,9 @@ fn parse_opts(attr: TokenStream2, kind: Kind) -> syn::Result<Opts> {
                 o.initial_delay = Some(dur(&meta.value()?.parse()?)?)
             }
             "optional" if kind == Kind::Delete => o.optional = true,
+            "value" if kind == Kind::Field => o.value = Some(meta.value()?.parse()?),
+            "old" if kind == Kind::Field => o.old = Some(meta.value()?.parse()?),
+            "new" if kind == Kind::Field => o.new = Some(meta.value()?.parse()?),
             "cancellation_timeout" if kind == Kind::Daemon => {
                 o.cancellation_timeout = Some(dur(&meta.value()?.parse()?)?)
             }
@@ -188,7 +196,7 @@ fn parse_opts(attr: TokenStream2, kind: Kind) -> syn::Result<Opts> {
                 return Err(meta.error(format!(
                     "unknown option `{name}`; expected one of id, retries, backoff_base, backoff_max, timeout, labels(..), annotations(..), when{}",
                     match kind {
-                        Kind::Field => ", path",
+                        Kind::Field => ", path, value, old, new",
                         Kind::Timer => ", interval, initial_delay",
                         Kind::Daemon => ", cancellation_timeout",
                         Kind::Delete => ", optional",
@@ -345,6 +353,15 @@ fn expand_inner(attr: TokenStream, f: ItemFn, kind: Kind) -> syn::Result<TokenSt
     if o.optional {
         chain.extend(quote!(.optional()));
     }
+    if let Some(v) = &o.value {
+        chain.extend(quote!(.value(#v)));
+    }
+    if let Some(v) = &o.old {
+        chain.extend(quote!(.old(#v)));
+    }
+    if let Some(v) = &o.new {
+        chain.extend(quote!(.new_value(#v)));
+    }
     Ok(quote! {
         #(#docs)*
         #vis fn #name() -> #fw::Handler<#k> {
@@ -471,7 +488,11 @@ mod tests {
         ];
         let only_for = [
             (quote!(optional), Kind::Create, "unknown option `optional`"),
-            (quote!(cancellation_timeout = "1s"), Kind::Timer, "unknown option"),
+            (
+                quote!(cancellation_timeout = "1s"),
+                Kind::Timer,
+                "unknown option",
+            ),
         ];
         for (attr, kind, want) in cases.into_iter().chain(only_for) {
             let got = error(attr.clone(), kind);
@@ -485,6 +506,10 @@ mod tests {
             ),
             (quote!(id = "x", retries = 0), Kind::Event),
             (quote!(optional, labels("a")), Kind::Delete),
+            (
+                quote!(path = "spec.a", old = "x", new = 3, value = true),
+                Kind::Field,
+            ),
             (quote!(cancellation_timeout = "0s"), Kind::Daemon),
         ] {
             assert_eq!(error(attr.clone(), kind), "accepted", "`{attr}`");

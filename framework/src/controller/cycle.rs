@@ -150,6 +150,7 @@ where
                 kind: &h.kind,
                 matches: self.passes(h, &cur),
                 optional: h.optional,
+                values: (!h.values.is_empty()).then_some(&h.values),
             })
             .collect();
         let planned = plan(

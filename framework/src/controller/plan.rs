@@ -6,6 +6,7 @@
 use super::diffbase::DiffBase;
 use crate::backoff::Backoff;
 use crate::diff::get_path;
+use crate::filters::FieldValues;
 use crate::handler::{Cause, HandlerKind};
 use crate::progress::HandlerRecord;
 use jiff::Timestamp;
@@ -19,6 +20,8 @@ pub(crate) struct HandlerFacts<'a> {
     pub(crate) matches: bool,
     /// An optional delete handler: it wants no finalizer.
     pub(crate) optional: bool,
+    /// A field handler's value filters (`None`: none).
+    pub(crate) values: Option<&'a FieldValues>,
 }
 
 /// What the planner needs to know about the object.
@@ -107,12 +110,30 @@ pub(crate) fn plan(handlers: &[HandlerFacts<'_>], o: &ObjectFacts<'_>) -> Plan {
     {
         return Plan::Idle;
     }
+    // A field handler's value filters: `old` from the full diff base (on
+    // creation the field was absent; with a digest it is unknown).
+    let values_pass = |picked: Vec<usize>| -> Vec<usize> {
+        picked
+            .into_iter()
+            .filter(|i| {
+                let h = &handlers[*i];
+                let (HandlerKind::Field { path }, Some(v)) = (h.kind, h.values) else {
+                    return true;
+                };
+                let old = match o.base {
+                    None => Some(None),
+                    Some(b) => b.full().map(|old| get_path(old, path)),
+                };
+                v.accepts(old, get_path(o.essence, path))
+            })
+            .collect()
+    };
     let Some(base) = o.base else {
-        let handlers = pick(&|k| match k {
+        let handlers = values_pass(pick(&|k| match k {
             HandlerKind::Create => true,
             HandlerKind::Field { path } => get_path(o.essence, path).is_some_and(|v| !v.is_null()),
             _ => false,
-        });
+        }));
         return Plan::Handle {
             cause: Cause::Create,
             handlers,
@@ -127,11 +148,11 @@ pub(crate) fn plan(handlers: &[HandlerFacts<'_>], o: &ObjectFacts<'_>) -> Plan {
     if base.matches(o.essence) {
         return Plan::Idle;
     }
-    let handlers = pick(&|k| match k {
+    let handlers = values_pass(pick(&|k| match k {
         HandlerKind::Update => true,
         HandlerKind::Field { path } => base.field_changed(path, o.essence),
         _ => false,
-    });
+    }));
     Plan::Handle {
         cause: Cause::Update,
         handlers,
@@ -217,6 +238,7 @@ mod tests {
                 kind,
                 matches: *matches,
                 optional: false,
+                values: None,
             })
             .collect()
     }
@@ -475,6 +497,100 @@ mod tests {
     }
 
     #[test]
+    fn field_value_filters_pick_changes() {
+        let e1 = json!({"spec": {"mode": "a"}});
+        let e2 = json!({"spec": {"mode": "b"}});
+        let full = DiffBase::Full(e1.clone());
+        let digest = DiffBase::of(&e1, &["spec.mode"], true);
+        let kind = field("spec.mode");
+        let to_b = FieldValues {
+            new: Some(json!("b")),
+            ..Default::default()
+        };
+        let from_a = FieldValues {
+            old: Some(json!("a")),
+            ..Default::default()
+        };
+        let from_absent = FieldValues {
+            old: Some(serde_json::Value::Null),
+            ..Default::default()
+        };
+        let facts = |v: &'static FieldValues| -> Vec<HandlerFacts<'static>> {
+            let kind: &'static HandlerKind = Box::leak(Box::new(kind.clone()));
+            vec![HandlerFacts {
+                kind,
+                matches: true,
+                optional: false,
+                values: Some(v),
+            }]
+        };
+        let leak = |v: FieldValues| -> &'static FieldValues { Box::leak(Box::new(v)) };
+        let (to_b, from_a, from_absent) = (leak(to_b), leak(from_a), leak(from_absent));
+        let obj = |essence, base| ObjectFacts {
+            deleting: false,
+            has_finalizer: false,
+            essence,
+            base,
+            resumed: true,
+            deletion_handled: false,
+        };
+        let cases: Vec<(&str, &'static FieldValues, &Value, Option<&DiffBase>, Plan)> = vec![
+            (
+                "a -> b passes new=b",
+                to_b,
+                &e2,
+                Some(&full),
+                handle(Cause::Update, &[0]),
+            ),
+            (
+                "a -> b passes old=a",
+                from_a,
+                &e2,
+                Some(&full),
+                handle(Cause::Update, &[0]),
+            ),
+            (
+                "a digest: old unknown",
+                from_a,
+                &e2,
+                Some(&digest),
+                handle(Cause::Update, &[]),
+            ),
+            (
+                "created with b passes new=b",
+                to_b,
+                &e2,
+                None,
+                handle(Cause::Create, &[0]),
+            ),
+            (
+                "created with a: new=b does not",
+                to_b,
+                &e1,
+                None,
+                handle(Cause::Create, &[]),
+            ),
+            (
+                "created: old is absent",
+                from_absent,
+                &e1,
+                None,
+                handle(Cause::Create, &[0]),
+            ),
+            (
+                "created: old=a does not pass",
+                from_a,
+                &e1,
+                None,
+                handle(Cause::Create, &[]),
+            ),
+        ];
+        for (name, v, essence, base, want) in cases {
+            assert_eq!(plan(&facts(v), &obj(essence, base)), want, "{name}");
+        }
+    }
+
+    #[test]
     fn optional_delete_handlers_want_no_finalizer_and_run_once() {
         let e = json!({"spec": {}});
         let b = DiffBase::Full(e.clone());
@@ -486,6 +602,7 @@ mod tests {
                     kind: &del,
                     matches: true,
                     optional: *o,
+                    values: None,
                 })
                 .collect()
         };
