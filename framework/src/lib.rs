@@ -2,9 +2,13 @@
 //!
 //! You write plain async handler functions and mark them with attributes
 //! ([`on_create`], [`on_update`], [`on_delete`], [`on_resume`], [`on_field`],
-//! [`on_timer`], [`on_event`]); the framework watches, serialises work per
-//! object, retries with backoff, keeps progress on the object, manages the
-//! finalizer, posts Events and conditions, and tracks owned children.
+//! [`on_timer`], [`on_event`], [`daemon`]); the framework watches,
+//! serialises work per object, retries with backoff, keeps progress on the
+//! object, manages the finalizer, posts Events and conditions, and tracks
+//! owned children. Handlers share operator data ([`Operator::data`]) and
+//! read the controller's cache ([`Store`]) and indexes ([`Index`]); the
+//! [`testing`] module runs operators in tests and builds contexts without
+//! a cluster. The [`guide`] has one page per concept.
 //!
 //! ```no_run
 //! use k8s_openapi::api::core::v1::ConfigMap;
@@ -315,6 +319,29 @@ mod store;
 pub mod testing;
 mod time;
 mod tls;
+
+/// Guide pages, one per concept (also in `framework/docs/`); their examples
+/// are compiled and run as doctests.
+pub mod guide {
+    #[doc = include_str!("../docs/handlers.md")]
+    pub mod handlers {}
+    #[doc = include_str!("../docs/filters.md")]
+    pub mod filters {}
+    #[doc = include_str!("../docs/finalizers.md")]
+    pub mod finalizers {}
+    #[doc = include_str!("../docs/progress-retries.md")]
+    pub mod progress_retries {}
+    #[doc = include_str!("../docs/data-indexes.md")]
+    pub mod data_indexes {}
+    #[doc = include_str!("../docs/daemons.md")]
+    pub mod daemons {}
+    #[doc = include_str!("../docs/hooks-probes.md")]
+    pub mod hooks_probes {}
+    #[doc = include_str!("../docs/testing.md")]
+    pub mod testing {}
+    #[doc = include_str!("../docs/webhooks.md")]
+    pub mod webhooks {}
+}
 
 pub use context::{ChildrenReport, Context, EventType};
 pub use controller::{
