@@ -3,6 +3,7 @@
 use anyhow::Context as _;
 use backup_operator::api::{BackupPolicy, POLICY_LABEL, RESTORE_LABEL, Restore};
 use backup_operator::handlers::{self, Settings};
+use backup_operator::metrics::BackupMetrics;
 use clap::{Parser, Subcommand};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
@@ -13,6 +14,7 @@ use kube::{Api, Client, ResourceExt};
 use operator_framework::{Controller, LeaderElection, Operator, OperatorConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -115,9 +117,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("connecting to the Kubernetes API (is KUBECONFIG set?)")?;
-    handlers::init(Settings {
+    let settings = Arc::new(Settings {
         mover_image: args.mover_image.clone(),
     });
+    let backup_metrics = Arc::new(BackupMetrics::default());
     handlers::start_pvc_cache(client.clone());
     let leader_election = args.leader_elect.then(|| LeaderElection {
         lease_name: "backup-operator-leader".into(),
@@ -137,29 +140,35 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Api::<BackupPolicy>::all(client.clone()),
         watcher::Config::default(),
     )
+    .index(handlers::POLICIES_BY_NAMESPACE, handlers::policy_namespace)
     .handler(handlers::policy::reconcile())
     .handler(handlers::policy::schedule_changed())
-    .handler(handlers::policy::snapshot_tick())
-    .owns::<CronJob>(Api::all(client.clone()))
-    .watches::<Job, _>(Api::all(client.clone()), |job: &Job| {
-        let ns = job.namespace().unwrap_or_default();
-        job.labels()
-            .get(POLICY_LABEL)
-            .map(|p| ObjectRef::new(p).within(&ns))
-            .into_iter()
-            .collect()
-    })
-    // PVCs matter by name and labels only: a metadata watch.
-    .watches_metadata::<PersistentVolumeClaim, _>(
-        Api::all(client.clone()),
-        |pvc: &PartialObjectMeta<PersistentVolumeClaim>| {
-            let ns = pvc.namespace().unwrap_or_default();
-            handlers::policies_in(&ns)
+    .handler(handlers::policy::snapshot_tick());
+    let by_namespace = policies
+        .index_reader::<String, String>(handlers::POLICIES_BY_NAMESPACE)
+        .context("the policies index")?;
+    let policies = policies
+        .owns::<CronJob>(Api::all(client.clone()))
+        .watches::<Job, _>(Api::all(client.clone()), |job: &Job| {
+            let ns = job.namespace().unwrap_or_default();
+            job.labels()
+                .get(POLICY_LABEL)
+                .map(|p| ObjectRef::new(p).within(&ns))
                 .into_iter()
-                .map(|p| ObjectRef::new(&p).within(&ns))
                 .collect()
-        },
-    );
+        })
+        // PVCs matter by name and labels only: a metadata watch.
+        .watches_metadata::<PersistentVolumeClaim, _>(
+            Api::all(client.clone()),
+            move |pvc: &PartialObjectMeta<PersistentVolumeClaim>| {
+                let ns = pvc.namespace().unwrap_or_default();
+                by_namespace
+                    .get(&ns)
+                    .into_iter()
+                    .map(|p| ObjectRef::new(&p).within(&ns))
+                    .collect()
+            },
+        );
     let restores = Controller::new(
         Api::<Restore>::all(client.clone()),
         watcher::Config::default(),
@@ -177,11 +186,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!(mover_image = %args.mover_image, metrics = %args.metrics_addr, "starting backup-operator");
     let operator = Operator::new(client, "backup.backup.example.com")
         .config(config)
+        .data(settings)
+        .data(backup_metrics.clone())
         .controller(policies)
         .controller(restores);
     operator
         .metrics()
-        .add_collector(|out| handlers::backup_metrics().render(out));
+        .add_collector(move |out| backup_metrics.render(out));
     operator.run().await?;
     Ok(())
 }

@@ -122,6 +122,9 @@ pub enum Error {
     /// A request did not answer in time (e.g. a lease renewal).
     #[error("timeout: {0}")]
     Timeout(String),
+    /// A startup hook failed ([`Operator::on_startup`](crate::Operator::on_startup)).
+    #[error("hook failed: {0}")]
+    Hook(String),
 }
 
 #[cfg(test)]

@@ -1,7 +1,42 @@
-//! Handler filters: labels, annotations and a predicate.
+//! Handler filters: labels, annotations, a predicate, and the field value
+//! filters of field handlers.
 
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+/// The value filters of a field handler (kopf's `value`, `old`, `new`):
+/// an absent field compares as JSON `null`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct FieldValues {
+    /// The field's current value must be this.
+    pub(crate) value: Option<Value>,
+    /// The change must come from this value (unknown with a digest diff
+    /// base: then the filter does not pass).
+    pub(crate) old: Option<Value>,
+    /// The change must lead to this value.
+    pub(crate) new: Option<Value>,
+}
+
+impl FieldValues {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.value.is_none() && self.old.is_none() && self.new.is_none()
+    }
+
+    /// Whether a change of the field from `old` (`None`: unknown; `Some(None)`:
+    /// absent) to `new` passes.
+    pub(crate) fn accepts(&self, old: Option<Option<&Value>>, new: Option<&Value>) -> bool {
+        let null = Value::Null;
+        let new = new.unwrap_or(&null);
+        let is = |want: &Option<Value>, got: &Value| want.as_ref().is_none_or(|w| w == got);
+        let old_ok = match (&self.old, old) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(w), Some(o)) => w == o.unwrap_or(&null),
+        };
+        is(&self.value, new) && is(&self.new, new) && old_ok
+    }
+}
 
 type Predicate<K> = Arc<dyn Fn(&K) -> bool + Send + Sync>;
 
@@ -100,6 +135,29 @@ mod tests {
         assert!(!MetaFilter::parse("!app").matches(&m));
         assert!(MetaFilter::parse("!tier").matches(&m));
         assert!(!MetaFilter::parse("tier").matches(&m));
+    }
+
+    #[test]
+    fn field_values_compare_old_and_new() {
+        use serde_json::json;
+        let f = |value: Option<Value>, old: Option<Value>, new: Option<Value>| FieldValues {
+            value,
+            old,
+            new,
+        };
+        let (a, b) = (json!("a"), json!("b"));
+        assert!(FieldValues::default().accepts(None, None));
+        let to_b = f(None, None, Some(b.clone()));
+        assert!(to_b.accepts(Some(Some(&a)), Some(&b)));
+        assert!(!to_b.accepts(Some(Some(&b)), Some(&a)));
+        let from_a = f(None, Some(a.clone()), None);
+        assert!(from_a.accepts(Some(Some(&a)), Some(&b)));
+        assert!(!from_a.accepts(None, Some(&b)), "old unknown (digest)");
+        let from_absent = f(None, Some(Value::Null), Some(a.clone()));
+        assert!(from_absent.accepts(Some(None), Some(&a)), "absent is null");
+        let is_a = f(Some(a.clone()), None, None);
+        assert!(is_a.accepts(None, Some(&a)));
+        assert!(!is_a.accepts(None, None));
     }
 
     #[test]

@@ -104,6 +104,7 @@ pub struct Metrics {
     leader: AtomicBool,
     ready: AtomicBool,
     unsynced: AtomicI64,
+    pub(crate) health: crate::health::Health,
 }
 
 impl Metrics {
@@ -211,6 +212,20 @@ impl Metrics {
     /// list (or the replica stands by for the lease).
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed) && self.unsynced.load(Ordering::Relaxed) <= 0
+    }
+
+    /// Whether the operator is healthy (what `/healthz` answers): no running
+    /// controller's watch has gone without its initial list, or has been
+    /// failing, for longer than
+    /// [`OperatorConfig::unhealthy_after`](crate::OperatorConfig::unhealthy_after).
+    /// Secondary watches (`owns`, `watches`) are not counted.
+    pub fn is_healthy(&self) -> bool {
+        self.health_problems().is_empty()
+    }
+
+    /// What makes the operator unhealthy (empty when healthy).
+    pub fn health_problems(&self) -> Vec<String> {
+        self.health.problems(std::time::Instant::now())
     }
 
     pub(crate) fn set_unsynced(&self, n: usize) {
@@ -423,7 +438,10 @@ fn route(path: &str, metrics: &Metrics) -> (&'static str, &'static str, String) 
             "text/plain; version=0.0.4; charset=utf-8",
             metrics.render(),
         ),
-        "/healthz" | "/livez" => ("200 OK", "text/plain", "ok\n".into()),
+        "/healthz" | "/livez" => match metrics.health_problems() {
+            p if p.is_empty() => ("200 OK", "text/plain", "ok\n".into()),
+            p => ("503 Service Unavailable", "text/plain", p.join("\n") + "\n"),
+        },
         "/readyz" if metrics.is_ready() => ("200 OK", "text/plain", "ok\n".into()),
         "/readyz" => (
             "503 Service Unavailable",
@@ -495,6 +513,13 @@ mod tests {
         assert_eq!(route("/readyz", &m).0, "200 OK");
         assert_eq!(route("/healthz", &m).0, "200 OK");
         assert_eq!(route("/nope", &m).0, "404 Not Found");
+        m.health.set_threshold(Duration::ZERO);
+        m.health.started("Foo", false);
+        std::thread::sleep(Duration::from_millis(5));
+        let (code, _, body) = route("/healthz", &m);
+        assert_eq!(code, "503 Service Unavailable");
+        assert!(body.contains("watch Foo has not synced"), "{body}");
+        assert!(!m.is_healthy());
     }
 
     #[test]

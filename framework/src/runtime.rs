@@ -1,6 +1,7 @@
 //! State shared by all controllers of one running operator.
 
 use crate::context::{EventType, kube_event};
+use crate::data::DataMap;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::operator::OperatorConfig;
@@ -18,6 +19,8 @@ pub(crate) struct Runtime {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) recorder: Recorder,
     pub(crate) slots: Arc<Semaphore>,
+    /// User data registered with `Operator::data`.
+    pub(crate) data: Arc<DataMap>,
 }
 
 impl Runtime {
@@ -27,6 +30,7 @@ impl Runtime {
         config: OperatorConfig,
         metrics: Arc<Metrics>,
         identity: Option<String>,
+        data: Arc<DataMap>,
     ) -> Runtime {
         let field_manager = config
             .field_manager
@@ -48,6 +52,7 @@ impl Runtime {
             metrics,
             recorder,
             slots,
+            data,
         }
     }
 

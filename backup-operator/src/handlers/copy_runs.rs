@@ -121,7 +121,7 @@ async fn advance(
                 &temporary,
                 &snapshot,
                 run_for,
-                &settings().mover_image,
+                &settings(ctx).mover_image,
             ) {
                 Ok(j) => j,
                 Err(e) => {

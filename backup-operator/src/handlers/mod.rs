@@ -5,68 +5,65 @@ mod observe;
 pub mod policy;
 pub mod restore;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Mutex, OnceLock};
+use operator_framework::Context;
+use std::sync::{Arc, OnceLock};
 
-/// Operator-wide settings the handlers read.
+/// Operator-wide settings the handlers read (registered with
+/// `Operator::data`).
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Image with `/backup-mover`, used unless a policy names its own.
     pub mover_image: String,
 }
 
-static SETTINGS: OnceLock<Settings> = OnceLock::new();
-
-/// Sets the settings once at start-up (later calls are ignored).
-pub fn init(settings: Settings) {
-    let _ = SETTINGS.set(settings);
-}
-
-pub(crate) fn settings() -> Settings {
-    SETTINGS.get().cloned().unwrap_or_else(|| Settings {
-        mover_image: crate::DEFAULT_MOVER_IMAGE.to_string(),
-    })
-}
-
-/// Backup metrics of this replica (served with the framework's on `/metrics`).
-pub fn backup_metrics() -> &'static crate::metrics::BackupMetrics {
-    static METRICS: OnceLock<crate::metrics::BackupMetrics> = OnceLock::new();
-    METRICS.get_or_init(Default::default)
-}
-
-/// Which policies exist per namespace, so a PVC event can be mapped to the
-/// policies that may select it (filled by the policy handlers).
-#[derive(Default)]
-pub(crate) struct PolicyIndex(Mutex<BTreeMap<String, BTreeSet<String>>>);
-
-impl PolicyIndex {
-    pub(crate) fn insert(&self, ns: &str, name: &str) {
-        if let Ok(mut m) = self.0.lock() {
-            m.entry(ns.to_string())
-                .or_default()
-                .insert(name.to_string());
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            mover_image: crate::DEFAULT_MOVER_IMAGE.to_string(),
         }
     }
-    pub(crate) fn in_namespace(&self, ns: &str) -> Vec<String> {
-        self.0
-            .lock()
-            .map(|m| {
-                m.get(ns)
-                    .map(|s| s.iter().cloned().collect())
-                    .unwrap_or_default()
-            })
-            .unwrap_or_default()
-    }
 }
 
-pub(crate) fn policy_index() -> &'static PolicyIndex {
-    static INDEX: OnceLock<PolicyIndex> = OnceLock::new();
-    INDEX.get_or_init(PolicyIndex::default)
+/// The operator's [`Settings`] (the defaults when none were registered).
+pub(crate) fn settings<K>(ctx: &Context<K>) -> Arc<Settings>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    ctx.try_data::<Settings>().unwrap_or_default()
 }
 
-/// Policies known in a namespace (for mapping PVC events to policies).
-pub fn policies_in(ns: &str) -> Vec<String> {
-    policy_index().in_namespace(ns)
+/// The backup metrics of this replica (registered with `Operator::data` and
+/// rendered by a collector on the framework's `/metrics`); `None` when the
+/// operator registered none (nothing is recorded then).
+pub(crate) fn backup_metrics<K>(ctx: &Context<K>) -> Option<Arc<crate::metrics::BackupMetrics>>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    ctx.try_data::<crate::metrics::BackupMetrics>()
+}
+
+/// The name of the policies controller's index of policies by namespace
+/// (maps PVC events to the policies that may select the PVC).
+pub const POLICIES_BY_NAMESPACE: &str = "policies-by-namespace";
+
+/// The index function of [`POLICIES_BY_NAMESPACE`]: namespace -> policy name.
+pub fn policy_namespace(p: &crate::api::BackupPolicy) -> Vec<(String, String)> {
+    use kube::ResourceExt;
+    vec![(p.namespace().unwrap_or_default(), p.name_any())]
 }
 
 /// The PVC metadata the cache keeps (selection needs names and labels only).

@@ -1,6 +1,6 @@
 //! BackupPolicy handlers: one level-triggered reconcile plus small reactions.
 
-use super::{copy_runs, observe, policy_index, settings};
+use super::{copy_runs, observe, settings};
 use crate::api::{BackupMethod, BackupPolicy, BackupPolicyStatus, RUN_NOW_ANNOTATION};
 use crate::schedule::Schedule;
 use crate::status::{self, Observation, condition};
@@ -52,9 +52,10 @@ async fn reconcile_policy(ctx: Context<BackupPolicy>) -> HandlerResult {
     let name = policy.name_any();
     let ns = policy.namespace().unwrap_or_default();
     let client = ctx.client();
-    policy_index().insert(&ns, &name);
     if policy.metadata.deletion_timestamp.is_some() {
-        super::backup_metrics().forget(&ns, &name);
+        if let Some(m) = super::backup_metrics(&ctx) {
+            m.forget(&ns, &name);
+        }
         return Ok(());
     }
 
@@ -73,7 +74,7 @@ async fn reconcile_policy(ctx: Context<BackupPolicy>) -> HandlerResult {
         let mut wanted: Vec<CronJob> = Vec::new();
         if copies {
             for pvc in &res.selected {
-                match desired::cronjob(&policy, pvc, &settings().mover_image) {
+                match desired::cronjob(&policy, pvc, &settings(&ctx).mover_image) {
                     Ok(cj) => wanted.push(cj),
                     Err(e) => apply_errors.push((pvc.clone(), e.to_string())),
                 }
@@ -161,7 +162,9 @@ async fn reconcile_policy(ctx: Context<BackupPolicy>) -> HandlerResult {
         .as_ref()
         .ok()
         .and_then(|s| s.interval_seconds(obs.now));
-    super::backup_metrics().observe(&ns, &name, &obs.jobs, &new_status.stored_backups, interval);
+    if let Some(m) = super::backup_metrics(&ctx) {
+        m.observe(&ns, &name, &obs.jobs, &new_status.stored_backups, interval);
+    }
     if new_status != prev {
         write_status(&ctx, &new_status).await?;
     }
@@ -232,7 +235,7 @@ async fn run_now(
     }
     let api = Api::<Job>::namespaced(client, &ns);
     for pvc in &res.selected {
-        let mut job = match desired::manual_job(policy, pvc, &settings().mover_image, &value) {
+        let mut job = match desired::manual_job(policy, pvc, &settings(ctx).mover_image, &value) {
             Ok(j) => j,
             Err(e) => {
                 // The same error is on the policy's conditions (its CronJob

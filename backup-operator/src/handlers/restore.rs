@@ -200,7 +200,7 @@ pub async fn reconcile(ctx: Context<Restore>) -> HandlerResult {
         snapshot: &source.snapshot,
         before: source.before.as_deref(),
         target_pvc: &target.pvc_name,
-        image: &settings().mover_image,
+        image: &settings(&ctx).mover_image,
     };
     let mut job = match desired::restore_job(&input) {
         Ok(j) => j,

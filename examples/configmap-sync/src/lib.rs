@@ -517,4 +517,34 @@ mod tests {
             ["created", "targets_changed", "updated", "resync", "deleted"]
         );
     }
+
+    /// A handler unit test without a cluster (the framework's
+    /// `ContextBuilder`): adding a namespace deletes nothing, so the field
+    /// handler succeeds without any API call (the builder's client reaches
+    /// nothing: a call would fail the handler).
+    #[tokio::test]
+    async fn targets_changed_without_removed_namespaces_touches_nothing() {
+        use operator_framework::testing::ContextBuilder;
+        let old = sync_obj();
+        let mut new = sync_obj();
+        new.spec.target_namespaces.push("c".into());
+        let ctx = ContextBuilder::new(new)
+            .old(old)
+            .field("spec.targetNamespaces")
+            .build();
+        assert_eq!(ctx.diff.len(), 1, "{:?}", ctx.diff);
+        let handler = targets_changed();
+        assert_eq!(handler.handler_id(), "targets_changed");
+        assert!(handler.call(ctx).await.is_ok());
+    }
+
+    /// Reading the source needs the API server: without one the create
+    /// handler fails with a retryable error, at once.
+    #[tokio::test]
+    async fn created_fails_retryably_without_a_cluster() {
+        use operator_framework::testing::ContextBuilder;
+        let ctx = ContextBuilder::new(sync_obj()).build();
+        let e = created().call(ctx).await.expect_err("no API server");
+        assert!(!e.is_permanent(), "{e}");
+    }
 }

@@ -12,6 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config, CustomResourceExt, ResourceExt};
+use operator_framework::testing::{RunningOperator, run_in_background};
 use operator_framework::{Operator, OperatorConfig};
 use std::future::Future;
 use std::time::Duration;
@@ -192,23 +193,20 @@ fn sync_spec(name: &str, source: &str, targets: &[&String]) -> ConfigMapSync {
 }
 
 /// The operator running in the background until [`Running::stop`].
-struct Running {
-    stop: tokio::sync::oneshot::Sender<()>,
-    handle: tokio::task::JoinHandle<Result<(), operator_framework::Error>>,
-}
+struct Running(RunningOperator);
 
 fn start(op: Operator) -> Running {
-    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let handle = tokio::spawn(op.run_until(async move {
-        let _ = stop_rx.await;
-    }));
-    Running { stop, handle }
+    Running(run_in_background(op))
 }
 
 impl Running {
+    /// Stops the operator; its own error fails the test.
     async fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = tokio::time::timeout(Duration::from_secs(40), self.handle).await;
+        match tokio::time::timeout(Duration::from_secs(40), self.0.stop()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("the operator failed: {e}"),
+            Err(_) => panic!("the operator did not stop within 40s"),
+        }
     }
 }
 

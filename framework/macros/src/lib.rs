@@ -14,8 +14,12 @@
 //! * `timeout = "60s"` (per run; default: the operator's `handler_timeout`)
 //! * `labels("app=demo", "tier", "!skip")`, `annotations("x")`
 //! * `when = path::to::predicate` (`fn(&K) -> bool`)
-//! * `on_field`: `path = "spec.schedule"` (required)
+//! * `on_field`: `path = "spec.schedule"` (required); `value = ..`,
+//!   `old = ..`, `new = ..` (string, integer or bool literals: fire only
+//!   while the field is `value`, for changes away from `old`, to `new`)
 //! * `on_timer`: `interval = "60s"` (required), `initial_delay = "5s"`
+//! * `daemon`: `cancellation_timeout = "10s"`
+//! * `on_delete`: `optional` (no finalizer)
 //!
 //! Durations are written like `500ms`, `10s`, `5m`, `1h`, `1m30s`.
 //!
@@ -44,6 +48,7 @@ enum Kind {
     Field,
     Timer,
     Event,
+    Daemon,
 }
 
 #[derive(Default)]
@@ -59,6 +64,11 @@ struct Opts {
     path: Option<LitStr>,
     interval: Option<u64>,
     initial_delay: Option<u64>,
+    cancellation_timeout: Option<u64>,
+    optional: bool,
+    value: Option<syn::Lit>,
+    old: Option<syn::Lit>,
+    new: Option<syn::Lit>,
 }
 
 /// Parses `1h30m`, `5m`, `10s`, `250ms` into milliseconds.
@@ -175,12 +185,21 @@ fn parse_opts(attr: TokenStream2, kind: Kind) -> syn::Result<Opts> {
             "initial_delay" if kind == Kind::Timer => {
                 o.initial_delay = Some(dur(&meta.value()?.parse()?)?)
             }
+            "optional" if kind == Kind::Delete => o.optional = true,
+            "value" if kind == Kind::Field => o.value = Some(meta.value()?.parse()?),
+            "old" if kind == Kind::Field => o.old = Some(meta.value()?.parse()?),
+            "new" if kind == Kind::Field => o.new = Some(meta.value()?.parse()?),
+            "cancellation_timeout" if kind == Kind::Daemon => {
+                o.cancellation_timeout = Some(dur(&meta.value()?.parse()?)?)
+            }
             _ => {
                 return Err(meta.error(format!(
                     "unknown option `{name}`; expected one of id, retries, backoff_base, backoff_max, timeout, labels(..), annotations(..), when{}",
                     match kind {
-                        Kind::Field => ", path",
+                        Kind::Field => ", path, value, old, new",
                         Kind::Timer => ", interval, initial_delay",
+                        Kind::Daemon => ", cancellation_timeout",
+                        Kind::Delete => ", optional",
                         _ => "",
                     }
                 )));
@@ -278,6 +297,12 @@ fn expand_inner(attr: TokenStream, f: ItemFn, kind: Kind) -> syn::Result<TokenSt
         Kind::Delete => quote!(#fw::HandlerKind::Delete),
         Kind::Resume => quote!(#fw::HandlerKind::Resume),
         Kind::Event => quote!(#fw::HandlerKind::Event),
+        Kind::Daemon => {
+            let t = o.cancellation_timeout.unwrap_or(10_000);
+            quote!(#fw::HandlerKind::Daemon {
+                cancellation_timeout: ::std::time::Duration::from_millis(#t),
+            })
+        }
         Kind::Field => {
             let Some(p) = &o.path else {
                 return Err(syn::Error::new(
@@ -325,6 +350,18 @@ fn expand_inner(attr: TokenStream, f: ItemFn, kind: Kind) -> syn::Result<TokenSt
     if let Some(w) = &o.when {
         chain.extend(quote!(.when(#w)));
     }
+    if o.optional {
+        chain.extend(quote!(.optional()));
+    }
+    if let Some(v) = &o.value {
+        chain.extend(quote!(.value(#v)));
+    }
+    if let Some(v) = &o.old {
+        chain.extend(quote!(.old(#v)));
+    }
+    if let Some(v) = &o.new {
+        chain.extend(quote!(.new_value(#v)));
+    }
     Ok(quote! {
         #(#docs)*
         #vis fn #name() -> #fw::Handler<#k> {
@@ -348,7 +385,8 @@ pub fn on_update(attr: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 /// Marks a delete handler (the framework keeps its finalizer on the objects
-/// this handler's filters match, and only on them).
+/// this handler's filters match, and only on them). `#[on_delete(optional)]`
+/// puts no finalizer (see `Handler::optional`).
 #[proc_macro_attribute]
 pub fn on_delete(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand(attr, item, Kind::Delete)
@@ -383,6 +421,16 @@ pub fn on_timer(attr: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn on_event(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand(attr, item, Kind::Event)
+}
+
+/// Marks a daemon: one long-running task per matching object, cancelled
+/// when the object is deleted or stops matching and on shutdown (watch
+/// `ctx.cancelled()`); restarted with backoff after a retryable error.
+/// Option: `cancellation_timeout = "10s"` (then the task is aborted). See
+/// `Handler::daemon` for the exact rules.
+#[proc_macro_attribute]
+pub fn daemon(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand(attr, item, Kind::Daemon)
 }
 
 #[cfg(test)]
@@ -438,7 +486,15 @@ mod tests {
                 "must not be above backoff_max",
             ),
         ];
-        for (attr, kind, want) in cases {
+        let only_for = [
+            (quote!(optional), Kind::Create, "unknown option `optional`"),
+            (
+                quote!(cancellation_timeout = "1s"),
+                Kind::Timer,
+                "unknown option",
+            ),
+        ];
+        for (attr, kind, want) in cases.into_iter().chain(only_for) {
             let got = error(attr.clone(), kind);
             assert!(got.contains(want), "`{attr}`: {got}");
         }
@@ -449,6 +505,12 @@ mod tests {
                 Kind::Create,
             ),
             (quote!(id = "x", retries = 0), Kind::Event),
+            (quote!(optional, labels("a")), Kind::Delete),
+            (
+                quote!(path = "spec.a", old = "x", new = 3, value = true),
+                Kind::Field,
+            ),
+            (quote!(cancellation_timeout = "0s"), Kind::Daemon),
         ] {
             assert_eq!(error(attr.clone(), kind), "accepted", "`{attr}`");
         }

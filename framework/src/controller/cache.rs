@@ -1,8 +1,11 @@
-//! The controller's cache of the watched objects, keyed by namespace/name.
+//! The controller's cache of the watched objects, keyed by namespace/name,
+//! and the hook that keeps the indexes in step with it.
 
 use kube::api::DynamicObject;
+use serde::de::DeserializeOwned;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// Identifies one object of the primary kind.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -20,8 +23,97 @@ impl std::fmt::Display for Key {
     }
 }
 
-/// The watched objects, as last seen (watch events and write responses).
-pub(crate) type Store = Arc<Mutex<HashMap<Key, Arc<DynamicObject>>>>;
+/// Called with an object's key and its new version (`None`: removed)
+/// whenever the cache's entry for it changes; keeps the indexes current.
+pub(crate) type Hook = Arc<dyn Fn(&Key, Option<&DynamicObject>) + Send + Sync>;
+
+/// The watched objects, as last seen (watch events and write responses),
+/// with the hook that keeps the controller's indexes in step.
+#[derive(Default)]
+pub(crate) struct Cache {
+    objects: Mutex<HashMap<Key, Arc<DynamicObject>>>,
+    hook: RwLock<Option<Hook>>,
+    synced: AtomicBool,
+}
+
+/// The cache of one controller, shared with its store views and contexts.
+pub(crate) type Store = Arc<Cache>;
+
+impl Cache {
+    /// Sets the index hook (replacing an earlier one).
+    pub(crate) fn set_hook(&self, hook: Hook) {
+        if let Ok(mut h) = self.hook.write() {
+            *h = Some(hook);
+        }
+    }
+
+    /// Tells the indexes about a changed entry. Called with the objects'
+    /// lock held, so that index updates happen in the cache's order.
+    fn changed(&self, key: &Key, obj: Option<&DynamicObject>) {
+        if let Ok(h) = self.hook.read()
+            && let Some(h) = h.as_ref()
+        {
+            h(key, obj);
+        }
+    }
+
+    pub(crate) fn get(&self, key: &Key) -> Option<Arc<DynamicObject>> {
+        self.objects.lock().ok()?.get(key).cloned()
+    }
+
+    pub(crate) fn keys(&self) -> Vec<Key> {
+        self.objects
+            .lock()
+            .map(|s| s.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// All entries (a snapshot).
+    pub(crate) fn values(&self) -> Vec<Arc<DynamicObject>> {
+        self.objects
+            .lock()
+            .map(|s| s.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn remove(&self, key: &Key) -> Option<Arc<DynamicObject>> {
+        let mut s = self.objects.lock().ok()?;
+        let gone = s.remove(key);
+        if gone.is_some() {
+            self.changed(key, None);
+        }
+        gone
+    }
+
+    /// Empties the cache (a controller starting again, e.g. after regaining
+    /// the lease, rebuilds it from a fresh list).
+    pub(crate) fn clear(&self) {
+        self.synced.store(false, Ordering::Release);
+        if let Ok(mut s) = self.objects.lock() {
+            for k in s.keys() {
+                self.changed(k, None);
+            }
+            s.clear();
+        }
+    }
+
+    /// Whether the first complete list has been applied.
+    pub(crate) fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    /// Marks the cache synced; `true` if it was not before.
+    pub(crate) fn set_synced(&self) -> bool {
+        !self.synced.swap(true, Ordering::AcqRel)
+    }
+}
+
+/// `o` as a `K`, if it deserialises.
+pub(crate) fn typed<K: DeserializeOwned>(o: &DynamicObject) -> Option<K> {
+    serde_json::to_value(o)
+        .ok()
+        .and_then(|v| serde_json::from_value(v).ok())
+}
 
 pub(crate) fn key_of(obj: &DynamicObject) -> Key {
     Key {
@@ -40,13 +132,18 @@ pub(crate) fn rv_of(o: &DynamicObject) -> Option<u64> {
 /// refresh existing entries of the same object (same uid), so a write
 /// answered after the object's deletion event cannot resurrect it, nor
 /// overwrite a new object of the same name.
-pub(crate) fn store_put(store: &Store, obj: DynamicObject, only_update: bool) {
-    if let Ok(mut s) = store.lock() {
-        put(&mut s, obj, only_update);
+pub(crate) fn store_put(store: &Cache, obj: DynamicObject, only_update: bool) {
+    if let Ok(mut s) = store.objects.lock() {
+        put(store, &mut s, obj, only_update);
     }
 }
 
-fn put(s: &mut HashMap<Key, Arc<DynamicObject>>, mut obj: DynamicObject, only_update: bool) {
+fn put(
+    cache: &Cache,
+    s: &mut HashMap<Key, Arc<DynamicObject>>,
+    mut obj: DynamicObject,
+    only_update: bool,
+) {
     // Nobody reads them; they are often the larger part of an object.
     obj.metadata.managed_fields = None;
     let key = key_of(&obj);
@@ -65,6 +162,7 @@ fn put(s: &mut HashMap<Key, Arc<DynamicObject>>, mut obj: DynamicObject, only_up
             None if only_update => return,
             None => {}
         }
+        cache.changed(&key, Some(&obj));
         s.insert(key, Arc::new(obj));
     }
 }
@@ -74,10 +172,10 @@ fn put(s: &mut HashMap<Key, Arc<DynamicObject>>, mut obj: DynamicObject, only_up
 /// writes, is kept); entries not listed are removed and returned: they left
 /// the watch (deleted, or unselected) while it was down.
 pub(crate) fn apply_relist(
-    store: &Store,
+    store: &Cache,
     listed: HashMap<Key, DynamicObject>,
 ) -> Vec<(Key, Arc<DynamicObject>)> {
-    let Ok(mut s) = store.lock() else {
+    let Ok(mut s) = store.objects.lock() else {
         return Vec::new();
     };
     let gone: Vec<Key> = s
@@ -88,15 +186,18 @@ pub(crate) fn apply_relist(
     let gone = gone
         .into_iter()
         .filter_map(|k| s.remove(&k).map(|o| (k, o)))
-        .collect();
+        .collect::<Vec<_>>();
+    for (k, _) in &gone {
+        store.changed(k, None);
+    }
     for (_, o) in listed {
-        put(&mut s, o, false);
+        put(store, &mut s, o, false);
     }
     gone
 }
 
 /// Refreshes the store with an object returned by one of our writes.
-pub(crate) fn store_insert(store: &Store, obj: DynamicObject) {
+pub(crate) fn store_insert(store: &Cache, obj: DynamicObject) {
     store_put(store, obj, true);
 }
 
@@ -107,7 +208,7 @@ mod tests {
 
     #[test]
     fn a_relist_replaces_the_content_at_once_and_reports_what_went() {
-        let store: Store = Arc::new(Mutex::new(HashMap::new()));
+        let store = Cache::default();
         let named = |name: &str, rv: &str| {
             let mut o = mk(rv, name);
             o.metadata.name = Some(name.into());
@@ -124,7 +225,7 @@ mod tests {
         let gone = apply_relist(&store, listed);
         assert_eq!(gone.len(), 1);
         assert_eq!(gone[0].0.name, "gone");
-        let s = store.lock().unwrap();
+        let s = store.objects.lock().unwrap();
         let rv = |n: &str| {
             let k = Key {
                 namespace: Some("ns".into()),
@@ -140,11 +241,11 @@ mod tests {
 
     #[test]
     fn managed_fields_are_not_kept() {
-        let store: Store = Arc::new(Mutex::new(HashMap::new()));
+        let store = Cache::default();
         let mut o = mk("1", "u");
         o.metadata.managed_fields = Some(vec![Default::default()]);
         store_put(&store, o, false);
-        let s = store.lock().unwrap();
+        let s = store.objects.lock().unwrap();
         assert!(s.values().all(|o| o.metadata.managed_fields.is_none()));
     }
 
@@ -161,16 +262,16 @@ mod tests {
 
     #[test]
     fn store_keeps_newer_versions_of_the_same_object() {
-        let store: Store = Arc::new(Mutex::new(HashMap::new()));
+        let store = Cache::default();
         store_insert(&store, mk("8", "u1"));
-        assert!(store.lock().unwrap().is_empty(), "writes do not add keys");
+        assert!(store.keys().is_empty(), "writes do not add keys");
         store_put(&store, mk("10", "u1"), false);
         store_insert(&store, mk("9", "u1"));
         let key = Key {
             namespace: Some("ns".into()),
             name: "a".into(),
         };
-        let get = || store.lock().unwrap().get(&key).cloned().unwrap();
+        let get = || store.get(&key).unwrap();
         assert_eq!(get().metadata.resource_version.as_deref(), Some("10"));
         store_insert(&store, mk("11", "u1"));
         assert_eq!(get().metadata.resource_version.as_deref(), Some("11"));

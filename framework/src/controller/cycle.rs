@@ -46,6 +46,7 @@ where
             return Some(retry);
         }
         let Some(dobj) = self.store_get(key) else {
+            self.sync_daemons(key, None);
             if let Ok(mut s) = self.states.lock() {
                 s.remove(key);
             }
@@ -117,7 +118,10 @@ where
         dobj: DynamicObject,
         st: &mut ObjState,
     ) -> Option<Instant> {
-        let mut cur = match self.parse(dobj.clone()) {
+        let key = super::cache::key_of(&dobj);
+        let parsed = self.parse(dobj.clone());
+        self.sync_daemons(&key, parsed.as_ref().ok());
+        let mut cur = match parsed {
             Ok(c) => c,
             Err((_, msg)) if dobj.metadata.deletion_timestamp.is_some() => {
                 // Delete handlers need a typed object: without one they cannot
@@ -145,6 +149,8 @@ where
             .map(|h| HandlerFacts {
                 kind: &h.kind,
                 matches: self.passes(h, &cur),
+                optional: h.optional,
+                values: (!h.values.is_empty()).then_some(&h.values),
             })
             .collect();
         let planned = plan(
@@ -155,6 +161,7 @@ where
                 essence: &now_essence,
                 base: base.as_ref(),
                 resumed: st.resumed,
+                deletion_handled: st.deletion_handled,
             },
         );
         let mut next = None;
@@ -194,6 +201,7 @@ where
                         return Some(retry_after_write_error(&e, "removing the finalizer"));
                     }
                     st.unsaved = None;
+                    st.deletion_handled = true;
                     info!("delete handlers done: finalizer removed");
                     return None;
                 }

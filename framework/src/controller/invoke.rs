@@ -29,6 +29,9 @@ pub(crate) struct ObjState {
     pub(crate) uid: Option<String>,
     /// Resume handlers ran (or are not needed) in this process.
     pub(crate) resumed: bool,
+    /// The delete handlers of the object's deletion are done (optional
+    /// ones, when other finalizers hold the object, run only once).
+    pub(crate) deletion_handled: bool,
     /// What the object should hold (progress, diff base) when writing it
     /// failed: used instead of what it holds, so a finished handler does not
     /// run again, and written again by the next cycle.
@@ -123,7 +126,7 @@ where
     }
 
     pub(crate) fn store_get(&self, key: &Key) -> Option<Arc<DynamicObject>> {
-        self.store.lock().ok()?.get(key).cloned()
+        self.store.get(key)
     }
 
     /// Notes that the object left the watch (deleted or unselected).
@@ -211,6 +214,8 @@ where
                 Arc::new(move |o: DynamicObject| store_insert(&store, o))
             },
             raw_meta: cur.dobj.metadata.clone(),
+            cache: self.store.clone(),
+            indexes: self.indexes.clone(),
         };
         let field = match &h.kind {
             HandlerKind::Field { path } => Some(path.clone()),
@@ -228,6 +233,7 @@ where
             diff_known: change.known,
             new_essence: Arc::new(essence(&cur.raw)),
             shared: Arc::new(shared),
+            cancel: None,
         }
     }
 

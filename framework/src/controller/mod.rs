@@ -5,13 +5,15 @@
 //! (pure), [`diffbase`] and [`persist`] say how state is kept on the object,
 //! [`finalizer`] builds the finalizer patches, [`queue`] orders the work
 //! (pure), [`run`] watches and dispatches, [`secondary`] maps other kinds
-//! back, [`cycle`] and [`cause`] execute a cycle, [`invoke`] runs one
+//! back, [`cycle`] and [`cause`] execute a cycle, [`daemons`] supervises
+//! the daemons, [`invoke`] runs one
 //! handler, [`timers`] the timers and event handlers, [`report`] writes
 //! conditions and Events.
 
 mod cache;
 mod cause;
 mod cycle;
+mod daemons;
 pub(crate) mod diffbase;
 mod finalizer;
 mod invoke;
@@ -23,13 +25,16 @@ mod run;
 mod secondary;
 mod timers;
 
-pub(crate) use cache::Key;
 use cache::Store;
+pub(crate) use cache::{Cache, Key, store_put, typed};
+pub(crate) use invoke::essence;
 
 use crate::context::is_namespaced;
 use crate::error::Error;
 use crate::handler::{Handler, HandlerKind};
+use crate::index::{Index, Indexer, Indexes};
 use crate::runtime::Runtime;
+use crate::store::Store as StoreView;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use kube::Resource;
@@ -39,6 +44,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::fmt::Debug;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -101,6 +107,10 @@ pub struct Controller<K: Resource<DynamicType = ()>> {
     secondaries: Vec<SecondaryFn>,
     problems: Vec<String>,
     digest_only: bool,
+    /// Shared with the store views and index readers handed out before the
+    /// controller runs.
+    cache: Store,
+    indexers: Vec<Arc<dyn Indexer<K>>>,
 }
 
 impl<K> Controller<K>
@@ -125,7 +135,66 @@ where
             secondaries: Vec::new(),
             problems: Vec::new(),
             digest_only: false,
+            cache: Arc::new(Cache::default()),
+            indexers: Vec::new(),
         }
+    }
+
+    /// A read-only view of this controller's cache of watched objects (see
+    /// [`Store`](crate::Store)), e.g. for the mapper of a secondary watch.
+    /// Empty until the operator runs the controller.
+    pub fn store(&self) -> StoreView<K> {
+        StoreView::new(self.cache.clone())
+    }
+
+    /// Defines the index `name` (kopf's `@kopf.index`): `f` returns the
+    /// `(key, value)` pairs of each watched object, and the index, kept
+    /// current by the watch, finds the values by key (see
+    /// [`Index`](crate::Index) for the guarantees). Read it with
+    /// [`Context::index`](crate::Context::index) or
+    /// [`Controller::index_reader`]. A second index of the same name is not
+    /// added; [`Operator::run`](crate::Operator::run) then fails with
+    /// [`Error::Config`].
+    pub fn index<IK, V, F>(mut self, name: impl Into<String>, f: F) -> Self
+    where
+        IK: Hash + Eq + Clone + Send + Sync + 'static,
+        V: Clone + Send + Sync + 'static,
+        F: Fn(&K) -> Vec<(IK, V)> + Send + Sync + 'static,
+    {
+        let name = name.into();
+        if name.trim().is_empty() {
+            self.problems.push("an index name is empty".into());
+            return self;
+        }
+        if self.indexers.iter().any(|i| i.name() == name) {
+            self.problems.push(format!("duplicate index `{name}`"));
+            return self;
+        }
+        self.indexers.push(Arc::new(crate::index::Typed {
+            name,
+            f: Arc::new(f),
+            index: Index::<IK, V>::new(),
+        }));
+        let indexers = self.indexers.clone();
+        self.cache.set_hook(Arc::new(move |key, obj| {
+            // One deserialisation per change, for all indexes.
+            let parsed: Option<K> = obj.and_then(typed);
+            for i in &indexers {
+                i.update(key, parsed.as_ref());
+            }
+        }));
+        self
+    }
+
+    /// The index `name` defined with [`Controller::index`], for use outside
+    /// handlers (e.g. in a mapper). `Err` when there is no index of that
+    /// name or its key or value type differs.
+    pub fn index_reader<IK, V>(&self, name: &str) -> Result<Index<IK, V>, Error>
+    where
+        IK: Send + Sync + 'static,
+        V: Send + Sync + 'static,
+    {
+        Indexes::of(&self.indexers).get(name)
     }
 
     /// Registers a handler (see the attribute macros). An invalid handler
@@ -205,6 +274,8 @@ where
                 _ => None,
             })
             .collect();
+        // Rebuilt from a fresh list each time the controller starts.
+        self.cache.clear();
         let inner = Arc::new(Inner::<K> {
             persistence: Box::new(persist::Annotations::new(&rt.prefix)),
             rt,
@@ -214,10 +285,11 @@ where
             handlers: self.handlers.clone(),
             digest_only,
             field_paths,
-            store: Arc::new(Mutex::new(HashMap::new())),
+            store: self.cache.clone(),
+            indexes: Arc::new(Indexes::of(&self.indexers)),
             departed: Mutex::new(HashMap::new()),
             states: Mutex::new(HashMap::new()),
-            ready: std::sync::atomic::AtomicBool::new(false),
+            daemons: Mutex::new(HashMap::new()),
             waiting: std::sync::atomic::AtomicUsize::new(0),
         });
         let config = self.config.clone();
@@ -246,13 +318,15 @@ pub(crate) struct Inner<K> {
     /// The paths of the field handlers (digested in a digest diff base).
     field_paths: Vec<String>,
     store: Store,
+    indexes: Arc<Indexes>,
     /// Objects that left the watch (deleted, or no longer selected), until
     /// a cycle has told the two apart and acted on it.
     departed: Mutex<HashMap<Key, Arc<DynamicObject>>>,
     /// Per-object memory; each entry is only valid for the object with its
     /// uid (a new object of the same name starts afresh).
     states: Mutex<HashMap<Key, invoke::ObjState>>,
-    ready: std::sync::atomic::AtomicBool,
+    /// The running daemons, per object.
+    daemons: Mutex<daemons::Daemons>,
     /// Tasks of due objects waiting for a worker slot.
     waiting: std::sync::atomic::AtomicUsize,
 }
@@ -319,6 +393,76 @@ mod tests {
             .try_handler(Handler::on_create("a", noop))
             .and_then(|c| c.try_handler(Handler::on_delete("a", noop)));
         assert!(matches!(e, Err(Error::Config(m)) if m.contains("duplicate handler id `a`")));
+    }
+
+    fn cm(name: &str, rv: &str, app: &str) -> DynamicObject {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": "ns", "uid": name, "resourceVersion": rv,
+                         "labels": {"app": app}}
+        }))
+        .expect("object")
+    }
+
+    #[tokio::test]
+    async fn indexes_follow_the_cache_through_writes_deletions_and_relists() {
+        let by_app = |c: &ConfigMap| {
+            let app = c
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("app"))
+                .cloned();
+            let name = c.metadata.name.clone().unwrap_or_default();
+            app.map(|a| (a, name)).into_iter().collect()
+        };
+        let c = controller()
+            .index("by-app", by_app)
+            .index("by-app", by_app)
+            .index("names", |c: &ConfigMap| {
+                vec![(0u8, c.metadata.name.clone())]
+            });
+        assert_eq!(
+            c.problems(),
+            ["controller ConfigMap: duplicate index `by-app`"]
+        );
+        let idx = c.index_reader::<String, String>("by-app").expect("defined");
+        assert!(c.index_reader::<String, u32>("by-app").is_err(), "typed");
+        let store = c.store();
+        let apps = |a: &str| idx.get(&a.to_string());
+        cache::store_put(&c.cache, cm("a", "1", "web"), false);
+        cache::store_put(&c.cache, cm("b", "1", "web"), false);
+        assert_eq!(apps("web"), ["a", "b"]);
+        // A write response of a newer version moves the object.
+        cache::store_insert(&c.cache, cm("a", "2", "db"));
+        assert_eq!(apps("web"), ["b"]);
+        assert_eq!(apps("db"), ["a"]);
+        // An older version does not win.
+        cache::store_put(&c.cache, cm("a", "1", "web"), false);
+        assert_eq!(apps("db"), ["a"]);
+        let key = |n: &str| Key {
+            namespace: Some("ns".into()),
+            name: n.into(),
+        };
+        c.cache.remove(&key("b"));
+        assert!(apps("web").is_empty(), "a departed object leaves the index");
+        let listed: HashMap<Key, DynamicObject> = [cm("c", "5", "web")]
+            .into_iter()
+            .map(|o| (cache::key_of(&o), o))
+            .collect();
+        cache::apply_relist(&c.cache, listed);
+        assert_eq!(apps("web"), ["c"]);
+        assert!(
+            apps("db").is_empty(),
+            "a relist drops what it no longer has"
+        );
+        assert_eq!(store.len(), 1);
+        let names = c
+            .index_reader::<u8, Option<String>>("names")
+            .expect("defined");
+        assert_eq!(names.get(&0), [Some("c".to_string())]);
+        c.cache.clear();
+        assert!(idx.keys().is_empty() && names.keys().is_empty() && store.is_empty());
     }
 
     #[test]

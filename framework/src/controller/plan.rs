@@ -6,6 +6,7 @@
 use super::diffbase::DiffBase;
 use crate::backoff::Backoff;
 use crate::diff::get_path;
+use crate::filters::FieldValues;
 use crate::handler::{Cause, HandlerKind};
 use crate::progress::HandlerRecord;
 use jiff::Timestamp;
@@ -17,6 +18,10 @@ pub(crate) struct HandlerFacts<'a> {
     pub(crate) kind: &'a HandlerKind,
     /// The handler's filters (labels, annotations, `when`) pass now.
     pub(crate) matches: bool,
+    /// An optional delete handler: it wants no finalizer.
+    pub(crate) optional: bool,
+    /// A field handler's value filters (`None`: none).
+    pub(crate) values: Option<&'a FieldValues>,
 }
 
 /// What the planner needs to know about the object.
@@ -31,6 +36,8 @@ pub(crate) struct ObjectFacts<'a> {
     pub(crate) base: Option<&'a DiffBase>,
     /// Resume handlers ran (or were not needed) in this process.
     pub(crate) resumed: bool,
+    /// The delete handlers of this deletion are done (in this process).
+    pub(crate) deletion_handled: bool,
 }
 
 /// What one cycle does about causes and the finalizer.
@@ -67,8 +74,20 @@ pub(crate) fn plan(handlers: &[HandlerFacts<'_>], o: &ObjectFacts<'_>) -> Plan {
             .collect()
     };
     let deletes = pick(&|k| *k == HandlerKind::Delete);
+    let optional: Vec<usize> = deletes
+        .iter()
+        .copied()
+        .filter(|i| handlers[*i].optional)
+        .collect();
+    // Only the delete handlers that are not optional want the finalizer.
+    let required = deletes.len() > optional.len();
     if o.deleting {
         return match (o.has_finalizer, deletes.is_empty()) {
+            // Held by other finalizers: the optional handlers run once.
+            (false, _) if !optional.is_empty() && !o.deletion_handled => Plan::Handle {
+                cause: Cause::Delete,
+                handlers: optional,
+            },
             (false, _) => Plan::Idle,
             (true, true) => Plan::ReleaseFinalizer,
             (true, false) => Plan::Handle {
@@ -77,9 +96,9 @@ pub(crate) fn plan(handlers: &[HandlerFacts<'_>], o: &ObjectFacts<'_>) -> Plan {
             },
         };
     }
-    match (deletes.is_empty(), o.has_finalizer) {
-        (false, false) => return Plan::AddFinalizer,
-        (true, true) => return Plan::ReleaseFinalizer,
+    match (required, o.has_finalizer) {
+        (true, false) => return Plan::AddFinalizer,
+        (false, true) => return Plan::ReleaseFinalizer,
         _ => {}
     }
     // kopf's "prematch": only objects that some create, update, resume or
@@ -91,12 +110,30 @@ pub(crate) fn plan(handlers: &[HandlerFacts<'_>], o: &ObjectFacts<'_>) -> Plan {
     {
         return Plan::Idle;
     }
+    // A field handler's value filters: `old` from the full diff base (on
+    // creation the field was absent; with a digest it is unknown).
+    let values_pass = |picked: Vec<usize>| -> Vec<usize> {
+        picked
+            .into_iter()
+            .filter(|i| {
+                let h = &handlers[*i];
+                let (HandlerKind::Field { path }, Some(v)) = (h.kind, h.values) else {
+                    return true;
+                };
+                let old = match o.base {
+                    None => Some(None),
+                    Some(b) => b.full().map(|old| get_path(old, path)),
+                };
+                v.accepts(old, get_path(o.essence, path))
+            })
+            .collect()
+    };
     let Some(base) = o.base else {
-        let handlers = pick(&|k| match k {
+        let handlers = values_pass(pick(&|k| match k {
             HandlerKind::Create => true,
             HandlerKind::Field { path } => get_path(o.essence, path).is_some_and(|v| !v.is_null()),
             _ => false,
-        });
+        }));
         return Plan::Handle {
             cause: Cause::Create,
             handlers,
@@ -111,11 +148,11 @@ pub(crate) fn plan(handlers: &[HandlerFacts<'_>], o: &ObjectFacts<'_>) -> Plan {
     if base.matches(o.essence) {
         return Plan::Idle;
     }
-    let handlers = pick(&|k| match k {
+    let handlers = values_pass(pick(&|k| match k {
         HandlerKind::Update => true,
         HandlerKind::Field { path } => base.field_changed(path, o.essence),
         _ => false,
-    });
+    }));
     Plan::Handle {
         cause: Cause::Update,
         handlers,
@@ -200,6 +237,8 @@ mod tests {
             .map(|(kind, matches)| HandlerFacts {
                 kind,
                 matches: *matches,
+                optional: false,
+                values: None,
             })
             .collect()
     }
@@ -451,9 +490,158 @@ mod tests {
                 essence,
                 base,
                 resumed,
+                deletion_handled: false,
             };
             assert_eq!(plan(&hf, &o), want, "{name}");
         }
+    }
+
+    #[test]
+    fn field_value_filters_pick_changes() {
+        let e1 = json!({"spec": {"mode": "a"}});
+        let e2 = json!({"spec": {"mode": "b"}});
+        let full = DiffBase::Full(e1.clone());
+        let digest = DiffBase::of(&e1, &["spec.mode"], true);
+        let kind = field("spec.mode");
+        let to_b = FieldValues {
+            new: Some(json!("b")),
+            ..Default::default()
+        };
+        let from_a = FieldValues {
+            old: Some(json!("a")),
+            ..Default::default()
+        };
+        let from_absent = FieldValues {
+            old: Some(serde_json::Value::Null),
+            ..Default::default()
+        };
+        let facts = |v: &'static FieldValues| -> Vec<HandlerFacts<'static>> {
+            let kind: &'static HandlerKind = Box::leak(Box::new(kind.clone()));
+            vec![HandlerFacts {
+                kind,
+                matches: true,
+                optional: false,
+                values: Some(v),
+            }]
+        };
+        let leak = |v: FieldValues| -> &'static FieldValues { Box::leak(Box::new(v)) };
+        let (to_b, from_a, from_absent) = (leak(to_b), leak(from_a), leak(from_absent));
+        let obj = |essence, base| ObjectFacts {
+            deleting: false,
+            has_finalizer: false,
+            essence,
+            base,
+            resumed: true,
+            deletion_handled: false,
+        };
+        let cases: Vec<(&str, &'static FieldValues, &Value, Option<&DiffBase>, Plan)> = vec![
+            (
+                "a -> b passes new=b",
+                to_b,
+                &e2,
+                Some(&full),
+                handle(Cause::Update, &[0]),
+            ),
+            (
+                "a -> b passes old=a",
+                from_a,
+                &e2,
+                Some(&full),
+                handle(Cause::Update, &[0]),
+            ),
+            (
+                "a digest: old unknown",
+                from_a,
+                &e2,
+                Some(&digest),
+                handle(Cause::Update, &[]),
+            ),
+            (
+                "created with b passes new=b",
+                to_b,
+                &e2,
+                None,
+                handle(Cause::Create, &[0]),
+            ),
+            (
+                "created with a: new=b does not",
+                to_b,
+                &e1,
+                None,
+                handle(Cause::Create, &[]),
+            ),
+            (
+                "created: old is absent",
+                from_absent,
+                &e1,
+                None,
+                handle(Cause::Create, &[0]),
+            ),
+            (
+                "created: old=a does not pass",
+                from_a,
+                &e1,
+                None,
+                handle(Cause::Create, &[]),
+            ),
+        ];
+        for (name, v, essence, base, want) in cases {
+            assert_eq!(plan(&facts(v), &obj(essence, base)), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn optional_delete_handlers_want_no_finalizer_and_run_once() {
+        let e = json!({"spec": {}});
+        let b = DiffBase::Full(e.clone());
+        let del = HandlerKind::Delete;
+        let hs = |optional: &[bool]| -> Vec<HandlerFacts<'_>> {
+            optional
+                .iter()
+                .map(|o| HandlerFacts {
+                    kind: &del,
+                    matches: true,
+                    optional: *o,
+                    values: None,
+                })
+                .collect()
+        };
+        let obj = |deleting, has_finalizer, deletion_handled| ObjectFacts {
+            deleting,
+            has_finalizer,
+            essence: &e,
+            base: Some(&b),
+            resumed: true,
+            deletion_handled,
+        };
+        let only_optional = hs(&[true]);
+        assert_eq!(
+            plan(&only_optional, &obj(false, false, false)),
+            Plan::Idle,
+            "no finalizer"
+        );
+        assert_eq!(
+            plan(&only_optional, &obj(false, true, false)),
+            Plan::ReleaseFinalizer,
+            "a finalizer only optional handlers match is released"
+        );
+        assert_eq!(
+            plan(&only_optional, &obj(true, false, false)),
+            handle(Cause::Delete, &[0]),
+            "held by others: runs"
+        );
+        assert_eq!(
+            plan(&only_optional, &obj(true, false, true)),
+            Plan::Idle,
+            "once"
+        );
+        let mixed = hs(&[true, false]);
+        assert_eq!(plan(&mixed, &obj(false, false, false)), Plan::AddFinalizer);
+        assert_eq!(
+            plan(&mixed, &obj(true, true, false)),
+            handle(Cause::Delete, &[0, 1]),
+            "with our finalizer all matching delete handlers run"
+        );
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub(super) async fn run_controller<K>(
         + 'static,
     K::Scope: 'static,
 {
+    let _daemons = super::daemons::DaemonsGuard(inner.clone());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Key, Instant)>();
     let mut background = JoinSet::new();
     // Primary watch.
@@ -45,10 +46,15 @@ pub(super) async fn run_controller<K>(
         let inner = inner.clone();
         let tx = tx.clone();
         background.spawn(async move {
+            let health = &inner.rt.metrics.health;
+            health.started(&inner.kind, false);
             let mut stream = watcher::watcher(dyn_api, config).default_backoff().boxed();
             // A (re)list is collected, then applied to the cache at once.
             let mut relist: Option<HashMap<Key, DynamicObject>> = None;
             while let Some(ev) = stream.next().await {
+                if ev.is_ok() {
+                    health.ok(&inner.kind);
+                }
                 match ev {
                     Ok(watcher::Event::InitApply(o)) if relist.is_some() => {
                         if let Some(listed) = relist.as_mut() {
@@ -64,9 +70,7 @@ pub(super) async fn run_controller<K>(
                         // Deleted, or no longer selected by the watch's
                         // selectors: a cycle tells the two apart.
                         let key = key_of(&o);
-                        if let Ok(mut s) = inner.store.lock() {
-                            s.remove(&key);
-                        }
+                        inner.store.remove(&key);
                         inner.departed(key.clone(), Arc::new(o));
                         let _ = tx.send((key, Instant::now()));
                     }
@@ -84,11 +88,15 @@ pub(super) async fn run_controller<K>(
                                 let _ = tx.send((k, Instant::now()));
                             }
                         }
-                        if !inner.ready.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        health.synced(&inner.kind);
+                        if inner.store.set_synced() {
                             inner.rt.metrics.controller_synced();
                         }
                     }
-                    Err(e) => warn!(error = %e, kind = %inner.kind, "watch error"),
+                    Err(e) => {
+                        warn!(error = %e, kind = %inner.kind, "watch error");
+                        health.failed(&inner.kind, &e.to_string());
+                    }
                 }
             }
         });
@@ -107,11 +115,7 @@ pub(super) async fn run_controller<K>(
                 let mut tick = tokio::time::interval_at(Instant::now() + period, period);
                 loop {
                     tick.tick().await;
-                    let keys: Vec<Key> = inner
-                        .store
-                        .lock()
-                        .map(|s| s.keys().cloned().collect())
-                        .unwrap_or_default();
+                    let keys: Vec<Key> = inner.store.keys();
                     for k in keys {
                         let _ = tx.send((k, Instant::now()));
                     }
@@ -198,6 +202,14 @@ pub(super) async fn run_controller<K>(
     }
 
     background.abort_all();
+    // Daemons are cancelled with the controller: at once when leadership
+    // is lost, else within their cancellation timeout (at most the
+    // shutdown timeout), alongside the draining handlers.
+    let daemon_grace = match *shutdown.borrow() {
+        RunState::Cancel => Duration::ZERO,
+        _ => inner.rt.config.shutdown_timeout,
+    };
+    let daemons = inner.stop_all_daemons(daemon_grace);
     let drained = if *shutdown.borrow() == RunState::Cancel {
         false
     } else {
@@ -231,5 +243,9 @@ pub(super) async fn run_controller<K>(
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
     }
+    // Cycles that ended meanwhile may have started daemons: stop those too.
+    daemons.await;
+    inner.stop_all_daemons(Duration::ZERO).await;
+    inner.rt.metrics.health.stopped(&inner.kind);
     info!(kind = %inner.kind, "controller stopped");
 }

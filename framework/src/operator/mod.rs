@@ -1,9 +1,13 @@
 //! The operator: configuration, leader election, metrics endpoint, and the
 //! run loop of all controllers.
 
+mod lease;
+
 use crate::controller::{Controller, RunState, Runnable};
+use crate::data::DataMap;
 use crate::error::Error;
-use crate::leader::{LeaderElection, Lease, renew_deadline};
+use crate::hooks::{self, Hook, HookContext};
+use crate::leader::LeaderElection;
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use kube::{Client, Resource};
@@ -15,7 +19,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tokio::time::Instant;
 use tracing::{info, warn};
 
 /// Operator-wide settings. Construct with struct update syntax:
@@ -57,6 +60,12 @@ pub struct OperatorConfig {
     /// longer is cancelled and counts as a failed, retryable run, so a hung
     /// handler cannot hold one of the `max_in_flight` slots forever.
     pub handler_timeout: Option<Duration>,
+    /// `/healthz` fails ([`Metrics::is_healthy`]) when a running
+    /// controller's watch has not applied its initial list, or has been
+    /// failing without interruption, for longer than this (default 2
+    /// minutes), so that a liveness probe restarts a replica whose watches
+    /// are stuck (e.g. RBAC revoked, API server unreachable).
+    pub unhealthy_after: Duration,
 }
 
 impl Default for OperatorConfig {
@@ -72,6 +81,7 @@ impl Default for OperatorConfig {
             lease_duration: Duration::from_secs(15),
             lease_renew_interval: Duration::from_secs(2),
             handler_timeout: Some(Duration::from_secs(600)),
+            unhealthy_after: Duration::from_secs(120),
         }
     }
 }
@@ -104,6 +114,9 @@ pub struct Operator {
     config: OperatorConfig,
     controllers: Vec<Arc<dyn Runnable>>,
     metrics: Arc<Metrics>,
+    data: DataMap,
+    startup: Vec<Hook>,
+    cleanup: Vec<Hook>,
 }
 
 impl Operator {
@@ -119,7 +132,66 @@ impl Operator {
             config: OperatorConfig::default(),
             controllers: Vec::new(),
             metrics: Arc::new(Metrics::default()),
+            data: DataMap::default(),
+            startup: Vec::new(),
+            cleanup: Vec::new(),
         }
+    }
+
+    /// Adds a startup hook: run (in registration order) by
+    /// [`Operator::run_until`] once per process, after the configuration is
+    /// checked and before the metrics endpoint, leader election and any
+    /// watch start (e.g. to check prerequisites or fill operator data). The
+    /// first failing hook stops the start: `run` returns [`Error::Hook`].
+    /// No time limit.
+    pub fn on_startup<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(HookContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        self.startup.push(Arc::new(move |ctx| Box::pin(f(ctx))));
+        self
+    }
+
+    /// Adds a cleanup hook: run (in registration order) once when `run`
+    /// ends after a start (shutdown signal), after every controller has
+    /// stopped and the lease is released. All cleanup hooks together get
+    /// [`OperatorConfig::shutdown_timeout`]; failures are logged, not
+    /// returned. Not run after a crash or when the `run` future is dropped.
+    pub fn on_cleanup<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(HookContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        self.cleanup.push(Arc::new(move |ctx| Box::pin(f(ctx))));
+        self
+    }
+
+    /// Registers operator-wide data: handlers read it with
+    /// [`Context::data::<T>()`](crate::Context::data), which returns this
+    /// `Arc` (one value per type `T`; registering a second `T` replaces
+    /// the first). Instead of process globals: settings, clients of other
+    /// services, metrics, caches. Keep a clone of the `Arc` to reach the
+    /// same value outside handlers (e.g. in a metrics collector).
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use operator_framework::{Context, HandlerResult, Operator};
+    /// # use k8s_openapi::api::core::v1::ConfigMap;
+    /// struct Settings { image: String }
+    ///
+    /// async fn created(ctx: Context<ConfigMap>) -> HandlerResult {
+    ///     let settings = ctx.data::<Settings>()?;
+    ///     tracing::info!(image = %settings.image, "creating");
+    ///     Ok(())
+    /// }
+    /// # fn demo(client: kube::Client) -> Operator {
+    /// Operator::new(client, "example.com").data(Arc::new(Settings { image: "busybox".into() }))
+    /// # }
+    /// ```
+    pub fn data<T: Send + Sync + 'static>(mut self, value: Arc<T>) -> Self {
+        self.data.insert(value);
+        self
     }
 
     /// Sets the configuration.
@@ -164,10 +236,16 @@ impl Operator {
     /// controller rejected a handler (invalid options, duplicate ids).
     pub async fn run_until(self, signal: impl Future<Output = ()> + Send) -> Result<(), Error> {
         self.config.validate()?;
+        self.metrics
+            .health
+            .set_threshold(self.config.unhealthy_after);
         let problems: Vec<String> = self.controllers.iter().flat_map(|c| c.problems()).collect();
         if !problems.is_empty() {
             return Err(Error::Config(problems.join("; ")));
         }
+        let data = Arc::new(self.data.clone());
+        let hook_ctx = hooks::context(self.client.clone(), data.clone());
+        hooks::startup(&self.startup, &hook_ctx).await?;
         let identity = self
             .config
             .leader_election
@@ -179,6 +257,7 @@ impl Operator {
             self.config.clone(),
             self.metrics.clone(),
             identity,
+            data,
         ));
         let server = match self.config.metrics_addr {
             Some(addr) => {
@@ -211,9 +290,10 @@ impl Operator {
             }
             Some(le) => self.run_with_lease(rt, le, &mut signal).await,
         };
-        drop(server);
         self.metrics.set_ready(false);
         self.metrics.set_leader(false);
+        hooks::cleanup(&self.cleanup, &hook_ctx, self.config.shutdown_timeout).await;
+        drop(server);
         result
     }
 
@@ -226,130 +306,6 @@ impl Operator {
             .collect();
         self.metrics.set_ready(true);
         AbortOnDrop(handles)
-    }
-
-    async fn run_with_lease(
-        &self,
-        rt: Arc<Runtime>,
-        le: LeaderElection,
-        signal: &mut (impl Future<Output = ()> + Unpin),
-    ) -> Result<(), Error> {
-        let mut lease = Lease::new(self.client.clone(), le, self.config.lease_duration);
-        let deadline = renew_deadline(self.config.lease_duration);
-        let mut renew = self.config.lease_renew_interval;
-        if renew > deadline / 2 {
-            // Else one slow attempt would already miss the deadline.
-            warn!(
-                ?renew,
-                ?deadline,
-                "lease_renew_interval is too long for lease_duration; renewing every half renew deadline"
-            );
-            renew = deadline / 2;
-        }
-        loop {
-            // Standby replicas are ready (they serve /healthz and wait).
-            self.metrics.set_unsynced(0);
-            self.metrics.set_ready(true);
-            // Candidate: wait for the lease. The deadline counts from before
-            // the winning request: the server wrote the lease after that, so
-            // a standby's wait for its expiry ends after our deadline.
-            let mut last_renew = loop {
-                let attempt = Instant::now();
-                match lease.try_acquire_or_renew().await {
-                    Ok(true) => break attempt,
-                    Ok(false) => {}
-                    Err(e) => warn!(error = %e, "leader election: lease request failed"),
-                }
-                tokio::select! {
-                    _ = &mut *signal => return Ok(()),
-                    _ = tokio::time::sleep(renew) => {}
-                }
-            };
-            info!(identity = %lease.identity(), "became leader");
-            self.metrics.set_leader(true);
-            let (stop_tx, stop_rx) = watch::channel(RunState::Run);
-            let mut running = self.start(rt.clone(), stop_rx);
-            let lost = loop {
-                tokio::select! {
-                    _ = &mut *signal => break false,
-                    _ = tokio::time::sleep_until(next_renewal(last_renew, renew, deadline)) => {}
-                }
-                if !renew_before_deadline(&mut lease, &mut last_renew, deadline).await {
-                    break true;
-                }
-            };
-            if lost {
-                // Another replica may act already: cancel, do not drain.
-                self.metrics.set_leader(false);
-                let _ = stop_tx.send(RunState::Cancel);
-                wait_all(&mut running).await;
-                warn!("lost the lease; cancelled in-flight handlers and standing by");
-                continue;
-            }
-            // Graceful shutdown: in-flight handlers may finish, but only while
-            // the lease is still ours; keep renewing it meanwhile.
-            info!("shutting down; draining in-flight handlers");
-            let _ = stop_tx.send(RunState::Drain);
-            let mut renewing = true;
-            loop {
-                tokio::select! {
-                    _ = wait_all(&mut running) => break,
-                    _ = tokio::time::sleep_until(next_renewal(last_renew, renew, deadline)), if renewing => {
-                        if !renew_before_deadline(&mut lease, &mut last_renew, deadline).await {
-                            warn!("lost the lease while shutting down; cancelling in-flight handlers");
-                            self.metrics.set_leader(false);
-                            let _ = stop_tx.send(RunState::Cancel);
-                            renewing = false;
-                        }
-                    }
-                }
-            }
-            self.metrics.set_leader(false);
-            info!("releasing the lease");
-            if let Err(e) = lease.release().await {
-                warn!(error = %e, "releasing the lease failed");
-            }
-            return Ok(());
-        }
-    }
-}
-
-/// When a leader tries to renew next: after `renew`, but never later than
-/// its renew deadline, so that failing attempts notice the deadline in time.
-fn next_renewal(last_renew: Instant, renew: Duration, deadline: Duration) -> Instant {
-    crate::time::from_now(renew).min(crate::time::after(last_renew, deadline))
-}
-
-/// One renewal attempt of a leader, bounded by its renew deadline. `false`:
-/// the lease is lost (someone else holds it, or no renewal succeeded within
-/// the deadline) and the leader must stop acting.
-async fn renew_before_deadline(
-    lease: &mut Lease,
-    last_renew: &mut Instant,
-    deadline: Duration,
-) -> bool {
-    let started = Instant::now();
-    let until = crate::time::after(*last_renew, deadline);
-    match tokio::time::timeout_at(until, lease.try_acquire_or_renew()).await {
-        Ok(Ok(true)) => {
-            *last_renew = started;
-            true
-        }
-        Ok(Ok(false)) => {
-            warn!("leader election: another replica holds the lease");
-            false
-        }
-        Ok(Err(e)) => {
-            warn!(error = %e, "leader election: renewing failed");
-            Instant::now() < until
-        }
-        Err(_) => {
-            warn!(
-                ?deadline,
-                "leader election: no renewal within the renew deadline"
-            );
-            false
-        }
     }
 }
 
