@@ -60,6 +60,9 @@ struct RunArgs {
     /// Seconds between periodic re-checks of every object.
     #[arg(long, env = "RESYNC_SECONDS", default_value_t = 300)]
     resync_seconds: u64,
+    /// Seconds between catalog listings of every policy's repositories.
+    #[arg(long, env = "CATALOG_INTERVAL_SECONDS", default_value_t = 600)]
+    catalog_interval_seconds: u64,
     /// Log format: text or json.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -117,6 +120,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("connecting to the Kubernetes API (is KUBECONFIG set?)")?;
     handlers::init(Settings {
         mover_image: args.mover_image.clone(),
+        catalog_interval: Duration::from_secs(args.catalog_interval_seconds.max(30)),
     });
     handlers::start_pvc_cache(client.clone());
     let leader_election = args.leader_elect.then(|| LeaderElection {
@@ -140,6 +144,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     .handler(handlers::policy::reconcile())
     .handler(handlers::policy::schedule_changed())
     .handler(handlers::policy::snapshot_tick())
+    .handler(handlers::policy::catalog_tick())
     .owns::<CronJob>(Api::all(client.clone()))
     .watches::<Job, _>(Api::all(client.clone()), |job: &Job| {
         let ns = job.namespace().unwrap_or_default();

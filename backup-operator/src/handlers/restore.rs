@@ -51,7 +51,11 @@ pub async fn reconcile(ctx: Context<Restore>) -> HandlerResult {
         .await?;
         return Err(HandlerError::temporary(msg, Some(Duration::from_secs(30))));
     };
-    let source = match restore_plan::source(&restore, &policy) {
+    let backups = Api::<crate::api::Backup>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default().labels(&format!("{}={policy_name}", crate::api::POLICY_LABEL)))
+        .await?
+        .items;
+    let source = match restore_plan::source(&restore, &policy, &backups) {
         Ok(s) => s,
         Err(e) => return fail(&ctx, &prev, "BackupNotFound", &e.to_string()).await,
     };
@@ -182,7 +186,12 @@ pub async fn reconcile(ctx: Context<Restore>) -> HandlerResult {
                 .and_then(|s| s.resources)
                 .and_then(|r| r.requests)
                 .and_then(|r| r.get("storage").cloned());
-            let pvc = restore_plan::target_pvc(&restore, &policy, source_request);
+            let pvc = restore_plan::target_pvc(
+                &restore,
+                &policy,
+                source_request,
+                source.recorded.as_ref(),
+            );
             match pvcs.create(&PostParams::default(), &pvc).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 409 => {}
