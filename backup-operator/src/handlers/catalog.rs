@@ -29,6 +29,9 @@ pub(crate) struct Outcome {
     pub round: Option<(plan::Plan, jiff::Timestamp)>,
     /// A catalog Job failed (its reason).
     pub failed: Option<String>,
+    /// Look again after this long (a pod log not readable yet, a failed
+    /// Job waiting for its retry): no watch event may come.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 fn label_selector(policy: &str) -> String {
@@ -108,6 +111,7 @@ pub(crate) async fn drive(
                     .unwrap_or(now);
                 let Some(log) = catalog_log(&client, &ns, &job).await? else {
                     busy = true;
+                    out.retry_after = Some(std::time::Duration::from_secs(5));
                     continue;
                 };
                 let lines = catalog::parse_log(&log);
@@ -131,6 +135,9 @@ pub(crate) async fn drive(
                     delete_job(&job_api, &job_name).await?;
                 } else {
                     busy = true;
+                    out.retry_after = Some(std::time::Duration::from_secs(
+                        RETRY_AFTER_SECS.unsigned_abs() / 2,
+                    ));
                 }
             }
         }

@@ -159,8 +159,16 @@ async fn reconcile_policy(ctx: Context<BackupPolicy>) -> HandlerResult {
         .map(|r| r.selected.clone())
         .unwrap_or_default();
     let mut extra_conditions = Vec::new();
-    match super::catalog::drive(&ctx, &policy, &selected, &obs.jobs, obs.now).await {
+    let mut catalog_retry = None;
+    // Without its Secrets a catalog pod could not start: wait for them.
+    let catalog = if obs.missing_secrets.is_empty() {
+        super::catalog::drive(&ctx, &policy, &selected, &obs.jobs, obs.now).await
+    } else {
+        Ok(Default::default())
+    };
+    match catalog {
         Ok(out) => {
+            catalog_retry = out.retry_after;
             if let Some((plan, started)) = &out.round {
                 crate::catalog::bound::apply_listing(
                     &mut new_status,
@@ -242,6 +250,12 @@ async fn reconcile_policy(ctx: Context<BackupPolicy>) -> HandlerResult {
         write_status(&ctx, &new_status).await?;
     }
 
+    if let Some(after) = catalog_retry {
+        return Err(HandlerError::temporary(
+            "waiting for the catalog Job's pod",
+            Some(after),
+        ));
+    }
     if !obs.missing_secrets.is_empty() {
         // Secrets are not watched: look again with backoff until they exist.
         return Err(HandlerError::temporary(

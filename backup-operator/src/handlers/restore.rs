@@ -57,7 +57,27 @@ pub async fn reconcile(ctx: Context<Restore>) -> HandlerResult {
         .items;
     let source = match restore_plan::source(&restore, &policy, &backups) {
         Ok(s) => s,
-        Err(e) => return fail(&ctx, &prev, "BackupNotFound", &e.to_string()).await,
+        Err(e) => {
+            let cataloged = policy
+                .status
+                .as_ref()
+                .is_some_and(|s| s.last_catalog_time.is_some());
+            if !cataloged && policy.spec.destination.is_some() {
+                // A new policy (or cluster): its backups are listed soon.
+                let msg = format!("{e}; waiting for the first catalog listing");
+                set(
+                    &ctx,
+                    &prev,
+                    RestorePhase::Pending,
+                    "WaitingForCatalog",
+                    &msg,
+                    |_| {},
+                )
+                .await?;
+                return Err(HandlerError::temporary(msg, Some(Duration::from_secs(10))));
+            }
+            return fail(&ctx, &prev, "BackupNotFound", &e.to_string()).await;
+        }
     };
 
     // A VolumeSnapshot backup restores by creating the PVC from it: no Job.
