@@ -104,7 +104,9 @@ fn plain_env(name: &str, value: &str) -> EnvVar {
 }
 
 /// Environment and volumes that give the mover access to the destination.
-fn destination_access(dest: &Destination) -> (Vec<EnvVar>, Vec<Volume>, Vec<VolumeMount>) {
+pub(crate) fn destination_access(
+    dest: &Destination,
+) -> (Vec<EnvVar>, Vec<Volume>, Vec<VolumeMount>) {
     let pw = &dest.repository_password_secret_ref;
     let mut env = vec![secret_env("RESTIC_PASSWORD", &pw.name, &pw.key)];
     let (mut volumes, mut mounts) = (Vec::new(), Vec::new());
@@ -181,7 +183,7 @@ pub fn mover_capabilities(operation: &str) -> Vec<String> {
 /// runtime's default seccomp profile, no privilege escalation, no
 /// ServiceAccount token and no service links; read-only root filesystem,
 /// `/tmp` as an emptyDir, result in the termination message.
-fn mover_pod(
+pub(crate) fn mover_pod(
     image: &str,
     args: Vec<String>,
     env: Vec<EnvVar>,

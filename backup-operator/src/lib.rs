@@ -5,6 +5,7 @@
 //! without I/O; `handlers` are the thin framework handlers doing the I/O.
 
 pub mod api;
+pub mod catalog;
 pub mod desired;
 pub mod handlers;
 pub mod manifests;

@@ -62,6 +62,9 @@ struct RunArgs {
     /// Seconds between periodic re-checks of every object.
     #[arg(long, env = "RESYNC_SECONDS", default_value_t = 300)]
     resync_seconds: u64,
+    /// Seconds between catalog listings of every policy's repositories.
+    #[arg(long, env = "CATALOG_INTERVAL_SECONDS", default_value_t = 600)]
+    catalog_interval_seconds: u64,
     /// Log format: text or json.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -119,6 +122,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("connecting to the Kubernetes API (is KUBECONFIG set?)")?;
     let settings = Arc::new(Settings {
         mover_image: args.mover_image.clone(),
+        catalog_interval: Duration::from_secs(args.catalog_interval_seconds.max(30)),
     });
     let backup_metrics = Arc::new(BackupMetrics::default());
     handlers::start_pvc_cache(client.clone());
@@ -143,7 +147,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     .index(handlers::POLICIES_BY_NAMESPACE, handlers::policy_namespace)
     .handler(handlers::policy::reconcile())
     .handler(handlers::policy::schedule_changed())
-    .handler(handlers::policy::snapshot_tick());
+    .handler(handlers::policy::snapshot_tick())
+    .handler(handlers::policy::catalog_tick());
     let by_namespace = policies
         .index_reader::<String, String>(handlers::POLICIES_BY_NAMESPACE)
         .context("the policies index")?;

@@ -1,12 +1,12 @@
 //! Generated manifests: the CRD YAML in `crds/` comes from here.
 
-use crate::api::{BackupPolicy, Restore};
+use crate::api::{Backup, BackupPolicy, Restore};
 use kube::CustomResourceExt;
 
 /// Every CRD of the operator as (file name, YAML).
 pub fn crds() -> anyhow::Result<Vec<(String, String)>> {
     let mut out = Vec::new();
-    for crd in [BackupPolicy::crd(), Restore::crd()] {
+    for crd in [BackupPolicy::crd(), Restore::crd(), Backup::crd()] {
         let name = crd.metadata.name.clone().unwrap_or_default();
         let yaml = serde_saphyr::to_string(&crd)?;
         out.push((

@@ -1,7 +1,7 @@
 //! Backup metrics per policy and PVC, rendered on the framework's `/metrics`.
 //!
 //! Series (labels `namespace`, `policy`, and `pvc` where it applies):
-//! * `backup_operator_backups_total{result="success|failure"}`: finished
+//! * `backup_operator_backups_total{result="success|partial|failure"}`: finished
 //!   backup Jobs and VolumeSnapshots that became ready or failed, counted
 //!   once each (by name) while this replica runs.
 //! * `backup_operator_last_success_timestamp_seconds`: finish time of the
@@ -31,6 +31,8 @@ type PolicyKey = (String, String);
 #[derive(Debug, Clone)]
 struct PvcStats {
     successes: u64,
+    /// Stored, but some entries of the PVC could not be read.
+    partials: u64,
     failures: u64,
     last_success: Option<f64>,
     durations: Histogram,
@@ -41,6 +43,7 @@ impl Default for PvcStats {
     fn default() -> Self {
         Self {
             successes: 0,
+            partials: 0,
             failures: 0,
             last_success: None,
             durations: Histogram::new(&DURATION_BUCKETS),
@@ -94,7 +97,9 @@ impl BackupMetrics {
                 continue;
             }
             let s = p.pvcs.entry(job.pvc.clone()).or_default();
+            let partial = job.result.as_ref().is_some_and(|r| r.is_partial());
             match job.outcome {
+                JobOutcome::Succeeded if partial => s.partials += 1,
                 JobOutcome::Succeeded => {
                     s.successes += 1;
                     let finished = job.finished.map(|t| t.as_millisecond() as f64 / 1000.0);
@@ -200,6 +205,11 @@ impl BackupMetrics {
             );
             let _ = writeln!(
                 out,
+                "backup_operator_backups_total{{{l},result=\"partial\"}} {}",
+                s.partials
+            );
+            let _ = writeln!(
+                out,
                 "backup_operator_backups_total{{{l},result=\"failure\"}} {}",
                 s.failures
             );
@@ -281,6 +291,7 @@ mod tests {
             location: "s3:http://s3/b/ns/data".into(),
             status: "Completed".into(),
             snapshot_id: None,
+            warning: None,
         }
     }
 
@@ -335,6 +346,33 @@ mod tests {
         assert!(out.contains(
             "backup_operator_schedule_interval_seconds{namespace=\"ns\",policy=\"p\"} 3600"
         ));
+    }
+
+    #[test]
+    fn a_partial_backup_counts_as_partial_not_as_success() {
+        let m = BackupMetrics::default();
+        let mut j = job("a", "data", JobOutcome::Succeeded, Some(1.0));
+        j.result = Some(MoverResult {
+            ok: true,
+            partial: Some(true),
+            ..Default::default()
+        });
+        m.observe("ns", "p", &[j], &[], None);
+        let mut out = String::new();
+        m.render(&mut out);
+        let l = "namespace=\"ns\",policy=\"p\",pvc=\"data\"";
+        assert!(
+            out.contains(&format!(
+                "backup_operator_backups_total{{{l},result=\"partial\"}} 1"
+            )),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!(
+                "backup_operator_backups_total{{{l},result=\"success\"}} 0"
+            )),
+            "{out}"
+        );
     }
 
     #[test]

@@ -90,6 +90,12 @@ pub fn snapshot_name(policy: &str, pvc: &str, unix_minutes: i64) -> String {
     hashed_name(&format!("{policy}-{pvc}"), &suffix, NAME_MAX)
 }
 
+/// Name of a policy's catalog Job started at `unix_seconds`.
+pub fn catalog_job_name(policy: &str, unix_seconds: i64) -> String {
+    let suffix = format!("{}-{unix_seconds}", &short_hash(&[policy])[..6]);
+    hashed_name(&format!("{policy}-catalog"), &suffix, NAME_MAX)
+}
+
 /// Repository path of one PVC below the destination: one repository per PVC
 /// keeps backups of different PVCs from contending for repository locks.
 pub fn repository_subpath(namespace: &str, pvc: &str) -> String {

@@ -44,13 +44,37 @@ pub struct MoverResult {
     /// Snapshots of this PVC left after retention, newest first.
     #[serde(default)]
     pub snapshots: Vec<SnapshotSummary>,
+    /// Total snapshots before the mover shortened `snapshots` to fit.
+    #[serde(default)]
+    pub snapshot_count: Option<u64>,
+    /// The backup was stored but some entries of the source could not be read.
+    #[serde(default)]
+    pub partial: Option<bool>,
+    /// Non-fatal problem: what a partial backup left out, or a retention
+    /// failure after a stored backup.
+    #[serde(default)]
+    pub warning: Option<String>,
     /// Set when `ok` is false.
     #[serde(default)]
     pub error: Option<MoverError>,
 }
 
+impl MoverResult {
+    /// A stored backup that is partial.
+    pub fn is_partial(&self) -> bool {
+        self.ok && self.partial == Some(true)
+    }
+
+    /// Retention (forget/prune) failed after the backup was stored.
+    pub fn retention_failed(&self) -> Option<&str> {
+        self.warning
+            .as_deref()
+            .filter(|w| self.ok && !self.is_partial() && w.contains("retention failed"))
+    }
+}
+
 /// One snapshot in the repository.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct SnapshotSummary {
     /// Snapshot id (short or full).
@@ -60,6 +84,12 @@ pub struct SnapshotSummary {
     /// Bytes it holds.
     #[serde(default)]
     pub size: u64,
+    /// Partial snapshot (the catalog knows this from the repository).
+    #[serde(default)]
+    pub partial: Option<bool>,
+    /// What a partial snapshot left out.
+    #[serde(default)]
+    pub warning: Option<String>,
 }
 
 /// A classified mover failure.
@@ -80,6 +110,7 @@ pub fn parse_result(message: &str) -> Option<MoverResult> {
 }
 
 /// The stored backups of `pvc` a successful result reports.
+/// The newest one is `Partial` when the result says so.
 pub fn stored_backups(result: &MoverResult, pvc: &str) -> Vec<StoredBackup> {
     let location = result.location.clone().unwrap_or_default();
     result
@@ -87,17 +118,33 @@ pub fn stored_backups(result: &MoverResult, pvc: &str) -> Vec<StoredBackup> {
         .iter()
         .map(|s| {
             let short: String = s.id.chars().take(8).collect();
+            let this_one = result
+                .snapshot_id
+                .as_deref()
+                .is_some_and(|id| id.starts_with(&short) && !short.is_empty());
+            let partial = (this_one && result.is_partial()) || s.partial == Some(true);
             StoredBackup {
-                name: format!("{pvc}-{short}"),
+                name: status_entry_name(pvc, &short),
                 timestamp: s.time.clone(),
                 pvc_name: pvc.to_string(),
                 size: i64::try_from(s.size).unwrap_or(i64::MAX),
                 location: location.clone(),
-                status: "Completed".into(),
+                status: if partial { "Partial" } else { "Completed" }.into(),
                 snapshot_id: Some(s.id.clone()),
+                warning: if partial {
+                    s.warning.clone().or_else(|| result.warning.clone())
+                } else {
+                    None
+                },
             }
         })
         .collect()
+}
+
+/// The `storedBackups[].name` of a snapshot: `<pvc>-<short id>`.
+pub fn status_entry_name(pvc: &str, short_id: &str) -> String {
+    let short: String = short_id.chars().take(8).collect();
+    format!("{pvc}-{short}")
 }
 
 /// Where a Job stands.
@@ -239,6 +286,30 @@ mod tests {
             job_outcome(&job("Complete", None), Some(&r)),
             JobOutcome::Succeeded
         );
+    }
+
+    #[test]
+    fn a_partial_result_marks_its_snapshot_partial() {
+        let msg = r#"{"ok":true,"operation":"backup","snapshotId":"bbbbbbbb","partial":true,"warning":"partial backup: 1 entries could not be read (retention skipped): /data/secret: Permission denied","snapshots":[{"id":"bbbbbbbb","time":"2026-01-02T00:00:00Z","size":1},{"id":"aaaaaaaa","time":"2026-01-01T00:00:00Z","size":1}],"snapshotCount":2,"error":null}"#;
+        let r = parse_result(msg).expect("parsed");
+        assert!(r.is_partial());
+        assert_eq!(r.retention_failed(), None);
+        assert_eq!(r.snapshot_count, Some(2));
+        let sb = stored_backups(&r, "data");
+        assert_eq!(sb[0].status, "Partial");
+        assert!(
+            sb[0]
+                .warning
+                .as_deref()
+                .is_some_and(|w| w.contains("/data/secret"))
+        );
+        assert_eq!(sb[1].status, "Completed");
+        assert_eq!(sb[1].warning, None);
+        let r = parse_result(
+            r#"{"ok":true,"warning":"backup stored but retention failed: locked","error":null}"#,
+        )
+        .expect("parsed");
+        assert!(r.retention_failed().is_some_and(|w| w.contains("locked")));
     }
 
     #[test]

@@ -90,6 +90,7 @@ mod tests {
             location: "s3:x".into(),
             status: "Completed".into(),
             snapshot_id: None,
+            warning: None,
         }
     }
 

@@ -158,9 +158,21 @@ pub fn compute(policy: &BackupPolicy, prev: &BackupPolicyStatus, obs: &Observati
     for (pvc, job) in newest_finished(&obs.jobs) {
         match &job.outcome {
             JobOutcome::Succeeded => {
-                if let Some(r) = job.result.as_ref().filter(|r| r.ok) {
+                // A catalog listing that started after this Job finished
+                // already shows the repository: it wins.
+                let newer_than_catalog = prev
+                    .last_catalog_time
+                    .as_ref()
+                    .is_none_or(|c| job.finished.is_some_and(|f| f > c.0));
+                if let Some(r) = job.result.as_ref().filter(|r| r.ok && newer_than_catalog) {
                     stored.retain(|b| b.pvc_name != pvc);
                     stored.extend(results::stored_backups(r, pvc));
+                    let count = r.snapshot_count.unwrap_or(r.snapshots.len() as u64);
+                    crate::catalog::bound::set_count(
+                        &mut status.backup_counts,
+                        pvc,
+                        u32::try_from(count).unwrap_or(u32::MAX),
+                    );
                 }
             }
             JobOutcome::Failed { reason, message } => failures.push((
@@ -188,7 +200,7 @@ pub fn compute(policy: &BackupPolicy, prev: &BackupPolicyStatus, obs: &Observati
     }
     let (kept, _expired) =
         retention::apply(stored, &spec.retention, spec.time_zone.as_deref(), obs.now);
-    status.stored_backups = kept;
+    status.stored_backups = crate::catalog::bound::bound(kept);
 
     if failures.is_empty() {
         conds.push(ConditionUpdate::new(
@@ -318,6 +330,7 @@ mod tests {
                         id: id.to_string(),
                         time: t.to_string(),
                         size: 5,
+                        ..Default::default()
                     })
                     .collect(),
                 ..Default::default()

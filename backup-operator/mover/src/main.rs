@@ -4,6 +4,7 @@
 
 mod archive;
 mod cancel;
+mod catalog;
 mod check;
 mod crypto;
 mod error;
@@ -181,6 +182,19 @@ enum Cmd {
         /// Print the result JSON (untruncated) instead of a table
         #[arg(long)]
         json: bool,
+    },
+    /// The operator's catalog: one policy's snapshots in each PVC's
+    /// repository, one line `backup-catalog/v1 <json>` per PVC on stdout
+    Catalog {
+        /// Only snapshots tagged policy=<policy>
+        #[arg(long)]
+        policy: String,
+        /// <pvc>=<repository>, once per PVC
+        #[arg(long = "target", required = true)]
+        targets: Vec<String>,
+        /// Write the compact JSON result here (e.g. /dev/termination-log)
+        #[arg(long)]
+        result_file: Option<PathBuf>,
     },
     /// Apply retention to one policy's snapshots of one PVC (and prune: unused packs are marked, and deleted by a later prune after --prune-grace)
     Forget {
@@ -371,6 +385,9 @@ fn run(cmd: Cmd, r: &mut MoverResult) -> MResult<()> {
             }
             Ok(())
         }
+        Cmd::Catalog {
+            policy, targets, ..
+        } => catalog::run(&policy, &targets, r),
         Cmd::Forget {
             common,
             namespace,
@@ -473,6 +490,14 @@ fn main() -> ExitCode {
         Cmd::Restore { common, .. } => ("restore", common.clone()),
         Cmd::Snapshots { common, .. } => ("snapshots", common.clone()),
         Cmd::Check { common, .. } => ("check", common.clone()),
+        Cmd::Catalog { result_file, .. } => (
+            "catalog",
+            Common {
+                repository: String::new(),
+                result_file: result_file.clone(),
+                lock_wait_seconds: 0,
+            },
+        ),
         Cmd::Forget { common, .. } => ("forget", common.clone()),
         Cmd::Init { common, .. } => ("init", common.clone()),
         Cmd::Unlock { common, .. } => ("unlock", common.clone()),

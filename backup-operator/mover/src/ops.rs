@@ -43,17 +43,21 @@ pub struct BackupArgs {
     pub prune_grace: Duration,
 }
 
-fn info(s: &SnapshotFile) -> SnapshotInfo {
+pub(crate) fn info(s: &SnapshotFile) -> SnapshotInfo {
     SnapshotInfo {
         id: s.id.to_string(),
         time: s.time.timestamp().to_string(),
         size: s.summary.as_ref().map_or(0, |x| x.total_bytes_processed),
         pvc: tag_value(s, "pvc").map(str::to_string),
+        ..SnapshotInfo::default()
     }
 }
 
 /// Matching snapshots, newest first.
-fn snapshots_of(repo: &Repository<OpenStatus>, sel: &Selector<'_>) -> MResult<Vec<SnapshotFile>> {
+pub(crate) fn snapshots_of(
+    repo: &Repository<OpenStatus>,
+    sel: &Selector<'_>,
+) -> MResult<Vec<SnapshotFile>> {
     let mut snaps: Vec<SnapshotFile> = repo
         .get_all_snapshots()
         .ctx("reading snapshots")?
@@ -115,7 +119,7 @@ pub fn backup(
     let mut snap_opts = SnapshotOptions::default()
         .host(a.pvc.clone())
         .tags(vec![tags])
-        .description(meta::describe(root));
+        .description(meta::describe(root, meta::pvc_spec_from_env()));
     if let Some(t) = a.time {
         snap_opts = snap_opts.time(t.to_zoned(jiff::tz::TimeZone::UTC));
     }

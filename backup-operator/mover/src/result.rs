@@ -41,8 +41,9 @@ pub struct ErrorInfo {
     pub message: String,
 }
 
-/// One snapshot as reported in results (newest first).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One snapshot as reported in results (newest first). The fields after
+/// `pvc` are filled by the `catalog` listing only (results stay small).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct SnapshotInfo {
     /// Short (8 hex chars) snapshot id; restic and the mover accept it as an id.
@@ -54,6 +55,24 @@ pub struct SnapshotInfo {
     /// PVC name (from the `pvc=` tag), when present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pvc: Option<String>,
+    /// Full snapshot id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_id: Option<String>,
+    /// Files in the snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<u64>,
+    /// Bytes the backup added to the repository (before compression).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_added: Option<u64>,
+    /// Some entries of the source could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<bool>,
+    /// What a partial backup left out (count and the first paths).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+    /// The PVC spec recorded at backup time (see `meta.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pvc_spec: Option<serde_json::Value>,
 }
 
 /// The result document. Fields not relevant to an operation are omitted
@@ -231,6 +250,7 @@ mod tests {
                     time: "2026-01-01T00:00:00Z".into(),
                     size: 1 << 40,
                     pvc: Some("a-rather-long-pvc-name-for-testing".into()),
+                    ..Default::default()
                 })
                 .collect(),
         );

@@ -1,8 +1,10 @@
 //! The custom resources of `backup.backup.example.com/v1alpha1`.
 
+pub mod backup;
 pub mod policy;
 pub mod restore;
 
+pub use backup::*;
 pub use policy::*;
 pub use restore::*;
 
@@ -19,3 +21,5 @@ pub const PVC_ANNOTATION: &str = "backup.backup.example.com/pvc";
 pub const RESTORE_LABEL: &str = "backup.backup.example.com/restore";
 /// Annotation that starts an on-demand backup once per new value.
 pub const RUN_NOW_ANNOTATION: &str = "backup.backup.example.com/run-now";
+/// Label on catalog Jobs (they are not backup Jobs).
+pub const CATALOG_LABEL: &str = "backup.backup.example.com/catalog";

@@ -393,6 +393,23 @@ pub struct BackupPolicyStatus {
     /// PVCs currently selected by the policy.
     #[serde(default)]
     pub target_pvcs: Vec<String>,
+    /// Backups per PVC in the repository (`storedBackups` shows only the
+    /// newest few of each; every one is a `Backup` object).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backup_counts: Vec<PvcBackupCount>,
+    /// When the newest catalog listing of the repositories started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_catalog_time: Option<Time>,
+}
+
+/// How many backups of one PVC the repository holds.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PvcBackupCount {
+    /// The PVC.
+    pub pvc_name: String,
+    /// Backups stored.
+    pub count: u32,
 }
 
 /// Summary phase of a policy.
@@ -420,9 +437,12 @@ pub struct StoredBackup {
     pub size: i64,
     /// Repository or VolumeSnapshot holding it (never with credentials).
     pub location: String,
-    /// Completed, Ready or Pending.
+    /// Completed, Partial, Ready or Pending.
     pub status: String,
     /// restic snapshot id, or VolumeSnapshot name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_id: Option<String>,
+    /// Why a `Partial` backup is partial (the first paths left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }

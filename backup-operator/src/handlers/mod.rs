@@ -1,5 +1,6 @@
 //! Framework handlers: thin I/O around the pure modules.
 
+mod catalog;
 mod copy_runs;
 mod observe;
 pub mod policy;
@@ -14,12 +15,16 @@ use std::sync::{Arc, OnceLock};
 pub struct Settings {
     /// Image with `/backup-mover`, used unless a policy names its own.
     pub mover_image: String,
+    /// How often every policy's repositories are listed (besides after
+    /// each backup and on creation).
+    pub catalog_interval: std::time::Duration,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
             mover_image: crate::DEFAULT_MOVER_IMAGE.to_string(),
+            catalog_interval: std::time::Duration::from_secs(600),
         }
     }
 }
@@ -66,13 +71,35 @@ pub fn policy_namespace(p: &crate::api::BackupPolicy) -> Vec<(String, String)> {
     vec![(p.namespace().unwrap_or_default(), p.name_any())]
 }
 
-/// The PVC metadata the cache keeps (selection needs names and labels only).
-type PvcMeta = kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::PersistentVolumeClaim>;
+/// The PVCs the cache keeps: names, labels and the few spec fields a
+/// backup records (see [`trim_pvc`]).
+type PvcMeta = k8s_openapi::api::core::v1::PersistentVolumeClaim;
 
-/// A watch-fed cache of PVC metadata, so resolving targets does not list a
+/// Keeps what selection and the recorded PVC spec need: the cache is the
+/// operator's largest memory user.
+fn trim_pvc(p: &mut PvcMeta) {
+    p.metadata.managed_fields = None;
+    p.metadata.annotations = None;
+    p.status = None;
+    if let Some(s) = p.spec.as_mut() {
+        *s = k8s_openapi::api::core::v1::PersistentVolumeClaimSpec {
+            access_modes: s.access_modes.take(),
+            storage_class_name: s.storage_class_name.take(),
+            volume_mode: s.volume_mode.take(),
+            resources: s.resources.take().map(|r| {
+                k8s_openapi::api::core::v1::VolumeResourceRequirements {
+                    requests: r.requests,
+                    limits: None,
+                }
+            }),
+            ..Default::default()
+        };
+    }
+}
+
+/// A watch-fed cache of PVCs (trimmed), so resolving targets does not list a
 /// namespace's PVCs on every reconcile (1,000 policies over 10,000 PVCs would
-/// otherwise move millions of objects). Metadata only, managed fields
-/// dropped: the cache is the operator's largest memory user.
+/// otherwise move millions of objects). Trimmed to names, labels and a few spec fields.
 static PVC_CACHE: OnceLock<kube::runtime::reflector::Store<PvcMeta>> = OnceLock::new();
 
 static PVC_CACHE_READY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -85,16 +112,12 @@ pub fn start_pvc_cache(client: kube::Client) {
     if PVC_CACHE.set(reader).is_err() {
         return;
     }
-    // An Api of PartialObjectMeta makes metadata-only requests.
     let api = kube::Api::<PvcMeta>::all(client);
     let stream = reflector(
         writer,
         watcher(api, watcher::Config::default())
             .default_backoff()
-            .modify(|p| {
-                p.metadata.managed_fields = None;
-                p.metadata.annotations = None;
-            }),
+            .modify(trim_pvc),
     );
     tokio::spawn(async move {
         futures::pin_mut!(stream);

@@ -31,6 +31,28 @@ pub(crate) async fn pvcs(client: &Client, ns: &str) -> anyhow::Result<Vec<PvcInf
     Ok(list.items.iter().map(|p| pvc_info(&p.metadata)).collect())
 }
 
+/// What backups record about each PVC of a namespace (spec and labels),
+/// from the watch cache once it has synced.
+pub(crate) async fn pvc_specs(
+    client: &Client,
+    ns: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, crate::api::RecordedPvc>> {
+    let record = |p: &PersistentVolumeClaim| {
+        (
+            p.metadata.name.clone().unwrap_or_default(),
+            crate::catalog::job::recorded(p),
+        )
+    };
+    if let Some(cached) = super::cached_pvcs(ns) {
+        return Ok(cached.iter().map(|p| record(p)).collect());
+    }
+    let list = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .with_context(|| format!("listing PVCs in {ns}"))?;
+    Ok(list.items.iter().map(record).collect())
+}
+
 /// Names of the policy's referenced Secrets that do not exist.
 pub(crate) async fn missing_secrets(
     client: &Client,
@@ -98,7 +120,10 @@ pub(crate) async fn backup_jobs(
     policy: &str,
 ) -> anyhow::Result<Vec<JobRecord>> {
     let jobs = Api::<Job>::namespaced(client.clone(), ns)
-        .list(&ListParams::default().labels(&format!("{POLICY_LABEL}={policy}")))
+        .list(&ListParams::default().labels(&format!(
+            "{POLICY_LABEL}={policy},!{}",
+            crate::api::CATALOG_LABEL
+        )))
         .await
         .with_context(|| format!("listing backup Jobs of {ns}/{policy}"))?;
     let mut out = Vec::new();

@@ -3,7 +3,7 @@
 use super::{copy_runs, observe, settings};
 use crate::api::{BackupMethod, BackupPolicy, BackupPolicyStatus, RUN_NOW_ANNOTATION};
 use crate::schedule::Schedule;
-use crate::status::{self, Observation, condition};
+use crate::status::{self, Observation};
 use crate::{desired, targets};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use kube::api::PostParams;
@@ -33,6 +33,26 @@ pub async fn reconcile(ctx: Context<BackupPolicy>) -> HandlerResult {
 #[on_timer(id = "snapshot-tick", interval = "15s", initial_delay = "5s")]
 pub async fn snapshot_tick(ctx: Context<BackupPolicy>) -> HandlerResult {
     if ctx.object.spec.method == BackupMethod::Copy {
+        return Ok(());
+    }
+    reconcile_policy(ctx).await
+}
+
+/// Lists the repositories when the periodic catalog round is due (the
+/// reconcile also starts one on creation and after every backup).
+#[on_timer(id = "catalog-tick", interval = "60s", initial_delay = "30s")]
+pub async fn catalog_tick(ctx: Context<BackupPolicy>) -> HandlerResult {
+    if ctx.object.spec.destination.is_none() {
+        return Ok(());
+    }
+    let status = ctx.object.status.clone().unwrap_or_default();
+    let due = crate::catalog::job::due(
+        &status,
+        &[],
+        jiff::Timestamp::now(),
+        settings(&ctx).catalog_interval,
+    );
+    if due.is_none() {
         return Ok(());
     }
     reconcile_policy(ctx).await
@@ -73,9 +93,18 @@ async fn reconcile_policy(ctx: Context<BackupPolicy>) -> HandlerResult {
         let copies = policy.spec.method == BackupMethod::Copy;
         let mut wanted: Vec<CronJob> = Vec::new();
         if copies {
+            let specs = observe::pvc_specs(&client, &ns).await?;
             for pvc in &res.selected {
                 match desired::cronjob(&policy, pvc, &settings(&ctx).mover_image) {
-                    Ok(cj) => wanted.push(cj),
+                    Ok(mut cj) => {
+                        if let (Some(r), Some(t)) = (
+                            specs.get(pvc),
+                            cj.spec.as_mut().and_then(|s| s.job_template.spec.as_mut()),
+                        ) {
+                            crate::catalog::job::record_pvc_spec(&mut t.template, r);
+                        }
+                        wanted.push(cj)
+                    }
                     Err(e) => apply_errors.push((pvc.clone(), e.to_string())),
                 }
             }
@@ -125,8 +154,62 @@ async fn reconcile_policy(ctx: Context<BackupPolicy>) -> HandlerResult {
     if started_run_now.is_some() {
         new_status.last_run_now = started_run_now;
     }
+    let selected = obs
+        .targets
+        .as_ref()
+        .map(|r| r.selected.clone())
+        .unwrap_or_default();
+    let mut extra_conditions = Vec::new();
+    let mut catalog_retry = None;
+    // Without its Secrets a catalog pod could not start: wait for them.
+    let catalog = if obs.missing_secrets.is_empty() {
+        super::catalog::drive(&ctx, &policy, &selected, &obs.jobs, obs.now).await
+    } else {
+        Ok(Default::default())
+    };
+    match catalog {
+        Ok(out) => {
+            catalog_retry = out.retry_after;
+            if let Some((plan, started)) = &out.round {
+                crate::catalog::bound::apply_listing(
+                    &mut new_status,
+                    &plan.listed,
+                    &plan.stored,
+                    &plan.counts,
+                );
+                new_status.last_catalog_time = Some(
+                    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(*started),
+                );
+                extra_conditions.push(crate::catalog::conditions::cataloged(
+                    plan.listed.len(),
+                    plan.stored.len(),
+                    &plan.failures,
+                ));
+            } else if let Some(why) = out.failed {
+                extra_conditions.push(crate::catalog::conditions::cataloged(
+                    0,
+                    0,
+                    &[("*".into(), why)],
+                ));
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "catalog round failed");
+            extra_conditions.push(crate::catalog::conditions::cataloged(
+                0,
+                0,
+                &[("*".into(), format!("{e:#}"))],
+            ));
+        }
+    }
+    extra_conditions.push(crate::catalog::conditions::partial(
+        &new_status.stored_backups,
+    ));
+    extra_conditions.push(crate::catalog::conditions::retention(&obs.jobs));
+    let mut all_conditions = computed.conditions.clone();
+    all_conditions.extend(extra_conditions);
     let generation = policy.metadata.generation;
-    for c in &computed.conditions {
+    for c in &all_conditions {
         let old = conditions::find(&prev.conditions, c.type_).cloned();
         let status_str = if c.status { "True" } else { "False" };
         conditions::upsert(
@@ -140,8 +223,9 @@ async fn reconcile_policy(ctx: Context<BackupPolicy>) -> HandlerResult {
         let changed = old
             .as_ref()
             .is_none_or(|o| o.status != status_str || o.message != c.message);
-        // BackupFailed is bad when True; the others when False.
-        let bad = (c.type_ == condition::BACKUP_FAILED) == c.status;
+        // BackupFailed, BackupPartial, RetentionFailed are bad when True;
+        // the others when False.
+        let bad = crate::catalog::conditions::BAD_WHEN_TRUE.contains(&c.type_) == c.status;
         if changed && bad {
             tracing::warn!(reason = %c.reason, message = %c.message, "policy problem");
             ctx.event(EventType::Warning, &c.reason, &c.message).await?;
@@ -169,6 +253,12 @@ async fn reconcile_policy(ctx: Context<BackupPolicy>) -> HandlerResult {
         write_status(&ctx, &new_status).await?;
     }
 
+    if let Some(after) = catalog_retry {
+        return Err(HandlerError::temporary(
+            "waiting for the catalog Job's pod",
+            Some(after),
+        ));
+    }
     if !obs.missing_secrets.is_empty() {
         // Secrets are not watched: look again with backoff until they exist.
         return Err(HandlerError::temporary(
@@ -233,10 +323,16 @@ async fn run_now(
         ctx.event(EventType::Normal, "BackupStarted", &note).await?;
         return Ok(Some(value));
     }
+    let specs = observe::pvc_specs(&client, &ns).await?;
     let api = Api::<Job>::namespaced(client, &ns);
     for pvc in &res.selected {
         let mut job = match desired::manual_job(policy, pvc, &settings(ctx).mover_image, &value) {
-            Ok(j) => j,
+            Ok(mut j) => {
+                if let (Some(r), Some(s)) = (specs.get(pvc), j.spec.as_mut()) {
+                    crate::catalog::job::record_pvc_spec(&mut s.template, r);
+                }
+                j
+            }
             Err(e) => {
                 // The same error is on the policy's conditions (its CronJob
                 // cannot be made either); the other PVCs still run.

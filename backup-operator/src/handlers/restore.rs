@@ -51,9 +51,33 @@ pub async fn reconcile(ctx: Context<Restore>) -> HandlerResult {
         .await?;
         return Err(HandlerError::temporary(msg, Some(Duration::from_secs(30))));
     };
-    let source = match restore_plan::source(&restore, &policy) {
+    let backups = Api::<crate::api::Backup>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default().labels(&format!("{}={policy_name}", crate::api::POLICY_LABEL)))
+        .await?
+        .items;
+    let source = match restore_plan::source(&restore, &policy, &backups) {
         Ok(s) => s,
-        Err(e) => return fail(&ctx, &prev, "BackupNotFound", &e.to_string()).await,
+        Err(e) => {
+            let cataloged = policy
+                .status
+                .as_ref()
+                .is_some_and(|s| s.last_catalog_time.is_some());
+            if !cataloged && policy.spec.destination.is_some() {
+                // A new policy (or cluster): its backups are listed soon.
+                let msg = format!("{e}; waiting for the first catalog listing");
+                set(
+                    &ctx,
+                    &prev,
+                    RestorePhase::Pending,
+                    "WaitingForCatalog",
+                    &msg,
+                    |_| {},
+                )
+                .await?;
+                return Err(HandlerError::temporary(msg, Some(Duration::from_secs(10))));
+            }
+            return fail(&ctx, &prev, "BackupNotFound", &e.to_string()).await;
+        }
     };
 
     // A VolumeSnapshot backup restores by creating the PVC from it: no Job.
@@ -182,7 +206,12 @@ pub async fn reconcile(ctx: Context<Restore>) -> HandlerResult {
                 .and_then(|s| s.resources)
                 .and_then(|r| r.requests)
                 .and_then(|r| r.get("storage").cloned());
-            let pvc = restore_plan::target_pvc(&restore, &policy, source_request);
+            let pvc = restore_plan::target_pvc(
+                &restore,
+                &policy,
+                source_request,
+                source.recorded.as_ref(),
+            );
             match pvcs.create(&PostParams::default(), &pvc).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 409 => {}

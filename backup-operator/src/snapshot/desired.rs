@@ -221,7 +221,7 @@ pub fn restore_pvc(
             .restore
             .as_ref()
             .is_some_and(|r| r.size.is_some());
-    let mut pvc = restore_plan::target_pvc(restore, policy, restore_size.clone());
+    let mut pvc = restore_plan::target_pvc(restore, policy, restore_size.clone(), None);
     if let Some(spec) = pvc.spec.as_mut() {
         spec.data_source = Some(snapshot_data_source(snapshot));
         if spec.storage_class_name.is_none() {

@@ -155,6 +155,7 @@ pub fn stored_backup(s: &SnapshotInfo) -> StoredBackup {
         location: format!("{VOLUME_SNAPSHOT_KIND}/{}", s.name),
         status: s.state.as_str().to_string(),
         snapshot_id: Some(s.name.clone()),
+        warning: None,
     }
 }
 

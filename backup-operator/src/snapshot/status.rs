@@ -192,6 +192,7 @@ mod tests {
             location: format!("VolumeSnapshot/{name}"),
             status: status.into(),
             snapshot_id: Some(name.into()),
+            warning: None,
         }
     }
 

@@ -80,6 +80,9 @@ fn index_interval() -> Duration {
         .map_or(INDEX_MAX_AGE, Duration::from_secs_f64)
 }
 
+/// Tag of a snapshot some entries of the source are missing from.
+pub const PARTIAL_TAG: &str = "partial";
+
 /// Backs up `s.source` and writes `snap` (with tree, paths and summary
 /// filled in). Returns the stored snapshot, its id set.
 pub fn backup(
@@ -260,6 +263,20 @@ pub fn backup(
     snap.paths = StringList::from_str(s.as_path)
         .map_err(|e| MoverError::new(ErrorKind::Other, format!("snapshot paths: {e}")))?;
     snap.summary = Some(sum);
+    if s.skipped.count() > 0 {
+        // The repository itself says the snapshot is partial (a new
+        // cluster's catalog reads it from there).
+        snap.add_tags(vec![StringList::from_str(PARTIAL_TAG).map_err(|e| {
+            MoverError::new(ErrorKind::Other, format!("snapshot tags: {e}"))
+        })?]);
+        let info = crate::meta::SkippedInfo {
+            count: s.skipped.count(),
+            examples: s.skipped.examples(),
+        };
+        if let Some(d) = crate::meta::mark_skipped(snap.description.as_deref(), info) {
+            snap.description = Some(d);
+        }
+    }
     let json = serde_json::to_vec(&snap)
         .map_err(|e| MoverError::new(ErrorKind::Other, format!("snapshot JSON: {e}")))?;
     let id = shared.saver.save(FileType::Snapshot, &json)?;

@@ -1,0 +1,202 @@
+//! Conditions that make partial backups, failed retention and catalog
+//! problems visible (each with the PVC it is about).
+
+use super::plan::PARTIAL;
+use crate::api::StoredBackup;
+use crate::results::JobOutcome;
+use crate::status::{ConditionUpdate, JobRecord};
+use std::collections::BTreeMap;
+
+/// The newest backup of some PVC is partial (True is bad).
+pub const BACKUP_PARTIAL: &str = "BackupPartial";
+/// Retention failed after a stored backup (True is bad).
+pub const RETENTION_FAILED: &str = "RetentionFailed";
+/// The repositories were listed (False is bad).
+pub const CATALOGED: &str = "Cataloged";
+
+/// Condition types that are a problem when True.
+pub const BAD_WHEN_TRUE: [&str; 3] = [
+    crate::status::condition::BACKUP_FAILED,
+    BACKUP_PARTIAL,
+    RETENTION_FAILED,
+];
+
+fn update(type_: &'static str, status: bool, reason: &str, message: String) -> ConditionUpdate {
+    ConditionUpdate {
+        type_,
+        status,
+        reason: reason.into(),
+        message,
+    }
+}
+
+/// `BackupPartial` from the newest entry of each PVC.
+pub fn partial(stored: &[StoredBackup]) -> ConditionUpdate {
+    let mut newest: BTreeMap<&str, &StoredBackup> = BTreeMap::new();
+    for b in stored {
+        let t = b.timestamp.parse::<jiff::Timestamp>().ok();
+        match newest.get(b.pvc_name.as_str()) {
+            Some(cur) if cur.timestamp.parse::<jiff::Timestamp>().ok() >= t => {}
+            _ => {
+                newest.insert(&b.pvc_name, b);
+            }
+        }
+    }
+    let partial: Vec<String> = newest
+        .values()
+        .filter(|b| b.status == PARTIAL)
+        .map(|b| {
+            format!(
+                "PVC {}: backup {}: {}",
+                b.pvc_name,
+                b.name,
+                b.warning
+                    .as_deref()
+                    .unwrap_or("some entries could not be read")
+            )
+        })
+        .collect();
+    if partial.is_empty() {
+        update(
+            BACKUP_PARTIAL,
+            false,
+            "Complete",
+            "the newest backup of every PVC is complete".into(),
+        )
+    } else {
+        update(
+            BACKUP_PARTIAL,
+            true,
+            "PartialBackup",
+            super::shorten(&partial.join("; "), 2048),
+        )
+    }
+}
+
+/// `RetentionFailed` from the newest finished Job of each PVC.
+pub fn retention(jobs: &[JobRecord]) -> ConditionUpdate {
+    let mut newest: BTreeMap<&str, &JobRecord> = BTreeMap::new();
+    for j in jobs.iter().filter(|j| j.outcome != JobOutcome::Running) {
+        let key = j.finished.or(j.created);
+        match newest.get(j.pvc.as_str()) {
+            Some(cur) if cur.finished.or(cur.created) >= key => {}
+            _ => {
+                newest.insert(&j.pvc, j);
+            }
+        }
+    }
+    let failed: Vec<String> = newest
+        .values()
+        .filter_map(|j| {
+            let w = j.result.as_ref()?.retention_failed()?;
+            Some(format!("PVC {}: {} (Job {})", j.pvc, w, j.name))
+        })
+        .collect();
+    if failed.is_empty() {
+        update(
+            RETENTION_FAILED,
+            false,
+            "RetentionApplied",
+            "retention ran after the newest backup of every PVC".into(),
+        )
+    } else {
+        update(
+            RETENTION_FAILED,
+            true,
+            "RetentionFailed",
+            super::shorten(&failed.join("; "), 2048),
+        )
+    }
+}
+
+/// `Cataloged` after a catalog round.
+pub fn cataloged(listed: usize, backups: usize, failures: &[(String, String)]) -> ConditionUpdate {
+    if failures.is_empty() {
+        update(
+            CATALOGED,
+            true,
+            "Listed",
+            format!("{backups} backup(s) of {listed} PVC(s) listed from the repositories"),
+        )
+    } else {
+        let msg = failures
+            .iter()
+            .map(|(pvc, why)| format!("PVC {pvc}: {why}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        update(
+            CATALOGED,
+            false,
+            "CatalogFailed",
+            super::shorten(&msg, 2048),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::MoverResult;
+
+    fn entry(pvc: &str, ts: &str, status: &str) -> StoredBackup {
+        StoredBackup {
+            name: format!("{pvc}-{ts}"),
+            timestamp: ts.into(),
+            pvc_name: pvc.into(),
+            size: 1,
+            location: String::new(),
+            status: status.into(),
+            snapshot_id: None,
+            warning: (status == PARTIAL)
+                .then(|| "partial backup: 1 entries could not be read: /data/secret".into()),
+        }
+    }
+
+    #[test]
+    fn only_a_partial_newest_backup_raises_the_condition() {
+        let c = partial(&[
+            entry("a", "2026-01-02T00:00:00Z", "Completed"),
+            entry("a", "2026-01-01T00:00:00Z", PARTIAL),
+        ]);
+        assert!(!c.status);
+        let c = partial(&[
+            entry("a", "2026-01-02T00:00:00Z", PARTIAL),
+            entry("b", "2026-01-01T00:00:00Z", "Completed"),
+        ]);
+        assert!(c.status);
+        assert!(
+            c.message.contains("PVC a") && c.message.contains("/data/secret"),
+            "{}",
+            c.message
+        );
+        assert!(!c.message.contains("PVC b"));
+    }
+
+    #[test]
+    fn retention_failure_of_the_newest_job_names_the_pvc() {
+        let job = |name: &str, finished: &str, warning: Option<&str>| JobRecord {
+            name: name.into(),
+            pvc: "a".into(),
+            created: None,
+            finished: Some(finished.parse().expect("ts")),
+            outcome: JobOutcome::Succeeded,
+            result: Some(MoverResult {
+                ok: true,
+                warning: warning.map(Into::into),
+                ..Default::default()
+            }),
+        };
+        let failed = job(
+            "j1",
+            "2026-01-01T00:00:00Z",
+            Some("backup stored but retention failed: locked"),
+        );
+        let c = retention(std::slice::from_ref(&failed));
+        assert!(c.status);
+        assert!(c.message.contains("PVC a") && c.message.contains("j1"));
+        let c = retention(&[failed, job("j2", "2026-01-02T00:00:00Z", None)]);
+        assert!(!c.status, "a later good run clears it");
+        let c = cataloged(1, 3, &[("b".into(), "WrongPassword: x".into())]);
+        assert!(!c.status && c.message.contains("PVC b"));
+    }
+}
