@@ -2,6 +2,7 @@
 
 pub mod policy;
 pub mod restore;
+pub mod rules;
 
 pub use policy::*;
 pub use restore::*;

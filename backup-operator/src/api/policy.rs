@@ -5,6 +5,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, T
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+use super::rules;
+
 /// Desired state of a backup policy.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
@@ -65,9 +67,12 @@ pub struct BackupPolicySpec {
 pub struct Targets {
     /// PVC names in the policy's namespace.
     #[serde(default)]
+    #[schemars(length(max = 1000), inner(length(max = 253)))]
+    #[x_kube(validation = rules::dns_names("spec.targets.names"))]
     pub names: Vec<String>,
     /// PVCs whose labels match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "rules::label_selector")]
     pub selector: Option<LabelSelector>,
 }
 
@@ -132,13 +137,17 @@ pub struct Destination {
 #[serde(rename_all = "camelCase")]
 pub struct S3Destination {
     /// Endpoint URL, e.g. `https://s3.eu-west-1.amazonaws.com` or `http://minio:9000`.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = rules::http_url("spec.destination.s3.endpoint"))]
     pub endpoint: String,
     /// Bucket name.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 3, max = 63))]
+    #[x_kube(validation = rules::bucket("spec.destination.s3.bucket"))]
     pub bucket: String,
-    /// Key prefix inside the bucket.
+    /// Key prefix inside the bucket (relative, no `.` or `..` segments).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    #[x_kube(validation = rules::key_prefix("spec.destination.s3.prefix"))]
     pub prefix: Option<String>,
     /// Region (default `us-east-1`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -159,7 +168,8 @@ fn default_true() -> bool {
 #[serde(rename_all = "camelCase")]
 pub struct S3CredentialsRef {
     /// Secret name in the policy's namespace.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = rules::dns_name("spec.destination.s3.credentialsSecretRef.name"))]
     pub name: String,
     /// Key of the access key id.
     #[serde(default = "default_access_key_key")]
@@ -181,7 +191,8 @@ fn default_secret_key_key() -> String {
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
     /// Secret name.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = rules::dns_name("spec.destination.repositoryPasswordSecretRef.name"))]
     pub name: String,
     /// Key inside the Secret.
     #[serde(default = "default_password_key")]
@@ -197,10 +208,12 @@ fn default_password_key() -> String {
 #[serde(rename_all = "camelCase")]
 pub struct NfsDestination {
     /// NFS server host name or address.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = rules::host("spec.destination.nfs.server"))]
     pub server: String,
-    /// Exported path.
-    #[schemars(length(min = 1))]
+    /// Exported path (absolute).
+    #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(validation = rules::absolute_path("spec.destination.nfs.path"))]
     pub path: String,
 }
 
@@ -229,9 +242,13 @@ fn default_ready_timeout() -> u32 {
 pub struct RestoreDefaults {
     /// Storage class of PVCs created by restores.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = rules::dns_name("spec.restore.storageClassName"))]
     pub storage_class_name: Option<String>,
     /// Size of PVCs created by restores (default: the source PVC's request).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = rules::positive_quantity("spec.restore.size"))]
     pub size: Option<String>,
 }
 
@@ -241,6 +258,8 @@ pub struct RestoreDefaults {
 pub struct JobSettings {
     /// Mover image (default: the operator's `--mover-image`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    #[x_kube(validation = rules::image("spec.job.moverImage"))]
     pub mover_image: Option<String>,
     /// Resources of the mover container (default: 100m/128Mi requests, 1Gi limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
