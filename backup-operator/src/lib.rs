@@ -7,6 +7,7 @@
 pub mod api;
 pub mod desired;
 pub mod handlers;
+pub mod job_failures;
 pub mod manifests;
 pub mod metrics;
 pub mod naming;

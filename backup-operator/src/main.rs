@@ -140,6 +140,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     .handler(handlers::policy::reconcile())
     .handler(handlers::policy::schedule_changed())
     .handler(handlers::policy::snapshot_tick())
+    .handler(handlers::policy::job_tick())
     .owns::<CronJob>(Api::all(client.clone()))
     .watches::<Job, _>(Api::all(client.clone()), |job: &Job| {
         let ns = job.namespace().unwrap_or_default();
@@ -165,6 +166,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         watcher::Config::default(),
     )
     .handler(handlers::restore::reconcile())
+    .handler(handlers::restore::restore_tick())
     .watches::<Job, _>(Api::all(client.clone()), |job: &Job| {
         let ns = job.namespace().unwrap_or_default();
         job.labels()

@@ -1,5 +1,6 @@
 //! Framework handlers: thin I/O around the pure modules.
 
+mod blocked;
 mod copy_runs;
 mod observe;
 pub mod policy;

@@ -1,6 +1,6 @@
 //! BackupPolicy handlers: one level-triggered reconcile plus small reactions.
 
-use super::{copy_runs, observe, policy_index, settings};
+use super::{blocked, copy_runs, observe, policy_index, settings};
 use crate::api::{BackupMethod, BackupPolicy, BackupPolicyStatus, RUN_NOW_ANNOTATION};
 use crate::schedule::Schedule;
 use crate::status::{self, Observation, condition};
@@ -33,6 +33,18 @@ pub async fn reconcile(ctx: Context<BackupPolicy>) -> HandlerResult {
 #[on_timer(id = "snapshot-tick", interval = "15s", initial_delay = "5s")]
 pub async fn snapshot_tick(ctx: Context<BackupPolicy>) -> HandlerResult {
     if ctx.object.spec.method == BackupMethod::Copy {
+        return Ok(());
+    }
+    reconcile_policy(ctx).await
+}
+
+/// A stuck pod (forbidden, unschedulable, no image, no Secret, no mount)
+/// changes no Job: policies with running Jobs are looked at every 15 s so
+/// the problem shows within a minute, not at the Job's deadline.
+#[on_timer(id = "job-tick", interval = "15s", initial_delay = "10s")]
+pub async fn job_tick(ctx: Context<BackupPolicy>) -> HandlerResult {
+    let ns = ctx.object.namespace().unwrap_or_default();
+    if !blocked::has_running(&ns, &ctx.object.name_any()) {
         return Ok(());
     }
     reconcile_policy(ctx).await
@@ -97,6 +109,15 @@ async fn reconcile_policy(ctx: Context<BackupPolicy>) -> HandlerResult {
     };
     let prev = policy.status.clone().unwrap_or_default();
     let mut computed = status::compute(&policy, &prev, &obs);
+    let any_running = obs
+        .jobs
+        .iter()
+        .any(|j| j.outcome == crate::results::JobOutcome::Running);
+    blocked::track(&ns, &name, any_running);
+    if any_running {
+        let stuck = blocked::stuck_jobs(&client, &ns, &name).await?;
+        crate::job_failures::apply(&mut computed, &stuck);
+    }
     if policy.spec.method == BackupMethod::Snapshot
         && let Ok(res) = &obs.targets
     {

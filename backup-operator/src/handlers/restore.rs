@@ -10,7 +10,9 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, ResourceExt};
-use operator_framework::{Context, EventType, HandlerError, HandlerResult, conditions, on_event};
+use operator_framework::{
+    Context, EventType, HandlerError, HandlerResult, conditions, on_event, on_timer,
+};
 use std::time::Duration;
 
 const READY: &str = "Ready";
@@ -23,6 +25,22 @@ const READY: &str = "Ready";
     timeout = "120s"
 )]
 pub async fn reconcile(ctx: Context<Restore>) -> HandlerResult {
+    reconcile_restore(ctx).await
+}
+
+/// A stuck pod (forbidden, unschedulable, no image, no Secret, no mount)
+/// changes no Job, so no watch event comes: running restores are looked at
+/// every 15 s.
+#[on_timer(id = "restore-tick", interval = "15s", initial_delay = "10s")]
+pub async fn restore_tick(ctx: Context<Restore>) -> HandlerResult {
+    let running = ctx.object.status.as_ref().and_then(|s| s.phase) == Some(RestorePhase::Running);
+    if !running {
+        return Ok(());
+    }
+    reconcile_restore(ctx).await
+}
+
+async fn reconcile_restore(ctx: Context<Restore>) -> HandlerResult {
     let restore = ctx.object.clone();
     let prev = restore.status.clone().unwrap_or_default();
     if matches!(
@@ -247,6 +265,20 @@ async fn follow_job(
     match results::job_outcome(job, result.as_ref()) {
         JobOutcome::Running => {
             let start = job.status.as_ref().and_then(|s| s.start_time.clone());
+            if let Some(b) = super::blocked::job_stuck(&client, ns, job).await? {
+                let msg = format!("restore Job {name} cannot run: {}", b.message);
+                let old = conditions::find(&prev.conditions, READY);
+                if old.is_none_or(|c| c.reason != b.reason || c.message != msg) {
+                    ctx.event(EventType::Warning, b.reason, &msg).await?;
+                }
+                set(ctx, prev, RestorePhase::Running, b.reason, &msg, |s| {
+                    if s.start_time.is_none() {
+                        s.start_time = start.clone();
+                    }
+                })
+                .await?;
+                return Ok(());
+            }
             set(
                 ctx,
                 prev,
