@@ -11,6 +11,7 @@ pub mod job_failures;
 pub mod manifests;
 pub mod metrics;
 pub mod naming;
+pub mod pod_security;
 pub mod restore_plan;
 pub mod results;
 pub mod retention;

@@ -5,11 +5,12 @@
 mod support;
 
 use anyhow::Result;
+use backup_operator::api::{BackupPolicy, RestorePhase};
 use e2e::{TestNamespace, wait_for};
-use k8s_openapi::api::core::v1::ResourceQuota;
+use k8s_openapi::api::core::v1::{Namespace, Pod, ResourceQuota};
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
-use kube::api::{ListParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use std::time::Duration;
 use support::*;
 
@@ -142,5 +143,186 @@ async fn a_missing_secret_key_and_a_missing_image_are_reported_within_a_minute()
     );
     let image = image?;
     assert!(image.contains("PVC data"), "{image}");
+    Ok(())
+}
+
+/// Sets (or with `None` removes) a label on the test namespace.
+async fn label_namespace(ns: &TestNamespace, key: &str, value: Option<&str>) -> Result<()> {
+    let api: Api<Namespace> = Api::all(ns.client.clone());
+    api.patch(
+        &ns.name,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"metadata": {"labels": {key: value}}})),
+    )
+    .await?;
+    Ok(())
+}
+
+/// What a cluster admin does to allow root movers in a namespace.
+async fn allow_root_movers(ns: &TestNamespace) -> Result<()> {
+    let api: Api<Namespace> = Api::all(ns.client.clone());
+    api.patch(
+        &ns.name,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"metadata": {"annotations": {
+            "backup.backup.example.com/privileged-movers": "true"}}})),
+    )
+    .await?;
+    Ok(())
+}
+
+const RESTRICTED: &str = "pod-security.kubernetes.io/enforce";
+
+/// One on-demand backup of `pvc` by `policy`; returns the stored backup's name.
+async fn backup_once(ns: &TestNamespace, policy: &str, pvc: &str) -> Result<String> {
+    run_now(ns, policy, "1").await?;
+    let p = wait_policy(
+        ns,
+        policy,
+        "a stored backup",
+        Duration::from_secs(180),
+        |p| stored(p).iter().any(|b| b.pvc_name == pvc),
+    )
+    .await?;
+    Ok(stored(&p)
+        .into_iter()
+        .find(|b| b.pvc_name == pvc)
+        .map(|b| b.name)
+        .unwrap_or_default())
+}
+
+/// The security context the mover pods of the policy's Jobs ran with.
+async fn mover_pod_security(
+    ns: &TestNamespace,
+    policy: &str,
+) -> Result<Vec<(Option<i64>, Option<bool>)>> {
+    let pods: Api<Pod> = ns.api();
+    let list = pods
+        .list(&ListParams::default().labels(&format!("backup.backup.example.com/policy={policy}")))
+        .await?;
+    Ok(list
+        .items
+        .iter()
+        .filter_map(|p| p.spec.as_ref()?.security_context.as_ref())
+        .map(|s| (s.run_as_user, s.run_as_non_root))
+        .collect())
+}
+
+#[tokio::test]
+async fn a_restricted_namespace_backs_up_and_restores_byte_identical_as_non_root() -> Result<()> {
+    let (cluster, ns, s3) = setup("restricted").await?;
+    let files = e2e::sample_files();
+    pvc_with_files(&cluster, &ns, "data", &files).await?;
+    // The helper pods of the test run as root: restricted only for the movers.
+    label_namespace(&ns, RESTRICTED, Some("restricted")).await?;
+    create_policy(
+        &ns,
+        "restricted",
+        s3_spec(&s3, serde_json::json!({"names": ["data"]}), NEVER_SOON, 3),
+    )
+    .await?;
+    let backup = backup_once(&ns, "restricted", "data").await?;
+    let p: Api<BackupPolicy> = ns.api();
+    let p = p.get("restricted").await?;
+    assert_eq!(
+        condition(&p, "BackupFailed").map(|c| c.0).as_deref(),
+        Some("False")
+    );
+    for (uid, non_root) in mover_pod_security(&ns, "restricted").await? {
+        assert_eq!((uid, non_root), (Some(65532), Some(true)));
+    }
+    let r = restore_and_wait(
+        &ns,
+        "back",
+        serde_json::json!({"policyName": "restricted", "backupName": backup,
+            "target": {"pvcName": "restored"}}),
+    )
+    .await?;
+    let st = r.status.unwrap_or_default();
+    assert_eq!(
+        st.phase,
+        Some(RestorePhase::Succeeded),
+        "{:?}",
+        st.conditions
+    );
+    label_namespace(&ns, RESTRICTED, None).await?;
+    assert_eq!(
+        e2e::checksum_pvc(&cluster, &ns, "restored").await?,
+        e2e::manifest_of(&files)
+    );
+    // Pod Security is what the pods were checked against: a root mover is
+    // refused there and reported as such, not shown Ready.
+    label_namespace(&ns, RESTRICTED, Some("restricted")).await?;
+    allow_root_movers(&ns).await?;
+    create_policy(
+        &ns,
+        "root-in-restricted",
+        s3_spec(&s3, serde_json::json!({"names": ["data"]}), NEVER_SOON, 3),
+    )
+    .await?;
+    let message = reported_within_a_minute(&ns, "root-in-restricted", "PodForbidden").await?;
+    assert!(
+        message.contains("PVC data") && message.contains("PodSecurity"),
+        "{message}"
+    );
+    Ok(())
+}
+
+/// `stat` of every file under /data: `uid:gid mode path`, sorted.
+async fn owners(cluster: &e2e::Cluster, ns: &TestNamespace, pvc: &str) -> Result<String> {
+    let script = "cd /data && find . -type f | sort | while read -r f; do stat -c '%u:%g %a %n' \"$f\"; done";
+    let name = format!("owners-{pvc}");
+    let out = e2e::run_pod(
+        ns,
+        &e2e::busybox_pod(cluster, &name, script, Some(pvc)),
+        Duration::from_secs(120),
+    )
+    .await?;
+    anyhow::ensure!(out.succeeded, "stat pod failed: {}", out.output);
+    Ok(out.output)
+}
+
+#[tokio::test]
+async fn root_movers_where_the_admin_allows_keep_three_owners() -> Result<()> {
+    let (cluster, ns, s3) = setup("root-movers").await?;
+    e2e::create_pvc(&ns, "owned", "1Gi", None).await?;
+    e2e::wait_pvc_bound(&ns, "owned", Duration::from_secs(60)).await?;
+    // Files only their owners can read.
+    let script = "cd /data && for u in 0 1001 2002; do echo \"file of $u\" > f$u && chown $u:$u f$u && chmod 600 f$u; done && sync";
+    let out = e2e::run_pod(
+        &ns,
+        &e2e::busybox_pod(&cluster, "owners-fill", script, Some("owned")),
+        Duration::from_secs(120),
+    )
+    .await?;
+    anyhow::ensure!(out.succeeded, "fill pod failed: {}", out.output);
+    let before = owners(&cluster, &ns, "owned").await?;
+    assert!(before.contains("1001:1001 600 ./f1001"), "{before}");
+    allow_root_movers(&ns).await?;
+    create_policy(
+        &ns,
+        "root",
+        s3_spec(&s3, serde_json::json!({"names": ["owned"]}), NEVER_SOON, 3),
+    )
+    .await?;
+    let backup = backup_once(&ns, "root", "owned").await?;
+    for (uid, _) in mover_pod_security(&ns, "root").await? {
+        assert_eq!(uid, Some(0));
+    }
+    let r = restore_and_wait(
+        &ns,
+        "back",
+        serde_json::json!({"policyName": "root", "backupName": backup,
+            "target": {"pvcName": "restored"}}),
+    )
+    .await?;
+    let st = r.status.unwrap_or_default();
+    assert_eq!(
+        st.phase,
+        Some(RestorePhase::Succeeded),
+        "{:?}",
+        st.conditions
+    );
+    assert_eq!(owners(&cluster, &ns, "restored").await?, before);
     Ok(())
 }

@@ -284,6 +284,33 @@ pub struct JobSettings {
     #[serde(default = "default_history")]
     #[schemars(range(min = 1, max = 20))]
     pub failed_jobs_history_limit: i32,
+    /// Who the mover runs as.
+    #[serde(flatten)]
+    pub identity: MoverIdentity,
+}
+
+/// The user and groups of mover pods. Movers run as a non-root user unless
+/// the cluster admin allows root movers in the namespace (annotation
+/// `backup.backup.example.com/privileged-movers: "true"` on the Namespace);
+/// there they run as root with only the capabilities they need, unless
+/// `runAsUser` names another user.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MoverIdentity {
+    /// User id of the mover (default 65532; 0 only where root movers are allowed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 2147483647))]
+    pub run_as_user: Option<i64>,
+    /// Group id of the mover (default: the user id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 2147483647))]
+    pub run_as_group: Option<i64>,
+    /// Supplementary group owning the mounted volumes (restores default to the
+    /// group id so the mover can write a new volume; backups leave the source
+    /// volume's ownership alone unless this is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 2147483647))]
+    pub fs_group: Option<i64>,
 }
 
 fn default_backoff_limit() -> i32 {
@@ -309,6 +336,7 @@ impl Default for JobSettings {
             starting_deadline_seconds: default_starting_deadline(),
             successful_jobs_history_limit: default_history(),
             failed_jobs_history_limit: default_history(),
+            identity: MoverIdentity::default(),
         }
     }
 }

@@ -50,6 +50,9 @@ pub struct RestoreSpec {
     pub before: Option<String>,
     /// Where the data goes.
     pub target: RestoreTarget,
+    /// Who the restore mover runs as (default: the policy's `spec.job`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<super::MoverIdentity>,
 }
 
 /// The PVC restored into.

@@ -78,7 +78,7 @@ pub fn image(field: &str) -> Rule {
 /// A positive resource quantity such as `10Gi`.
 pub fn positive_quantity(field: &str) -> Rule {
     rule(
-        "isQuantity(self) && quantity(self).sign() == 1".into(),
+        "isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))".into(),
         &format!("{field} must be a positive quantity such as 10Gi"),
     )
 }

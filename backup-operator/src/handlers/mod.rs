@@ -2,6 +2,7 @@
 
 mod blocked;
 mod copy_runs;
+mod movers;
 mod observe;
 pub mod policy;
 pub mod restore;

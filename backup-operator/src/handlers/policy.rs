@@ -1,6 +1,6 @@
 //! BackupPolicy handlers: one level-triggered reconcile plus small reactions.
 
-use super::{blocked, copy_runs, observe, policy_index, settings};
+use super::{blocked, copy_runs, movers, observe, policy_index, settings};
 use crate::api::{BackupMethod, BackupPolicy, BackupPolicyStatus, RUN_NOW_ANNOTATION};
 use crate::schedule::Schedule;
 use crate::status::{self, Observation, condition};
@@ -83,10 +83,20 @@ async fn reconcile_policy(ctx: Context<BackupPolicy>) -> HandlerResult {
         // driven by the operator (the snapshot must exist before a pod runs).
         let copies = policy.spec.method == BackupMethod::Copy;
         let mut wanted: Vec<CronJob> = Vec::new();
-        if copies {
+        if copies && !res.selected.is_empty() {
+            movers::ensure_service_account(&client, &ns).await?;
+            let root = root_movers(&client, &policy, &ns).await?;
             for pvc in &res.selected {
                 match desired::cronjob(&policy, pvc, &settings().mover_image) {
-                    Ok(cj) => wanted.push(cj),
+                    Ok(mut cj) => {
+                        if root {
+                            crate::pod_security::elevate_cronjob(
+                                &mut cj,
+                                &policy.spec.job.identity,
+                            );
+                        }
+                        wanted.push(cj)
+                    }
                     Err(e) => apply_errors.push((pvc.clone(), e.to_string())),
                 }
             }
@@ -197,6 +207,19 @@ async fn reconcile_policy(ctx: Context<BackupPolicy>) -> HandlerResult {
     Ok(())
 }
 
+/// Whether the policy's movers run as root: the admin allows it in the
+/// namespace and the policy names no other user.
+pub(super) async fn root_movers(
+    client: &kube::Client,
+    policy: &BackupPolicy,
+    ns: &str,
+) -> Result<bool, HandlerError> {
+    if !crate::pod_security::wants_root(&policy.spec.job.identity) {
+        return Ok(false);
+    }
+    Ok(movers::privileged_allowed(client, ns).await?)
+}
+
 async fn write_status(ctx: &Context<BackupPolicy>, status: &BackupPolicyStatus) -> HandlerResult {
     let mut value = serde_json::to_value(status)
         .map_err(|e| HandlerError::permanent(format!("encoding status: {e}")))?;
@@ -251,6 +274,8 @@ async fn run_now(
         ctx.event(EventType::Normal, "BackupStarted", &note).await?;
         return Ok(Some(value));
     }
+    movers::ensure_service_account(&client, &ns).await?;
+    let root = root_movers(&client, policy, &ns).await?;
     let api = Api::<Job>::namespaced(client, &ns);
     for pvc in &res.selected {
         let mut job = match desired::manual_job(policy, pvc, &settings().mover_image, &value) {
@@ -262,6 +287,9 @@ async fn run_now(
                 continue;
             }
         };
+        if root {
+            crate::pod_security::elevate_job(&mut job, &policy.spec.job.identity);
+        }
         ctx.adopt(&mut job);
         match api.create(&PostParams::default(), &job).await {
             Ok(_) => {}

@@ -1,6 +1,6 @@
 //! Restore handlers: create the target PVC, run the restore Job, report.
 
-use super::{observe, settings};
+use super::{movers, observe, settings};
 use crate::api::{BackupPolicy, Restore, RestorePhase, RestoreStatus};
 use crate::desired::{self, RestoreJobInput};
 use crate::restore_plan;
@@ -219,11 +219,23 @@ async fn reconcile_restore(ctx: Context<Restore>) -> HandlerResult {
         before: source.before.as_deref(),
         target_pvc: &target.pvc_name,
         image: &settings().mover_image,
+        identity: restore.spec.job.as_ref(),
     };
     let mut job = match desired::restore_job(&input) {
         Ok(j) => j,
         Err(e) => return fail(&ctx, &prev, "InvalidPolicy", &e.to_string()).await,
     };
+    let identity = restore
+        .spec
+        .job
+        .clone()
+        .unwrap_or_else(|| policy.spec.job.identity.clone());
+    movers::ensure_service_account(&client, &ns).await?;
+    if crate::pod_security::wants_root(&identity)
+        && movers::privileged_allowed(&client, &ns).await?
+    {
+        crate::pod_security::elevate_job(&mut job, &identity);
+    }
     ctx.adopt(&mut job);
     match jobs.create(&PostParams::default(), &job).await {
         Ok(_) => {}
