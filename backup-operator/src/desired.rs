@@ -202,7 +202,7 @@ fn mover_pod(
     env.push(plain_env("TMPDIR", "/tmp"));
     let (pod_security, container_security) =
         crate::pod_security::non_root(operation, &settings.identity);
-    PodTemplateSpec {
+    let mut template = PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels),
             ..Default::default()
@@ -229,7 +229,11 @@ fn mover_pod(
             volumes: Some(volumes),
             ..Default::default()
         }),
+    };
+    if let Some(spec) = template.spec.as_mut() {
+        crate::placement::place(spec, settings);
     }
+    template
 }
 
 /// The Job template that backs up `pvc` for `policy`.
@@ -268,6 +272,9 @@ pub fn backup_job_template(
     .collect();
     if let Some(days) = spec.retention.max_days {
         args.extend(["--keep-within-days".to_string(), days.to_string()]);
+    }
+    for glob in &spec.exclude {
+        args.extend(["--exclude".to_string(), glob.clone()]);
     }
     let (env, mut volumes, mut mounts) = destination_access(dest);
     volumes.push(Volume {
@@ -577,6 +584,24 @@ mod tests {
         );
         assert!(mover_capabilities("snapshots").is_empty());
         assert!(mover_capabilities("forget").is_empty());
+    }
+
+    #[test]
+    fn excludes_reach_the_mover() {
+        let mut p = policy();
+        p.spec.exclude = vec!["*.tmp".into(), "cache/**".into()];
+        let job = manual_job(&p, "data", "img", "1").expect("job");
+        let args = job
+            .spec
+            .and_then(|s| s.template.spec)
+            .and_then(|s| s.containers[0].args.clone())
+            .expect("args");
+        let excludes: Vec<&str> = args
+            .windows(2)
+            .filter(|w| w[0] == "--exclude")
+            .map(|w| w[1].as_str())
+            .collect();
+        assert_eq!(excludes, ["*.tmp", "cache/**"]);
     }
 
     #[test]

@@ -6,11 +6,13 @@
 
 pub mod api;
 pub mod desired;
+pub mod guardrails;
 pub mod handlers;
 pub mod job_failures;
 pub mod manifests;
 pub mod metrics;
 pub mod naming;
+pub mod placement;
 pub mod pod_security;
 pub mod restore_plan;
 pub mod results;

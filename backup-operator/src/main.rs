@@ -45,6 +45,14 @@ struct RunArgs {
     /// Image holding `/backup-mover`, used by backup and restore Jobs.
     #[arg(long, env = "BACKUP_MOVER_IMAGE", default_value = backup_operator::DEFAULT_MOVER_IMAGE)]
     mover_image: String,
+    /// Other mover images policies may name in `spec.job.moverImage`
+    /// (comma-separated; empty: only `--mover-image`).
+    #[arg(long, env = "ALLOWED_MOVER_IMAGES", default_value = "")]
+    allowed_mover_images: String,
+    /// NFS exports policies may use, `server:/path` (comma-separated, each
+    /// with its subdirectories; empty: any).
+    #[arg(long, env = "NFS_EXPORTS", default_value = "")]
+    nfs_exports: String,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:8080")]
     metrics_addr: SocketAddr,
@@ -117,6 +125,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("connecting to the Kubernetes API (is KUBECONFIG set?)")?;
     handlers::init(Settings {
         mover_image: args.mover_image.clone(),
+        guardrails: backup_operator::guardrails::Guardrails::from_flags(
+            &args.allowed_mover_images,
+            &args.nfs_exports,
+        ),
     });
     handlers::start_pvc_cache(client.clone());
     let leader_election = args.leader_elect.then(|| LeaderElection {

@@ -259,6 +259,23 @@ async fn malformed_policy_values_are_rejected_naming_the_field() -> Result<()> {
             )],
             "spec.destination.s3.credentialsSecretRef.name",
         ),
+        // Any other key of a Secret would be sent to the endpoint.
+        (
+            "access key name",
+            vec![(
+                "/destination/s3/credentialsSecretRef/accessKeyIdKey",
+                json!("password"),
+            )],
+            "spec.destination.s3.credentialsSecretRef.accessKeyIdKey",
+        ),
+        (
+            "secret key name",
+            vec![(
+                "/destination/s3/credentialsSecretRef/secretAccessKeyKey",
+                json!("token"),
+            )],
+            "spec.destination.s3.credentialsSecretRef.secretAccessKeyKey",
+        ),
     ];
     let mut failures = Vec::new();
     for (i, (what, changes, field)) in cases.into_iter().enumerate() {

@@ -7,6 +7,7 @@ mod support;
 use anyhow::Result;
 use backup_operator::api::{BackupPolicy, RestorePhase};
 use e2e::{TestNamespace, wait_for};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Pod, ResourceQuota};
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
@@ -126,7 +127,8 @@ async fn a_missing_secret_key_and_a_missing_image_are_reported_within_a_minute()
     pvc_with_files(&cluster, &ns, "data", &e2e::sample_files()).await?;
     let mut no_key = s3_spec(&s3, serde_json::json!({"names": ["data"]}), NEVER_SOON, 3);
     if let Some(s3) = no_key.destination.as_mut().and_then(|d| d.s3.as_mut()) {
-        s3.credentials_secret_ref.access_key_id_key = "NO_SUCH_KEY".into();
+        // An allowed key name the Secret does not hold.
+        s3.credentials_secret_ref.access_key_id_key = "accessKeyId".into();
     }
     create_policy(&ns, "no-key", no_key).await?;
     let mut no_image = s3_spec(&s3, serde_json::json!({"names": ["data"]}), NEVER_SOON, 3);
@@ -138,7 +140,7 @@ async fn a_missing_secret_key_and_a_missing_image_are_reported_within_a_minute()
     );
     let key = key?;
     assert!(
-        key.contains("PVC data") && key.contains("NO_SUCH_KEY"),
+        key.contains("PVC data") && key.contains("accessKeyId"),
         "{key}"
     );
     let image = image?;
@@ -324,5 +326,124 @@ async fn root_movers_where_the_admin_allows_keep_three_owners() -> Result<()> {
         st.conditions
     );
     assert_eq!(owners(&cluster, &ns, "restored").await?, before);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_job_for_a_rwo_pvc_in_use_runs_on_the_pods_node_and_unschedulable_is_reported()
+-> Result<()> {
+    let (cluster, ns, s3) = setup("placement").await?;
+    let files = e2e::sample_files();
+    pvc_with_files(&cluster, &ns, "data", &files).await?;
+    start_pod(&cluster, &ns, "app", "sleep 3600", "data").await?;
+    let pods: Api<Pod> = ns.api();
+    let node = pods
+        .get("app")
+        .await?
+        .spec
+        .and_then(|s| s.node_name)
+        .unwrap_or_default();
+    create_policy(
+        &ns,
+        "in-use",
+        s3_spec(&s3, serde_json::json!({"names": ["data"]}), NEVER_SOON, 3),
+    )
+    .await?;
+    backup_once(&ns, "in-use", "data").await?;
+    let jobs: Api<Job> = ns.api();
+    let list = jobs
+        .list(&ListParams::default().labels("backup.backup.example.com/policy=in-use"))
+        .await?;
+    assert_eq!(list.items.len(), 1);
+    let terms = list.items[0]
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|p| p.affinity.as_ref())
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|n| {
+            n.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
+        .map(|r| r.node_selector_terms.clone())
+        .unwrap_or_default();
+    assert!(
+        terms.iter().all(|t| t
+            .match_fields
+            .iter()
+            .flatten()
+            .any(|f| f.key == "metadata.name" && f.values.as_deref() == Some(&[node.clone()][..])))
+            && !terms.is_empty(),
+        "the Job is pinned to node {node}: {terms:?}"
+    );
+
+    // No node has the label: reported as Unschedulable within a minute.
+    let mut nowhere = s3_spec(&s3, serde_json::json!({"names": ["data"]}), NEVER_SOON, 3);
+    nowhere.job.node_selector =
+        Some([("e2e.kube-backup/no-such-node".to_string(), "x".to_string())].into());
+    create_policy(&ns, "nowhere", nowhere).await?;
+    let message = reported_within_a_minute(&ns, "nowhere", "Unschedulable").await?;
+    assert!(message.contains("PVC data"), "{message}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn excluded_files_are_not_backed_up() -> Result<()> {
+    let (cluster, ns, s3) = setup("excludes").await?;
+    let kept = e2e::sample_files();
+    let mut files = kept.clone();
+    files.insert("scratch/build.tmp".into(), b"temporary".to_vec());
+    files.insert("cache/blob".into(), b"cached".to_vec());
+    pvc_with_files(&cluster, &ns, "data", &files).await?;
+    let mut spec = s3_spec(&s3, serde_json::json!({"names": ["data"]}), NEVER_SOON, 3);
+    spec.exclude = vec!["*.tmp".into(), "cache/**".into()];
+    create_policy(&ns, "excludes", spec).await?;
+    let backup = backup_once(&ns, "excludes", "data").await?;
+    let r = restore_and_wait(
+        &ns,
+        "back",
+        serde_json::json!({"policyName": "excludes", "backupName": backup,
+            "target": {"pvcName": "restored"}}),
+    )
+    .await?;
+    let st = r.status.unwrap_or_default();
+    assert_eq!(
+        st.phase,
+        Some(RestorePhase::Succeeded),
+        "{:?}",
+        st.conditions
+    );
+    assert_eq!(
+        e2e::checksum_pvc(&cluster, &ns, "restored").await?,
+        e2e::manifest_of(&kept)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_policy_with_a_foreign_mover_image_runs_nothing_and_says_why() -> Result<()> {
+    let (cluster, ns, s3) = setup("guardrails").await?;
+    pvc_with_files(&cluster, &ns, "data", &e2e::sample_files()).await?;
+    let mut spec = s3_spec(&s3, serde_json::json!({"names": ["data"]}), NEVER_SOON, 3);
+    spec.job.mover_image = Some("registry.example.com/not-allowed/mover:1".into());
+    create_policy(&ns, "foreign", spec).await?;
+    run_now(&ns, "foreign", "1").await?;
+    let p = wait_policy(
+        &ns,
+        "foreign",
+        "Ready=False/NotAllowed",
+        Duration::from_secs(60),
+        |p| condition(p, "Ready").is_some_and(|(s, r, _)| s == "False" && r == "NotAllowed"),
+    )
+    .await?;
+    let (_, _, message) = condition(&p, "Ready").unwrap_or_default();
+    assert!(message.contains("spec.job.moverImage"), "{message}");
+    // Give a wrongly started run time to show up: none may.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let jobs: Api<Job> = ns.api();
+    let cjs: Api<k8s_openapi::api::batch::v1::CronJob> = ns.api();
+    let sel = ListParams::default().labels("backup.backup.example.com/policy=foreign");
+    assert!(jobs.list(&sel).await?.items.is_empty(), "no Job runs");
+    assert!(cjs.list(&sel).await?.items.is_empty(), "no CronJob exists");
     Ok(())
 }

@@ -1,9 +1,10 @@
 //! `BackupPolicy`: which PVCs to back up, when, where to, and how long to keep it.
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 use super::rules;
 
@@ -58,6 +59,12 @@ pub struct BackupPolicySpec {
     /// Settings of the backup Jobs.
     #[serde(default)]
     pub job: JobSettings,
+    /// Paths not backed up, as globs: without `/` a name at any depth
+    /// (`*.tmp`, `cache`), with `/` relative to the PVC's root (`var/log/**`).
+    /// The volume's `lost+found` is never backed up.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 256)))]
+    pub exclude: Vec<String>,
 }
 
 /// PVC selection: names and/or a label selector (at least one).
@@ -171,11 +178,16 @@ pub struct S3CredentialsRef {
     #[schemars(length(min = 1, max = 253))]
     #[x_kube(validation = rules::dns_name("spec.destination.s3.credentialsSecretRef.name"))]
     pub name: String,
-    /// Key of the access key id.
+    /// Key of the access key id: `AWS_ACCESS_KEY_ID`, `accessKeyId` or
+    /// `access-key-id` (the value is sent to the endpoint; fixed names keep a
+    /// policy from sending any other key of a Secret there).
     #[serde(default = "default_access_key_key")]
+    #[x_kube(validation = rules::one_of("spec.destination.s3.credentialsSecretRef.accessKeyIdKey", &["AWS_ACCESS_KEY_ID", "accessKeyId", "access-key-id"]))]
     pub access_key_id_key: String,
-    /// Key of the secret access key.
+    /// Key of the secret access key: `AWS_SECRET_ACCESS_KEY`,
+    /// `secretAccessKey` or `secret-access-key`.
     #[serde(default = "default_secret_key_key")]
+    #[x_kube(validation = rules::one_of("spec.destination.s3.credentialsSecretRef.secretAccessKeyKey", &["AWS_SECRET_ACCESS_KEY", "secretAccessKey", "secret-access-key"]))]
     pub secret_access_key_key: String,
 }
 
@@ -287,6 +299,21 @@ pub struct JobSettings {
     /// Who the mover runs as.
     #[serde(flatten)]
     pub identity: MoverIdentity,
+    /// Node labels mover pods must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Tolerations of mover pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Affinity of mover pods. For a ReadWriteOnce PVC that a running pod
+    /// mounts, the operator adds that pod's node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// PriorityClass of mover pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = rules::dns_name("spec.job.priorityClassName"))]
+    pub priority_class_name: Option<String>,
 }
 
 /// The user and groups of mover pods. Movers run as a non-root user unless
@@ -337,6 +364,10 @@ impl Default for JobSettings {
             successful_jobs_history_limit: default_history(),
             failed_jobs_history_limit: default_history(),
             identity: MoverIdentity::default(),
+            node_selector: None,
+            tolerations: None,
+            affinity: None,
+            priority_class_name: None,
         }
     }
 }

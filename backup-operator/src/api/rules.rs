@@ -103,6 +103,19 @@ pub fn dns_names(field: &str) -> Rule {
     )
 }
 
+/// One of a fixed set of strings.
+pub fn one_of(field: &str, allowed: &[&str]) -> Rule {
+    let list = allowed
+        .iter()
+        .map(|a| format!("'{a}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    rule(
+        format!("self in [{list}]"),
+        &format!("{field} must be one of {}", allowed.join(", ")),
+    )
+}
+
 /// Schema of `targets.selector`: a `metav1.LabelSelector` with bounded sizes
 /// and its label values and operators checked.
 pub fn label_selector(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

@@ -1,6 +1,7 @@
 //! Reads why a policy's running backup Jobs are stuck: the Jobs' Events, their
-//! pods (by the Job's own `controller-uid`, which no namespace user can set on
-//! a pod the Job controller did not make) and those pods' Events.
+//! pods (by the Job's own uid: its `controller-uid` label and controller
+//! owner reference, not the `job-name` label any pod can carry) and those
+//! pods' Events.
 
 use crate::api::POLICY_LABEL;
 use crate::job_failures::{self, BlockedJob};
@@ -38,11 +39,22 @@ pub(crate) async fn pods_of_job(client: &Client, ns: &str, job: &Job) -> anyhow:
     let Some(uid) = job.metadata.uid.as_deref() else {
         return Ok(vec![]);
     };
-    Ok(Api::<Pod>::namespaced(client.clone(), ns)
+    let pods = Api::<Pod>::namespaced(client.clone(), ns)
         .list(&ListParams::default().labels(&format!("{CONTROLLER_UID_LABEL}={uid}")))
         .await
         .with_context(|| format!("listing pods of Job {ns}/{uid}"))?
-        .items)
+        .items;
+    // The Job controller also makes itself the pods' controller owner.
+    Ok(pods
+        .into_iter()
+        .filter(|p| {
+            p.metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| o.uid == uid && o.controller == Some(true))
+        })
+        .collect())
 }
 
 /// Why `job` is stuck, if it runs and is.

@@ -15,6 +15,8 @@ use std::sync::{Mutex, OnceLock};
 pub struct Settings {
     /// Image with `/backup-mover`, used unless a policy names its own.
     pub mover_image: String,
+    /// What policies may ask for beyond that.
+    pub guardrails: crate::guardrails::Guardrails,
 }
 
 static SETTINGS: OnceLock<Settings> = OnceLock::new();
@@ -27,6 +29,7 @@ pub fn init(settings: Settings) {
 pub(crate) fn settings() -> Settings {
     SETTINGS.get().cloned().unwrap_or_else(|| Settings {
         mover_image: crate::DEFAULT_MOVER_IMAGE.to_string(),
+        guardrails: Default::default(),
     })
 }
 

@@ -5,8 +5,8 @@
 use crate::desired::MANAGER;
 use crate::pod_security::{self, MOVER_SERVICE_ACCOUNT};
 use anyhow::Context as _;
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use kube::api::{ObjectMeta, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, ServiceAccount};
+use kube::api::{ListParams, ObjectMeta, Patch, PatchParams};
 use kube::{Api, Client};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, OnceLock};
@@ -58,4 +58,39 @@ pub(crate) async fn privileged_allowed(client: &Client, ns: &str) -> anyhow::Res
     Ok(pod_security::privileged_allowed(
         &meta.metadata.annotations.unwrap_or_default(),
     ))
+}
+
+/// For each of `pvcs` that is ReadWriteOnce and mounted by a running pod:
+/// that pod's node, where its mover Job must run too.
+pub(crate) async fn pinned_nodes(
+    client: &Client,
+    ns: &str,
+    pvcs: &[String],
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    if pvcs.is_empty() {
+        return Ok(out);
+    }
+    let pods = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .with_context(|| format!("listing pods in {ns}"))?
+        .items;
+    let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns);
+    for pvc in pvcs {
+        let Some(node) = crate::placement::node_using(pvc, &pods) else {
+            continue;
+        };
+        let modes = claims
+            .get_opt(pvc)
+            .await
+            .with_context(|| format!("reading PVC {ns}/{pvc}"))?
+            .and_then(|c| c.spec)
+            .and_then(|s| s.access_modes)
+            .unwrap_or_default();
+        if crate::placement::single_node(&modes) {
+            out.insert(pvc.clone(), node);
+        }
+    }
+    Ok(out)
 }

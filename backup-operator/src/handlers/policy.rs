@@ -74,6 +74,11 @@ async fn reconcile_policy(ctx: Context<BackupPolicy>) -> HandlerResult {
     let pvcs = observe::pvcs(&client, &ns).await?;
     let resolution = targets::resolve(&policy.spec.targets, &pvcs);
     let missing_secrets = observe::missing_secrets(&client, &policy, &ns).await?;
+    let not_allowed = crate::guardrails::violations(
+        &policy.spec,
+        &settings().mover_image,
+        &settings().guardrails,
+    );
 
     // CronJobs change only when the schedule and selector are valid, so a typo
     // never rewrites or removes working CronJobs.
@@ -81,11 +86,13 @@ async fn reconcile_policy(ctx: Context<BackupPolicy>) -> HandlerResult {
     if let (Ok(_), Ok(res)) = (&schedule, &resolution) {
         // Only `Copy` reads the live PVC on a CronJob; the snapshot methods are
         // driven by the operator (the snapshot must exist before a pod runs).
-        let copies = policy.spec.method == BackupMethod::Copy;
+        // A policy outside the admin's limits keeps no CronJob.
+        let copies = policy.spec.method == BackupMethod::Copy && not_allowed.is_empty();
         let mut wanted: Vec<CronJob> = Vec::new();
         if copies && !res.selected.is_empty() {
             movers::ensure_service_account(&client, &ns).await?;
             let root = root_movers(&client, &policy, &ns).await?;
+            let pinned = movers::pinned_nodes(&client, &ns, &res.selected).await?;
             for pvc in &res.selected {
                 match desired::cronjob(&policy, pvc, &settings().mover_image) {
                     Ok(mut cj) => {
@@ -94,6 +101,9 @@ async fn reconcile_policy(ctx: Context<BackupPolicy>) -> HandlerResult {
                                 &mut cj,
                                 &policy.spec.job.identity,
                             );
+                        }
+                        if let Some(node) = pinned.get(pvc) {
+                            crate::placement::pin_cronjob(&mut cj, node);
                         }
                         wanted.push(cj)
                     }
@@ -106,7 +116,11 @@ async fn reconcile_policy(ctx: Context<BackupPolicy>) -> HandlerResult {
         }
     }
 
-    let started_run_now = run_now(&ctx, &policy).await?;
+    let started_run_now = if not_allowed.is_empty() {
+        run_now(&ctx, &policy).await?
+    } else {
+        None
+    };
 
     let jobs = observe::backup_jobs(&client, &ns, &name).await?;
     let obs = Observation {
@@ -137,6 +151,7 @@ async fn reconcile_policy(ctx: Context<BackupPolicy>) -> HandlerResult {
         crate::snapshot::status::apply_outcome(&mut computed, &result);
     }
     if policy.spec.method == BackupMethod::SnapshotThenCopy
+        && not_allowed.is_empty()
         && let (Ok(res), Ok(schedule)) = (&obs.targets, &obs.schedule)
     {
         // Only Jobs whose end was observed (and their result read) above
@@ -150,6 +165,9 @@ async fn reconcile_policy(ctx: Context<BackupPolicy>) -> HandlerResult {
         let result = copy_runs::drive(&ctx, schedule, &res.selected, &finished, obs.now).await;
         retry_if_transient(&result)?;
         crate::snapshot::status::apply_copy_round(&mut computed, &result);
+    }
+    if !not_allowed.is_empty() {
+        crate::guardrails::apply(&mut computed, &not_allowed);
     }
     let mut new_status = computed.status;
     if started_run_now.is_some() {
@@ -276,6 +294,7 @@ async fn run_now(
     }
     movers::ensure_service_account(&client, &ns).await?;
     let root = root_movers(&client, policy, &ns).await?;
+    let pinned = movers::pinned_nodes(&client, &ns, &res.selected).await?;
     let api = Api::<Job>::namespaced(client, &ns);
     for pvc in &res.selected {
         let mut job = match desired::manual_job(policy, pvc, &settings().mover_image, &value) {
@@ -289,6 +308,9 @@ async fn run_now(
         };
         if root {
             crate::pod_security::elevate_job(&mut job, &policy.spec.job.identity);
+        }
+        if let Some(node) = pinned.get(pvc) {
+            crate::placement::pin_job(&mut job, node);
         }
         ctx.adopt(&mut job);
         match api.create(&PostParams::default(), &job).await {

@@ -69,6 +69,14 @@ async fn reconcile_restore(ctx: Context<Restore>) -> HandlerResult {
         .await?;
         return Err(HandlerError::temporary(msg, Some(Duration::from_secs(30))));
     };
+    let not_allowed = crate::guardrails::violations(
+        &policy.spec,
+        &settings().mover_image,
+        &settings().guardrails,
+    );
+    if !not_allowed.is_empty() {
+        return fail(&ctx, &prev, "NotAllowed", &not_allowed.join("; ")).await;
+    }
     let source = match restore_plan::source(&restore, &policy) {
         Ok(s) => s,
         Err(e) => return fail(&ctx, &prev, "BackupNotFound", &e.to_string()).await,
@@ -272,7 +280,7 @@ async fn follow_job(
     let result = if running {
         None
     } else {
-        observe::job_result(&client, ns, &name).await?
+        observe::job_result(&client, ns, job).await?
     };
     match results::job_outcome(job, result.as_ref()) {
         JobOutcome::Running => {
