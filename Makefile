@@ -58,7 +58,7 @@ test-e2e-cluster: cluster-up ## The local cluster's own e2e checks (PVCs, CronJo
 
 test-e2e: cluster-up image-load ## End-to-end tests on the local cluster (or $$KUBECONFIG / kind).
 	$(CARGO) build -q -p backup-mover -p backup-operator
-	KUBECONFIG=$${KUBECONFIG:-$(KUBECONFIG_LOCAL)} $(CARGO) test -p e2e --lib --bins --test cluster --test backup --test local_operator --test catalog -- --test-threads=4
+	KUBECONFIG=$${KUBECONFIG:-$(KUBECONFIG_LOCAL)} $(CARGO) test -p e2e --lib --bins --test cluster --test backup --test local_operator --test catalog --test admission --test jobs -- --test-threads=4
 
 test-all: lint manifests-check prometheus-rules-check test test-integration test-e2e test-snapshots ## What CI runs: lint, CRDs, unit, integration, the e2e suite, then CSI snapshots.
 

@@ -7,9 +7,9 @@ use crate::api::{
 use crate::naming;
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, NFSVolumeSource,
-    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec,
-    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, Volume, VolumeMount,
+    Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, NFSVolumeSource,
+    PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, ResourceRequirements,
+    SecretKeySelector, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -165,24 +165,18 @@ pub fn default_resources() -> ResourceRequirements {
     }
 }
 
-/// The capabilities a mover operation needs on top of none: a backup reads
-/// any owner's files (`DAC_READ_SEARCH`), a restore creates them with their
-/// owners and modes (`CHOWN`, `FOWNER`, `DAC_OVERRIDE`, `FSETID`); listing,
-/// forget/prune and unlock only talk to the repository.
+/// The capabilities a root mover operation needs (see
+/// [`crate::pod_security::root_capabilities`]).
 pub fn mover_capabilities(operation: &str) -> Vec<String> {
-    let caps: &[&str] = match operation {
-        "backup" => &["DAC_READ_SEARCH"],
-        "restore" => &["CHOWN", "FOWNER", "DAC_OVERRIDE", "FSETID"],
-        _ => &[],
-    };
-    caps.iter().map(|c| c.to_string()).collect()
+    crate::pod_security::root_capabilities(operation)
 }
 
-/// A mover pod: runs as uid 0 (it must read and restore any owner's files)
-/// but with every capability dropped except what its operation needs, the
-/// runtime's default seccomp profile, no privilege escalation, no
-/// ServiceAccount token and no service links; read-only root filesystem,
-/// `/tmp` as an emptyDir, result in the termination message.
+/// A mover pod: a non-root user with every capability dropped (root only
+/// through [`crate::pod_security::elevate_pod`] where the admin allows it),
+/// the runtime's default seccomp profile, no privilege escalation, the
+/// namespace's mover ServiceAccount without a token, no service links;
+/// read-only root filesystem, `/tmp` as an emptyDir, result in the
+/// termination message.
 pub(crate) fn mover_pod(
     image: &str,
     args: Vec<String>,
@@ -208,24 +202,19 @@ pub(crate) fn mover_pod(
     });
     let mut env = env;
     env.push(plain_env("TMPDIR", "/tmp"));
-    PodTemplateSpec {
+    let (pod_security, container_security) =
+        crate::pod_security::non_root(operation, &settings.identity);
+    let mut template = PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels),
             ..Default::default()
         }),
         spec: Some(PodSpec {
             restart_policy: Some("Never".into()),
+            service_account_name: Some(crate::pod_security::MOVER_SERVICE_ACCOUNT.into()),
             automount_service_account_token: Some(false),
             enable_service_links: Some(false),
-            security_context: Some(PodSecurityContext {
-                run_as_user: Some(0),
-                run_as_group: Some(0),
-                seccomp_profile: Some(SeccompProfile {
-                    type_: "RuntimeDefault".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
+            security_context: Some(pod_security),
             containers: vec![Container {
                 name: "mover".into(),
                 image: Some(image.into()),
@@ -236,21 +225,17 @@ pub(crate) fn mover_pod(
                 volume_mounts: Some(mounts),
                 resources: Some(settings.resources.clone().unwrap_or_else(default_resources)),
                 termination_message_policy: Some("FallbackToLogsOnError".into()),
-                security_context: Some(SecurityContext {
-                    read_only_root_filesystem: Some(true),
-                    allow_privilege_escalation: Some(false),
-                    capabilities: Some(Capabilities {
-                        drop: Some(vec!["ALL".into()]),
-                        add: Some(mover_capabilities(operation)),
-                    }),
-                    ..Default::default()
-                }),
+                security_context: Some(container_security),
                 ..Default::default()
             }],
             volumes: Some(volumes),
             ..Default::default()
         }),
+    };
+    if let Some(spec) = template.spec.as_mut() {
+        crate::placement::place(spec, settings);
     }
+    template
 }
 
 /// The Job template that backs up `pvc` for `policy`.
@@ -290,6 +275,9 @@ pub fn backup_job_template(
         "--prune-grace".to_string(),
         prune_grace(spec.job.active_deadline_seconds),
     ]);
+    for glob in &spec.exclude {
+        args.extend(["--exclude".to_string(), glob.clone()]);
+    }
     let (env, mut volumes, mut mounts) = destination_access(dest);
     volumes.push(Volume {
         name: "data".into(),
@@ -395,6 +383,8 @@ pub struct RestoreJobInput<'a> {
     pub target_pvc: &'a str,
     /// Mover image.
     pub image: &'a str,
+    /// Who the mover runs as, if the Restore says (else the policy's).
+    pub identity: Option<&'a crate::api::MoverIdentity>,
 }
 
 /// The Job that restores one snapshot into the target PVC.
@@ -442,6 +432,10 @@ pub fn restore_job(input: &RestoreJobInput<'_>) -> Result<Job, DesiredError> {
         ),
     ]);
     let image = spec.job.mover_image.as_deref().unwrap_or(input.image);
+    let mut settings = spec.job.clone();
+    if let Some(identity) = input.identity {
+        settings.identity = identity.clone();
+    }
     Ok(Job {
         metadata: ObjectMeta {
             name: Some(naming::restore_job_name(input.restore)),
@@ -452,7 +446,7 @@ pub fn restore_job(input: &RestoreJobInput<'_>) -> Result<Job, DesiredError> {
         spec: Some(JobSpec {
             backoff_limit: Some(spec.job.backoff_limit),
             active_deadline_seconds: Some(spec.job.active_deadline_seconds),
-            template: mover_pod(image, args, env, volumes, mounts, &spec.job, labels),
+            template: mover_pod(image, args, env, volumes, mounts, &settings, labels),
             ..Default::default()
         }),
         status: None,
@@ -563,21 +557,39 @@ mod tests {
 
     #[test]
     fn mover_pods_drop_every_capability_but_what_the_operation_needs() {
-        let job = manual_job(&policy(), "data", "img", "1").expect("job");
-        let pod = job.spec.and_then(|s| s.template.spec).expect("pod spec");
+        let mut job = manual_job(&policy(), "data", "img", "1").expect("job");
+        let pod = job
+            .spec
+            .clone()
+            .and_then(|s| s.template.spec)
+            .expect("pod spec");
         assert_eq!(pod.automount_service_account_token, Some(false));
         assert_eq!(pod.enable_service_links, Some(false));
+        assert_eq!(pod.service_account_name.as_deref(), Some("backup-mover"));
         let psc = pod.security_context.expect("pod security context");
         assert_eq!(
             psc.seccomp_profile.map(|p| p.type_).as_deref(),
             Some("RuntimeDefault")
         );
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(psc.run_as_user, Some(crate::pod_security::DEFAULT_UID));
         let sc = pod.containers[0]
             .security_context
             .clone()
             .expect("container security context");
         assert_eq!(sc.allow_privilege_escalation, Some(false));
         let caps = sc.capabilities.expect("capabilities");
+        assert_eq!(caps.drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(caps.add, None, "a non-root mover adds nothing");
+        // Where root movers are allowed: root, plus exactly DAC_READ_SEARCH.
+        crate::pod_security::elevate_job(&mut job, &Default::default());
+        let pod = job.spec.and_then(|s| s.template.spec).expect("pod spec");
+        assert_eq!(pod.security_context.and_then(|p| p.run_as_user), Some(0));
+        let caps = pod.containers[0]
+            .security_context
+            .clone()
+            .and_then(|s| s.capabilities)
+            .expect("capabilities");
         assert_eq!(caps.drop, Some(vec!["ALL".to_string()]));
         assert_eq!(caps.add, Some(vec!["DAC_READ_SEARCH".to_string()]));
         assert_eq!(
@@ -586,6 +598,24 @@ mod tests {
         );
         assert!(mover_capabilities("snapshots").is_empty());
         assert!(mover_capabilities("forget").is_empty());
+    }
+
+    #[test]
+    fn excludes_reach_the_mover() {
+        let mut p = policy();
+        p.spec.exclude = vec!["*.tmp".into(), "cache/**".into()];
+        let job = manual_job(&p, "data", "img", "1").expect("job");
+        let args = job
+            .spec
+            .and_then(|s| s.template.spec)
+            .and_then(|s| s.containers[0].args.clone())
+            .expect("args");
+        let excludes: Vec<&str> = args
+            .windows(2)
+            .filter(|w| w[0] == "--exclude")
+            .map(|w| w[1].as_str())
+            .collect();
+        assert_eq!(excludes, ["*.tmp", "cache/**"]);
     }
 
     #[test]

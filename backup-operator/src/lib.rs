@@ -7,10 +7,14 @@
 pub mod api;
 pub mod catalog;
 pub mod desired;
+pub mod guardrails;
 pub mod handlers;
+pub mod job_failures;
 pub mod manifests;
 pub mod metrics;
 pub mod naming;
+pub mod placement;
+pub mod pod_security;
 pub mod restore_plan;
 pub mod results;
 pub mod retention;

@@ -47,6 +47,14 @@ struct RunArgs {
     /// Image holding `/backup-mover`, used by backup and restore Jobs.
     #[arg(long, env = "BACKUP_MOVER_IMAGE", default_value = backup_operator::DEFAULT_MOVER_IMAGE)]
     mover_image: String,
+    /// Other mover images policies may name in `spec.job.moverImage`
+    /// (comma-separated; empty: only `--mover-image`).
+    #[arg(long, env = "ALLOWED_MOVER_IMAGES", default_value = "")]
+    allowed_mover_images: String,
+    /// NFS exports policies may use, `server:/path` (comma-separated, each
+    /// with its subdirectories; empty: any).
+    #[arg(long, env = "NFS_EXPORTS", default_value = "")]
+    nfs_exports: String,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:8080")]
     metrics_addr: SocketAddr,
@@ -123,6 +131,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = Arc::new(Settings {
         mover_image: args.mover_image.clone(),
         catalog_interval: Duration::from_secs(args.catalog_interval_seconds.max(30)),
+        guardrails: backup_operator::guardrails::Guardrails::from_flags(
+            &args.allowed_mover_images,
+            &args.nfs_exports,
+        ),
     });
     let backup_metrics = Arc::new(BackupMetrics::default());
     handlers::start_pvc_cache(client.clone());
@@ -148,7 +160,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     .handler(handlers::policy::reconcile())
     .handler(handlers::policy::schedule_changed())
     .handler(handlers::policy::snapshot_tick())
-    .handler(handlers::policy::catalog_tick());
+    .handler(handlers::policy::catalog_tick())
+    .handler(handlers::policy::job_tick());
     let by_namespace = policies
         .index_reader::<String, String>(handlers::POLICIES_BY_NAMESPACE)
         .context("the policies index")?;
@@ -179,6 +192,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         watcher::Config::default(),
     )
     .handler(handlers::restore::reconcile())
+    .handler(handlers::restore::restore_tick())
     .watches::<Job, _>(Api::all(client.clone()), |job: &Job| {
         let ns = job.namespace().unwrap_or_default();
         job.labels()

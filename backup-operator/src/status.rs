@@ -131,7 +131,15 @@ pub fn compute(policy: &BackupPolicy, prev: &BackupPolicyStatus, obs: &Observati
     };
     if let Ok(r) = &obs.targets {
         status.target_pvcs = r.selected.clone();
-        if r.missing.is_empty() {
+        if r.missing.is_empty() && r.selected.is_empty() {
+            // Not an error (PVCs may come later), but never silence.
+            conds.push(ConditionUpdate::new(
+                condition::TARGETS_RESOLVED,
+                false,
+                "NoTargets",
+                "no PVC in the namespace matches spec.targets; nothing is backed up",
+            ));
+        } else if r.missing.is_empty() {
             conds.push(ConditionUpdate::new(
                 condition::TARGETS_RESOLVED,
                 true,
@@ -460,6 +468,18 @@ mod tests {
         let t = cond(&c, condition::TARGETS_RESOLVED);
         assert_eq!((t.status, t.reason.as_str()), (false, "PVCNotFound"));
         assert!(t.message.contains('b'));
+    }
+
+    #[test]
+    fn a_selection_of_no_pvc_is_a_no_targets_warning() {
+        let mut o = obs(vec![]);
+        o.targets = Ok(Resolution::default());
+        let c = compute(&policy(serde_json::json!({})), &Default::default(), &o);
+        let t = cond(&c, condition::TARGETS_RESOLVED);
+        assert_eq!((t.status, t.reason.as_str()), (false, "NoTargets"));
+        // A warning: the policy itself is in order.
+        assert_eq!(c.status.phase, Some(Phase::Active));
+        assert!(c.status.target_pvcs.is_empty());
     }
 
     #[test]

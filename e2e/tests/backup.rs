@@ -587,7 +587,7 @@ async fn admission_rejects_invalid_specs() -> Result<()> {
         (
             "two-destinations",
             serde_json::json!({"targets": {"names": ["a"]}, "schedule": "@daily",
-            "destination": {"nfs": {"server": "n", "path": "/x"}, "s3": {"endpoint": "http://x", "bucket": "b", "credentialsSecretRef": {"name": "c"}},
+            "destination": {"nfs": {"server": "n", "path": "/x"}, "s3": {"endpoint": "http://x", "bucket": "bkt", "credentialsSecretRef": {"name": "c"}},
                             "repositoryPasswordSecretRef": {"name": "pw"}}}),
             "exactly one of s3 or nfs",
         ),

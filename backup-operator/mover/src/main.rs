@@ -134,6 +134,11 @@ enum Cmd {
         /// Do not fail with SourceEmpty on an empty directory
         #[arg(long)]
         allow_empty: bool,
+        /// Leave out paths matching this glob (repeatable): without `/` a
+        /// name at any depth (`*.tmp`), with `/` relative to the source
+        /// (`cache/**`); the source's `lost+found` is always left out
+        #[arg(long = "exclude", value_name = "GLOB")]
+        excludes: Vec<String>,
         /// Files read, chunked, compressed and encrypted at once (each may
         /// hold about 34 MiB); default: the CPUs available, at most 4
         #[arg(long)]
@@ -295,6 +300,7 @@ fn run(cmd: Cmd, r: &mut MoverResult) -> MResult<()> {
             pvc,
             retention,
             allow_empty,
+            excludes,
             backup_threads,
             time,
             prune_grace,
@@ -313,6 +319,7 @@ fn run(cmd: Cmd, r: &mut MoverResult) -> MResult<()> {
                 time,
                 threads: backup_threads,
                 prune_grace,
+                excludes,
             };
             ops::backup(&be, &o, &args, r)
         }

@@ -41,6 +41,8 @@ pub struct BackupArgs {
     pub threads: Option<usize>,
     /// Prune's grace period before a marked pack is deleted.
     pub prune_grace: Duration,
+    /// Globs of paths not backed up (`lost+found` never is).
+    pub excludes: Vec<String>,
 }
 
 pub(crate) fn info(s: &SnapshotFile) -> SnapshotInfo {
@@ -78,15 +80,24 @@ fn snapshots_for(repo: &Repository<OpenStatus>, pvc: Option<&str>) -> MResult<Ve
     )
 }
 
+/// Empty, or holding nothing but the file system's `lost+found`: a volume
+/// that was never written (or not mounted) must not pass for a backup.
 fn source_is_empty(path: &Path) -> MResult<bool> {
-    let mut rd = std::fs::read_dir(path).map_err(|e| {
+    let rd = std::fs::read_dir(path).map_err(|e| {
         let mut err = MoverError::classify(&format!("reading source {}", path.display()), &e);
         if err.kind == ErrorKind::NotFound {
             err.kind = ErrorKind::SourceEmpty;
         }
         err
     })?;
-    Ok(rd.next().is_none())
+    for entry in rd {
+        let entry = entry
+            .map_err(|e| MoverError::classify(&format!("reading source {}", path.display()), &e))?;
+        if entry.file_name() != crate::archive::LOST_FOUND {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 pub fn backup(
@@ -139,6 +150,7 @@ pub fn backup(
         threads: a.threads,
         cancel: Some(cancel::flag()),
         skipped: &skipped,
+        excludes: &a.excludes,
     };
     let snap = archive::backup(&repo, be, &crypto, &settings, snap)
         .map_err(|e| e.context(&format!("backing up {}", a.source.display())))?;

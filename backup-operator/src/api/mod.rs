@@ -3,6 +3,7 @@
 pub mod backup;
 pub mod policy;
 pub mod restore;
+pub mod rules;
 
 pub use backup::*;
 pub use policy::*;

@@ -1,9 +1,12 @@
 //! `BackupPolicy`: which PVCs to back up, when, where to, and how long to keep it.
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use super::rules;
 
 /// Desired state of a backup policy.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -56,6 +59,12 @@ pub struct BackupPolicySpec {
     /// Settings of the backup Jobs.
     #[serde(default)]
     pub job: JobSettings,
+    /// Paths not backed up, as globs: without `/` a name at any depth
+    /// (`*.tmp`, `cache`), with `/` relative to the PVC's root (`var/log/**`).
+    /// The volume's `lost+found` is never backed up.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 256)))]
+    pub exclude: Vec<String>,
 }
 
 /// PVC selection: names and/or a label selector (at least one).
@@ -65,9 +74,12 @@ pub struct BackupPolicySpec {
 pub struct Targets {
     /// PVC names in the policy's namespace.
     #[serde(default)]
+    #[schemars(length(max = 1000), inner(length(max = 253)))]
+    #[x_kube(validation = rules::dns_names("spec.targets.names"))]
     pub names: Vec<String>,
     /// PVCs whose labels match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "rules::label_selector")]
     pub selector: Option<LabelSelector>,
 }
 
@@ -203,13 +215,17 @@ pub struct Destination {
 #[serde(rename_all = "camelCase")]
 pub struct S3Destination {
     /// Endpoint URL, e.g. `https://s3.eu-west-1.amazonaws.com` or `http://minio:9000`.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = rules::http_url("spec.destination.s3.endpoint"))]
     pub endpoint: String,
     /// Bucket name.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 3, max = 63))]
+    #[x_kube(validation = rules::bucket("spec.destination.s3.bucket"))]
     pub bucket: String,
-    /// Key prefix inside the bucket.
+    /// Key prefix inside the bucket (relative, no `.` or `..` segments).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    #[x_kube(validation = rules::key_prefix("spec.destination.s3.prefix"))]
     pub prefix: Option<String>,
     /// Region (default `us-east-1`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -230,13 +246,19 @@ fn default_true() -> bool {
 #[serde(rename_all = "camelCase")]
 pub struct S3CredentialsRef {
     /// Secret name in the policy's namespace.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = rules::dns_name("spec.destination.s3.credentialsSecretRef.name"))]
     pub name: String,
-    /// Key of the access key id.
+    /// Key of the access key id: `AWS_ACCESS_KEY_ID`, `accessKeyId` or
+    /// `access-key-id` (the value is sent to the endpoint; fixed names keep a
+    /// policy from sending any other key of a Secret there).
     #[serde(default = "default_access_key_key")]
+    #[x_kube(validation = rules::one_of("spec.destination.s3.credentialsSecretRef.accessKeyIdKey", &["AWS_ACCESS_KEY_ID", "accessKeyId", "access-key-id"]))]
     pub access_key_id_key: String,
-    /// Key of the secret access key.
+    /// Key of the secret access key: `AWS_SECRET_ACCESS_KEY`,
+    /// `secretAccessKey` or `secret-access-key`.
     #[serde(default = "default_secret_key_key")]
+    #[x_kube(validation = rules::one_of("spec.destination.s3.credentialsSecretRef.secretAccessKeyKey", &["AWS_SECRET_ACCESS_KEY", "secretAccessKey", "secret-access-key"]))]
     pub secret_access_key_key: String,
 }
 
@@ -252,7 +274,8 @@ fn default_secret_key_key() -> String {
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
     /// Secret name.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = rules::dns_name("spec.destination.repositoryPasswordSecretRef.name"))]
     pub name: String,
     /// Key inside the Secret.
     #[serde(default = "default_password_key")]
@@ -268,10 +291,12 @@ fn default_password_key() -> String {
 #[serde(rename_all = "camelCase")]
 pub struct NfsDestination {
     /// NFS server host name or address.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = rules::host("spec.destination.nfs.server"))]
     pub server: String,
-    /// Exported path.
-    #[schemars(length(min = 1))]
+    /// Exported path (absolute).
+    #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(validation = rules::absolute_path("spec.destination.nfs.path"))]
     pub path: String,
 }
 
@@ -300,9 +325,13 @@ fn default_ready_timeout() -> u32 {
 pub struct RestoreDefaults {
     /// Storage class of PVCs created by restores.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = rules::dns_name("spec.restore.storageClassName"))]
     pub storage_class_name: Option<String>,
     /// Size of PVCs created by restores (default: the source PVC's request).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = rules::positive_quantity("spec.restore.size"))]
     pub size: Option<String>,
 }
 
@@ -312,6 +341,8 @@ pub struct RestoreDefaults {
 pub struct JobSettings {
     /// Mover image (default: the operator's `--mover-image`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    #[x_kube(validation = rules::image("spec.job.moverImage"))]
     pub mover_image: Option<String>,
     /// Resources of the mover container (default: 100m/128Mi requests, 1Gi limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -336,6 +367,48 @@ pub struct JobSettings {
     #[serde(default = "default_history")]
     #[schemars(range(min = 1, max = 20))]
     pub failed_jobs_history_limit: i32,
+    /// Who the mover runs as.
+    #[serde(flatten)]
+    pub identity: MoverIdentity,
+    /// Node labels mover pods must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Tolerations of mover pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Affinity of mover pods. For a ReadWriteOnce PVC that a running pod
+    /// mounts, the operator adds that pod's node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// PriorityClass of mover pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = rules::dns_name("spec.job.priorityClassName"))]
+    pub priority_class_name: Option<String>,
+}
+
+/// The user and groups of mover pods. Movers run as a non-root user unless
+/// the cluster admin allows root movers in the namespace (annotation
+/// `backup.backup.example.com/privileged-movers: "true"` on the Namespace);
+/// there they run as root with only the capabilities they need, unless
+/// `runAsUser` names another user.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MoverIdentity {
+    /// User id of the mover (default 65532; 0 only where root movers are allowed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 2147483647))]
+    pub run_as_user: Option<i64>,
+    /// Group id of the mover (default: the user id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 2147483647))]
+    pub run_as_group: Option<i64>,
+    /// Supplementary group owning the mounted volumes (restores default to the
+    /// group id so the mover can write a new volume; backups leave the source
+    /// volume's ownership alone unless this is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 2147483647))]
+    pub fs_group: Option<i64>,
 }
 
 fn default_backoff_limit() -> i32 {
@@ -361,6 +434,11 @@ impl Default for JobSettings {
             starting_deadline_seconds: default_starting_deadline(),
             successful_jobs_history_limit: default_history(),
             failed_jobs_history_limit: default_history(),
+            identity: MoverIdentity::default(),
+            node_selector: None,
+            tolerations: None,
+            affinity: None,
+            priority_class_name: None,
         }
     }
 }

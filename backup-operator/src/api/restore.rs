@@ -4,6 +4,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+use super::rules;
+
 /// Desired restore.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
@@ -24,7 +26,8 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct RestoreSpec {
     /// Policy whose destination and credentials are used.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = rules::dns_name("spec.policyName"))]
     pub policy_name: String,
     /// A `status.storedBackups[].name` of the policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -34,15 +37,22 @@ pub struct RestoreSpec {
     pub snapshot_id: Option<String>,
     /// PVC the `snapshotId` belongs to (default: looked up in the policy's `storedBackups`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = rules::dns_name("spec.sourcePvc"))]
     pub source_pvc: Option<String>,
     /// The newest backup of this PVC (optionally taken before `before`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = rules::dns_name("spec.latestOf"))]
     pub latest_of: Option<String>,
     /// With `latestOf`: only backups taken before this time (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub before: Option<String>,
     /// Where the data goes.
     pub target: RestoreTarget,
+    /// Who the restore mover runs as (default: the policy's `spec.job`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<super::MoverIdentity>,
 }
 
 /// The PVC restored into.
@@ -50,16 +60,21 @@ pub struct RestoreSpec {
 #[serde(rename_all = "camelCase")]
 pub struct RestoreTarget {
     /// PVC name in the Restore's namespace.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = rules::dns_name("spec.target.pvcName"))]
     pub pvc_name: String,
     /// Create the PVC (it must not exist). Default true.
     #[serde(default = "default_true")]
     pub create: bool,
     /// Storage class of a created PVC (default: policy `spec.restore`, then the cluster default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = rules::dns_name("spec.target.storageClassName"))]
     pub storage_class_name: Option<String>,
     /// Size of a created PVC (default: policy `spec.restore.size`, then 1Gi or the snapshot size).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = rules::positive_quantity("spec.target.size"))]
     pub size: Option<String>,
     /// Allow writing into an existing PVC (`create: false`). Files in the backup replace existing ones.
     #[serde(default)]

@@ -132,8 +132,27 @@ async fn advance(
                     }));
                 }
             };
-            ctx.adopt(&mut job);
             let ns = policy.namespace().unwrap_or_default();
+            let identity = &policy.spec.job.identity;
+            let root = async {
+                super::movers::ensure_service_account(&client, &ns).await?;
+                if !crate::pod_security::wants_root(identity) {
+                    return Ok(false);
+                }
+                super::movers::privileged_allowed(&client, &ns).await
+            };
+            match root.await {
+                Ok(true) => crate::pod_security::elevate_job(&mut job, identity),
+                Ok(false) => {}
+                Err(e) => {
+                    return Ok(Some(PvcProblem {
+                        pvc: pvc.to_string(),
+                        reason: "MoverSetupFailed",
+                        message: format!("PVC {pvc}: {e:#}"),
+                    }));
+                }
+            }
+            ctx.adopt(&mut job);
             let api = Api::<Job>::namespaced(client, &ns);
             match api.create(&PostParams::default(), &job).await {
                 Ok(created) => {

@@ -1,7 +1,9 @@
 //! Framework handlers: thin I/O around the pure modules.
 
+mod blocked;
 mod catalog;
 mod copy_runs;
+mod movers;
 mod observe;
 pub mod policy;
 pub mod restore;
@@ -18,6 +20,8 @@ pub struct Settings {
     /// How often every policy's repositories are listed (besides after
     /// each backup and on creation).
     pub catalog_interval: std::time::Duration,
+    /// What policies may ask for beyond that.
+    pub guardrails: crate::guardrails::Guardrails,
 }
 
 impl Default for Settings {
@@ -25,6 +29,7 @@ impl Default for Settings {
         Settings {
             mover_image: crate::DEFAULT_MOVER_IMAGE.to_string(),
             catalog_interval: std::time::Duration::from_secs(600),
+            guardrails: Default::default(),
         }
     }
 }

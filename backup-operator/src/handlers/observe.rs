@@ -6,7 +6,7 @@ use crate::status::JobRecord;
 use crate::targets::PvcInfo;
 use anyhow::Context as _;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::ListParams;
 use kube::{Api, Client};
@@ -84,18 +84,17 @@ pub(crate) async fn missing_secrets(
     Ok(missing)
 }
 
-/// The mover result of a finished Job: the termination message of its newest pod.
+/// The mover result of a finished Job: the termination message of its newest
+/// pod. Only pods carrying the Job's uid count: anyone in the namespace can
+/// make a pod labelled `job-name=<job>` with a forged result.
 pub(crate) async fn job_result(
     client: &Client,
     ns: &str,
-    job: &str,
+    job: &Job,
 ) -> anyhow::Result<Option<MoverResult>> {
-    let pods = Api::<Pod>::namespaced(client.clone(), ns)
-        .list(&ListParams::default().labels(&format!("job-name={job}")))
-        .await
-        .with_context(|| format!("listing pods of Job {ns}/{job}"))?;
+    let pods = super::blocked::pods_of_job(client, ns, job).await?;
     let mut newest: Option<(Option<jiff::Timestamp>, MoverResult)> = None;
-    for pod in pods.items {
+    for pod in pods {
         let created = pod.metadata.creation_timestamp.as_ref().map(|t| t.0);
         let statuses = pod
             .status
@@ -134,7 +133,7 @@ pub(crate) async fn backup_jobs(
         let result = if finished_outcome == JobOutcome::Running {
             None
         } else {
-            job_result(client, ns, &name).await?
+            job_result(client, ns, &job).await?
         };
         let outcome = results::job_outcome(&job, result.as_ref());
         let finished = results::job_finished_at(&job);

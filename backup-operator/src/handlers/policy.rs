@@ -1,6 +1,6 @@
 //! BackupPolicy handlers: one level-triggered reconcile plus small reactions.
 
-use super::{copy_runs, observe, settings};
+use super::{blocked, copy_runs, movers, observe, settings};
 use crate::api::{BackupMethod, BackupPolicy, BackupPolicyStatus, RUN_NOW_ANNOTATION};
 use crate::schedule::Schedule;
 use crate::status::{self, Observation};
@@ -58,6 +58,18 @@ pub async fn catalog_tick(ctx: Context<BackupPolicy>) -> HandlerResult {
     reconcile_policy(ctx).await
 }
 
+/// A stuck pod (forbidden, unschedulable, no image, no Secret, no mount)
+/// changes no Job: policies with running Jobs are looked at every 15 s so
+/// the problem shows within a minute, not at the Job's deadline.
+#[on_timer(id = "job-tick", interval = "15s", initial_delay = "10s")]
+pub async fn job_tick(ctx: Context<BackupPolicy>) -> HandlerResult {
+    let ns = ctx.object.namespace().unwrap_or_default();
+    if !blocked::has_running(&ns, &ctx.object.name_any()) {
+        return Ok(());
+    }
+    reconcile_policy(ctx).await
+}
+
 /// A snapshot step whose API call failed is retried; errors the user or the
 /// cluster admin must fix are reported in the status instead.
 fn retry_if_transient<T>(r: &Result<T, crate::snapshot::SnapshotError>) -> HandlerResult {
@@ -83,6 +95,11 @@ async fn reconcile_policy(ctx: Context<BackupPolicy>) -> HandlerResult {
     let pvcs = observe::pvcs(&client, &ns).await?;
     let resolution = targets::resolve(&policy.spec.targets, &pvcs);
     let missing_secrets = observe::missing_secrets(&client, &policy, &ns).await?;
+    let not_allowed = crate::guardrails::violations(
+        &policy.spec,
+        &settings(&ctx).mover_image,
+        &settings(&ctx).guardrails,
+    );
 
     // CronJobs change only when the schedule and selector are valid, so a typo
     // never rewrites or removes working CronJobs.
@@ -90,9 +107,13 @@ async fn reconcile_policy(ctx: Context<BackupPolicy>) -> HandlerResult {
     if let (Ok(_), Ok(res)) = (&schedule, &resolution) {
         // Only `Copy` reads the live PVC on a CronJob; the snapshot methods are
         // driven by the operator (the snapshot must exist before a pod runs).
-        let copies = policy.spec.method == BackupMethod::Copy;
+        // A policy outside the admin's limits keeps no CronJob.
+        let copies = policy.spec.method == BackupMethod::Copy && not_allowed.is_empty();
         let mut wanted: Vec<CronJob> = Vec::new();
-        if copies {
+        if copies && !res.selected.is_empty() {
+            movers::ensure_service_account(&client, &ns).await?;
+            let root = root_movers(&client, &policy, &ns).await?;
+            let pinned = movers::pinned_nodes(&client, &ns, &res.selected).await?;
             let specs = observe::pvc_specs(&client, &ns).await?;
             for pvc in &res.selected {
                 match desired::cronjob(&policy, pvc, &settings(&ctx).mover_image) {
@@ -102,6 +123,15 @@ async fn reconcile_policy(ctx: Context<BackupPolicy>) -> HandlerResult {
                             cj.spec.as_mut().and_then(|s| s.job_template.spec.as_mut()),
                         ) {
                             crate::catalog::job::record_pvc_spec(&mut t.template, r);
+                        }
+                        if root {
+                            crate::pod_security::elevate_cronjob(
+                                &mut cj,
+                                &policy.spec.job.identity,
+                            );
+                        }
+                        if let Some(node) = pinned.get(pvc) {
+                            crate::placement::pin_cronjob(&mut cj, node);
                         }
                         wanted.push(cj)
                     }
@@ -114,7 +144,11 @@ async fn reconcile_policy(ctx: Context<BackupPolicy>) -> HandlerResult {
         }
     }
 
-    let started_run_now = run_now(&ctx, &policy).await?;
+    let started_run_now = if not_allowed.is_empty() {
+        run_now(&ctx, &policy).await?
+    } else {
+        None
+    };
 
     let jobs = observe::backup_jobs(&client, &ns, &name).await?;
     let obs = Observation {
@@ -127,6 +161,15 @@ async fn reconcile_policy(ctx: Context<BackupPolicy>) -> HandlerResult {
     };
     let prev = policy.status.clone().unwrap_or_default();
     let mut computed = status::compute(&policy, &prev, &obs);
+    let any_running = obs
+        .jobs
+        .iter()
+        .any(|j| j.outcome == crate::results::JobOutcome::Running);
+    blocked::track(&ns, &name, any_running);
+    if any_running {
+        let stuck = blocked::stuck_jobs(&client, &ns, &name).await?;
+        crate::job_failures::apply(&mut computed, &stuck);
+    }
     if policy.spec.method == BackupMethod::Snapshot
         && let Ok(res) = &obs.targets
     {
@@ -136,6 +179,7 @@ async fn reconcile_policy(ctx: Context<BackupPolicy>) -> HandlerResult {
         crate::snapshot::status::apply_outcome(&mut computed, &result);
     }
     if policy.spec.method == BackupMethod::SnapshotThenCopy
+        && not_allowed.is_empty()
         && let (Ok(res), Ok(schedule)) = (&obs.targets, &obs.schedule)
     {
         // Only Jobs whose end was observed (and their result read) above
@@ -149,6 +193,9 @@ async fn reconcile_policy(ctx: Context<BackupPolicy>) -> HandlerResult {
         let result = copy_runs::drive(&ctx, schedule, &res.selected, &finished, obs.now).await;
         retry_if_transient(&result)?;
         crate::snapshot::status::apply_copy_round(&mut computed, &result);
+    }
+    if !not_allowed.is_empty() {
+        crate::guardrails::apply(&mut computed, &not_allowed);
     }
     let mut new_status = computed.status;
     if started_run_now.is_some() {
@@ -269,6 +316,19 @@ async fn reconcile_policy(ctx: Context<BackupPolicy>) -> HandlerResult {
     Ok(())
 }
 
+/// Whether the policy's movers run as root: the admin allows it in the
+/// namespace and the policy names no other user.
+pub(super) async fn root_movers(
+    client: &kube::Client,
+    policy: &BackupPolicy,
+    ns: &str,
+) -> Result<bool, HandlerError> {
+    if !crate::pod_security::wants_root(&policy.spec.job.identity) {
+        return Ok(false);
+    }
+    Ok(movers::privileged_allowed(client, ns).await?)
+}
+
 async fn write_status(ctx: &Context<BackupPolicy>, status: &BackupPolicyStatus) -> HandlerResult {
     let mut value = serde_json::to_value(status)
         .map_err(|e| HandlerError::permanent(format!("encoding status: {e}")))?;
@@ -324,6 +384,9 @@ async fn run_now(
         return Ok(Some(value));
     }
     let specs = observe::pvc_specs(&client, &ns).await?;
+    movers::ensure_service_account(&client, &ns).await?;
+    let root = root_movers(&client, policy, &ns).await?;
+    let pinned = movers::pinned_nodes(&client, &ns, &res.selected).await?;
     let api = Api::<Job>::namespaced(client, &ns);
     for pvc in &res.selected {
         let mut job = match desired::manual_job(policy, pvc, &settings(ctx).mover_image, &value) {
@@ -340,6 +403,12 @@ async fn run_now(
                 continue;
             }
         };
+        if root {
+            crate::pod_security::elevate_job(&mut job, &policy.spec.job.identity);
+        }
+        if let Some(node) = pinned.get(pvc) {
+            crate::placement::pin_job(&mut job, node);
+        }
         ctx.adopt(&mut job);
         match api.create(&PostParams::default(), &job).await {
             Ok(_) => {}

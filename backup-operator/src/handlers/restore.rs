@@ -1,6 +1,6 @@
 //! Restore handlers: create the target PVC, run the restore Job, report.
 
-use super::{observe, settings};
+use super::{movers, observe, settings};
 use crate::api::{BackupPolicy, Restore, RestorePhase, RestoreStatus};
 use crate::desired::{self, RestoreJobInput};
 use crate::restore_plan;
@@ -10,7 +10,9 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, ResourceExt};
-use operator_framework::{Context, EventType, HandlerError, HandlerResult, conditions, on_event};
+use operator_framework::{
+    Context, EventType, HandlerError, HandlerResult, conditions, on_event, on_timer,
+};
 use std::time::Duration;
 
 const READY: &str = "Ready";
@@ -23,6 +25,22 @@ const READY: &str = "Ready";
     timeout = "120s"
 )]
 pub async fn reconcile(ctx: Context<Restore>) -> HandlerResult {
+    reconcile_restore(ctx).await
+}
+
+/// A stuck pod (forbidden, unschedulable, no image, no Secret, no mount)
+/// changes no Job, so no watch event comes: running restores are looked at
+/// every 15 s.
+#[on_timer(id = "restore-tick", interval = "15s", initial_delay = "10s")]
+pub async fn restore_tick(ctx: Context<Restore>) -> HandlerResult {
+    let running = ctx.object.status.as_ref().and_then(|s| s.phase) == Some(RestorePhase::Running);
+    if !running {
+        return Ok(());
+    }
+    reconcile_restore(ctx).await
+}
+
+async fn reconcile_restore(ctx: Context<Restore>) -> HandlerResult {
     let restore = ctx.object.clone();
     let prev = restore.status.clone().unwrap_or_default();
     if matches!(
@@ -51,6 +69,14 @@ pub async fn reconcile(ctx: Context<Restore>) -> HandlerResult {
         .await?;
         return Err(HandlerError::temporary(msg, Some(Duration::from_secs(30))));
     };
+    let not_allowed = crate::guardrails::violations(
+        &policy.spec,
+        &settings(&ctx).mover_image,
+        &settings(&ctx).guardrails,
+    );
+    if !not_allowed.is_empty() {
+        return fail(&ctx, &prev, "NotAllowed", &not_allowed.join("; ")).await;
+    }
     let backups = Api::<crate::api::Backup>::namespaced(client.clone(), &ns)
         .list(&ListParams::default().labels(&format!("{}={policy_name}", crate::api::POLICY_LABEL)))
         .await?
@@ -230,11 +256,23 @@ pub async fn reconcile(ctx: Context<Restore>) -> HandlerResult {
         before: source.before.as_deref(),
         target_pvc: &target.pvc_name,
         image: &settings(&ctx).mover_image,
+        identity: restore.spec.job.as_ref(),
     };
     let mut job = match desired::restore_job(&input) {
         Ok(j) => j,
         Err(e) => return fail(&ctx, &prev, "InvalidPolicy", &e.to_string()).await,
     };
+    let identity = restore
+        .spec
+        .job
+        .clone()
+        .unwrap_or_else(|| policy.spec.job.identity.clone());
+    movers::ensure_service_account(&client, &ns).await?;
+    if crate::pod_security::wants_root(&identity)
+        && movers::privileged_allowed(&client, &ns).await?
+    {
+        crate::pod_security::elevate_job(&mut job, &identity);
+    }
     ctx.adopt(&mut job);
     match jobs.create(&PostParams::default(), &job).await {
         Ok(_) => {}
@@ -271,11 +309,25 @@ async fn follow_job(
     let result = if running {
         None
     } else {
-        observe::job_result(&client, ns, &name).await?
+        observe::job_result(&client, ns, job).await?
     };
     match results::job_outcome(job, result.as_ref()) {
         JobOutcome::Running => {
             let start = job.status.as_ref().and_then(|s| s.start_time.clone());
+            if let Some(b) = super::blocked::job_stuck(&client, ns, job).await? {
+                let msg = format!("restore Job {name} cannot run: {}", b.message);
+                let old = conditions::find(&prev.conditions, READY);
+                if old.is_none_or(|c| c.reason != b.reason || c.message != msg) {
+                    ctx.event(EventType::Warning, b.reason, &msg).await?;
+                }
+                set(ctx, prev, RestorePhase::Running, b.reason, &msg, |s| {
+                    if s.start_time.is_none() {
+                        s.start_time = start.clone();
+                    }
+                })
+                .await?;
+                return Ok(());
+            }
             set(
                 ctx,
                 prev,

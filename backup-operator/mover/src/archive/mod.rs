@@ -68,6 +68,30 @@ pub struct Settings<'a> {
     pub cancel: Option<&'a AtomicBool>,
     /// Counts the entries left out (the backup is then partial).
     pub skipped: &'a crate::skipped::Skipped,
+    /// Globs of paths left out (see [`exclude_globs`]).
+    pub excludes: &'a [String],
+}
+
+/// The source's `lost+found`: made by mkfs, never data of the application.
+pub const LOST_FOUND: &str = "lost+found";
+
+/// The walk's ignore globs for the user's exclude patterns, gitignore style:
+/// a pattern without `/` matches a name at any depth (`*.tmp`, `cache`), one
+/// with `/` is relative to the source (`var/cache/**`). The source's
+/// top-level `lost+found` is always left out.
+pub fn exclude_globs(source: &Path, patterns: &[String]) -> Vec<String> {
+    let root = source.to_string_lossy();
+    let root = root.trim_end_matches('/');
+    let mut globs = vec![format!("!{root}/{LOST_FOUND}")];
+    for p in patterns.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
+        let p = p.trim_end_matches('/');
+        if p.contains('/') {
+            globs.push(format!("!{root}/{}", p.trim_start_matches('/')));
+        } else {
+            globs.push(format!("!{p}"));
+        }
+    }
+    globs
 }
 
 /// How old the pending index may grow before it is written:
@@ -115,9 +139,11 @@ pub fn backup(
         .and_then(|p| parents.root(&p.tree, top_dir))
         .map(ParentDir::from);
 
+    let mut excludes = Excludes::default();
+    excludes.globs = exclude_globs(s.source, s.excludes);
     let source = LocalSource::new(
         LocalSourceSaveOptions::default(),
-        &Excludes::default(),
+        &excludes,
         &LocalSourceFilterOptions::default(),
         &[s.source],
     )

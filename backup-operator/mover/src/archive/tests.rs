@@ -103,6 +103,7 @@ fn cancelled_backup_indexes_its_packs_and_the_next_run_reuses_them() {
             threads: Some(2),
             cancel: Some(&cancel),
             skipped: &crate::skipped::Skipped::default(),
+            excludes: &[],
         };
         backup(&repo, &be, &crypto, &settings, snap())
     });
@@ -126,6 +127,7 @@ fn cancelled_backup_indexes_its_packs_and_the_next_run_reuses_them() {
         threads: Some(2),
         cancel: None,
         skipped: &crate::skipped::Skipped::default(),
+        excludes: &[],
     };
     let done = backup(&repo, &be, &crypto, &settings, snap()).expect("second backup");
     let sum = done.summary.expect("summary");
@@ -136,4 +138,21 @@ fn cancelled_backup_indexes_its_packs_and_the_next_run_reuses_them() {
         sum.data_added_files
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn exclude_patterns_become_walk_ignores_anchored_at_the_source() {
+    let globs = super::exclude_globs(
+        std::path::Path::new("/data/"),
+        &[
+            "*.tmp".into(),
+            " cache/ ".into(),
+            "/var/log/**".into(),
+            "".into(),
+        ],
+    );
+    assert_eq!(
+        globs,
+        ["!/data/lost+found", "!*.tmp", "!cache", "!/data/var/log/**"]
+    );
 }

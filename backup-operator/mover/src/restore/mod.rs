@@ -127,8 +127,16 @@ pub fn restore_tree(
     }
     // A real directory node (not a snapshot's root tree) carries metadata.
     if node.meta.mode.is_some() {
-        fsat::set_meta_fd(root.raw(), &attrs_of(&node.meta, opts.ownership, true))
-            .map_err(|e| io_err("setting metadata of", b".", &e))?;
+        match fsat::set_meta_fd(root.raw(), &attrs_of(&node.meta, opts.ownership, true)) {
+            Ok(()) => {}
+            // The target's root is the volume's mount point, owned by whoever
+            // provisioned it: a non-root mover may not chmod it, and its
+            // contents are restored all the same.
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                log::warn!("metadata of the restore target's root not restored: {e}");
+            }
+            Err(e) => return Err(io_err("setting metadata of", b".", &e)),
+        }
     }
     Ok(walk.stats)
 }
