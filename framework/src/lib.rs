@@ -319,6 +319,7 @@ mod store;
 pub mod testing;
 mod time;
 mod tls;
+mod webhook;
 
 /// Guide pages, one per concept (also in `framework/docs/`); their examples
 /// are compiled and run as doctests.
@@ -357,6 +358,7 @@ pub use metrics::{Histogram, Metrics, escape_label_value};
 pub use operator::{Operator, OperatorConfig, shutdown_signal};
 pub use store::Store;
 pub use tls::install_crypto_provider;
+pub use webhook::{AdmissionRequest, Mutation, Operation, Validation, WebhookConfig};
 
 pub use operator_framework_macros::{
     daemon, on_create, on_delete, on_event, on_field, on_resume, on_timer, on_update,

@@ -91,6 +91,8 @@ pub(crate) trait Runnable: Send + Sync {
     /// Registration errors (invalid or duplicate handlers), reported by
     /// `Operator::run` before anything starts.
     fn problems(&self) -> Vec<String>;
+    /// The admission webhooks of this controller's kind.
+    fn webhooks(&self) -> Vec<crate::webhook::Route>;
 }
 
 /// A controller for objects of kind `K`: the handlers, and which other kinds
@@ -111,6 +113,7 @@ pub struct Controller<K: Resource<DynamicType = ()>> {
     /// controller runs.
     cache: Store,
     indexers: Vec<Arc<dyn Indexer<K>>>,
+    webhooks: Vec<crate::webhook::Route>,
 }
 
 impl<K> Controller<K>
@@ -137,7 +140,80 @@ where
             digest_only: false,
             cache: Arc::new(Cache::default()),
             indexers: Vec::new(),
+            webhooks: Vec::new(),
         }
+    }
+
+    /// Adds a validating admission webhook (kopf's `@kopf.on.validate`):
+    /// the API server asks `f` before it stores a created or updated
+    /// object of this kind; `Err(message)` rejects the request with that
+    /// message. Served by the operator when
+    /// [`OperatorConfig::webhooks`](crate::OperatorConfig::webhooks) is set
+    /// (else [`Operator::run`](crate::Operator::run) fails). Runs on every
+    /// replica, leader or not, and also for dry runs: keep it free of side
+    /// effects and quick (the API server waits, at most `timeout_seconds`).
+    pub fn validate<F, Fut>(mut self, id: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(crate::AdmissionRequest<K>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = crate::Validation> + Send + 'static,
+    {
+        self.add_webhook(
+            id.into(),
+            crate::webhook::Admission::Validating,
+            crate::webhook::validator(f),
+        );
+        self
+    }
+
+    /// Adds a mutating admission webhook (kopf's `@kopf.on.mutate`): `f`
+    /// returns the object to store (e.g. with defaults filled in); the API
+    /// server gets the JSON patch from the submitted object (as `K`
+    /// serialises it) to that one. `Err(message)` rejects the request. The
+    /// same rules as [`Controller::validate`]; mutating webhooks run
+    /// before validating ones.
+    pub fn mutate<F, Fut>(mut self, id: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(crate::AdmissionRequest<K>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = crate::Mutation<K>> + Send + 'static,
+    {
+        self.add_webhook(
+            id.into(),
+            crate::webhook::Admission::Mutating,
+            crate::webhook::mutator(f),
+        );
+        self
+    }
+
+    fn add_webhook(
+        &mut self,
+        id: String,
+        admission: crate::webhook::Admission,
+        review: crate::webhook::Review,
+    ) {
+        let valid = !id.is_empty()
+            && id
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !valid {
+            self.problems.push(format!(
+                "webhook id `{id}` must be lower-case letters, digits and `-`"
+            ));
+            return;
+        }
+        if self.webhooks.iter().any(|w| w.id == id) {
+            self.problems.push(format!("duplicate webhook id `{id}`"));
+            return;
+        }
+        let ar = ApiResource::erase::<K>(&());
+        self.webhooks.push(crate::webhook::Route {
+            id,
+            admission,
+            group: ar.group,
+            version: ar.version,
+            plural: ar.plural,
+            namespaced: is_namespaced::<K>(),
+            review,
+        });
     }
 
     /// A read-only view of this controller's cache of watched objects (see
@@ -295,6 +371,10 @@ where
         let config = self.config.clone();
         let secondaries = self.secondaries.clone();
         run::run_controller(inner, dyn_api, config, secondaries, shutdown).boxed()
+    }
+
+    fn webhooks(&self) -> Vec<crate::webhook::Route> {
+        self.webhooks.clone()
     }
 
     fn problems(&self) -> Vec<String> {
