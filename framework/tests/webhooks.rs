@@ -11,7 +11,18 @@ use k8s_openapi::api::admissionregistration::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, DeleteParams, PostParams};
 use operator_framework::testing::run_in_background;
-use operator_framework::{AdmissionRequest, Operation, OperatorConfig, WebhookConfig};
+use operator_framework::{
+    AdmissionRequest, Operation, OperatorConfig, Validation, WebhookConfig, on_validate,
+};
+
+/// The macro form (id `no-bad`); the mutating webhook below is built by hand.
+#[on_validate]
+async fn no_bad(r: AdmissionRequest<FwTest>) -> Validation {
+    if r.object.spec.value == "bad" {
+        return Err(format!("value `bad` is not allowed ({:?})", r.operation));
+    }
+    Ok(())
+}
 use std::time::Duration;
 
 #[tokio::test]
@@ -30,20 +41,16 @@ async fn the_api_server_calls_validating_and_mutating_webhooks() {
         match_labels: Some([("kubernetes.io/metadata.name".to_string(), ns.clone())].into()),
         ..Default::default()
     });
-    let c = controller(&client, &ns)
-        .validate("no-bad", |r: AdmissionRequest<FwTest>| async move {
-            if r.object.spec.value == "bad" {
-                return Err(format!("value `bad` is not allowed ({:?})", r.operation));
-            }
-            Ok(())
-        })
-        .mutate("default-count", |r: AdmissionRequest<FwTest>| async move {
+    let c = controller(&client, &ns).webhook(no_bad()).mutate(
+        "default-count",
+        |r: AdmissionRequest<FwTest>| async move {
             let mut o = r.object;
             if r.operation == Operation::Create && o.spec.count.is_none() {
                 o.spec.count = Some(42);
             }
             Ok(o)
-        });
+        },
+    );
     let running = run_in_background(operator_with(
         &client,
         OperatorConfig {

@@ -91,17 +91,12 @@ where
     /// (else [`Operator::run`](crate::Operator::run) fails). Runs on every
     /// replica, leader or not, and also for dry runs: keep it free of side
     /// effects and quick (the API server waits, at most `timeout_seconds`).
-    pub fn validate<F, Fut>(mut self, id: impl Into<String>, f: F) -> Self
+    pub fn validate<F, Fut>(self, id: impl Into<String>, f: F) -> Self
     where
         F: Fn(crate::AdmissionRequest<K>) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = crate::Validation> + Send + 'static,
     {
-        self.add_webhook(
-            id.into(),
-            crate::webhook::Admission::Validating,
-            crate::webhook::validator(f),
-        );
-        self
+        self.webhook(crate::Webhook::validating(id, f))
     }
 
     /// Adds a mutating admission webhook (kopf's `@kopf.on.mutate`): `f`
@@ -110,16 +105,19 @@ where
     /// serialises it) to that one. `Err(message)` rejects the request. The
     /// same rules as [`Controller::validate`]; mutating webhooks run
     /// before validating ones.
-    pub fn mutate<F, Fut>(mut self, id: impl Into<String>, f: F) -> Self
+    pub fn mutate<F, Fut>(self, id: impl Into<String>, f: F) -> Self
     where
         F: Fn(crate::AdmissionRequest<K>) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = crate::Mutation<K>> + Send + 'static,
     {
-        self.add_webhook(
-            id.into(),
-            crate::webhook::Admission::Mutating,
-            crate::webhook::mutator(f),
-        );
+        self.webhook(crate::Webhook::mutating(id, f))
+    }
+
+    /// Registers a webhook made by [`on_validate`](crate::on_validate),
+    /// [`on_mutate`](crate::on_mutate) or [`Webhook`](crate::Webhook).
+    /// An invalid or duplicate id is not added; `Operator::run` then fails.
+    pub fn webhook(mut self, w: crate::Webhook<K>) -> Self {
+        self.add_webhook(w.id, w.admission, w.review);
         self
     }
 

@@ -8,14 +8,17 @@ mod review;
 mod server;
 
 pub(crate) use config::{apply_configurations, self_signed};
-pub(crate) use review::{mutator, validator};
 pub(crate) use server::serve;
 
 use crate::data::DataMap;
 use crate::error::Error;
 use futures::future::BoxFuture;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
+use std::future::Future;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -97,6 +100,53 @@ pub type Validation = Result<(), String>;
 /// the JSON patch from the submitted object to it), or `Err(message)` to
 /// reject the request.
 pub type Mutation<K> = Result<K, String>;
+
+/// A validating or mutating webhook of kind `K`, registered with
+/// [`Controller::webhook`](crate::Controller::webhook); made by
+/// [`on_validate`](crate::on_validate) / [`on_mutate`](crate::on_mutate)
+/// or by hand. See [`Controller::validate`](crate::Controller::validate)
+/// and [`Controller::mutate`](crate::Controller::mutate) for the rules.
+pub struct Webhook<K> {
+    pub(crate) id: String,
+    pub(crate) admission: Admission,
+    pub(crate) review: Review,
+    _kind: PhantomData<fn() -> K>,
+}
+
+impl<K: DeserializeOwned + Serialize + Send + 'static> Webhook<K> {
+    /// A validating webhook: `Err(message)` rejects the request.
+    pub fn validating<F, Fut>(id: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(AdmissionRequest<K>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Validation> + Send + 'static,
+    {
+        Webhook {
+            id: id.into(),
+            admission: Admission::Validating,
+            review: review::validator(f),
+            _kind: PhantomData,
+        }
+    }
+
+    /// A mutating webhook: returns the object to store.
+    pub fn mutating<F, Fut>(id: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(AdmissionRequest<K>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Mutation<K>> + Send + 'static,
+    {
+        Webhook {
+            id: id.into(),
+            admission: Admission::Mutating,
+            review: review::mutator(f),
+            _kind: PhantomData,
+        }
+    }
+
+    /// The webhook's id (lower-case letters, digits and `-`).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
 
 /// Answers one AdmissionReview `request` (JSON in, `response` JSON out).
 pub(crate) type Review =
