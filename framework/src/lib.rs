@@ -5,7 +5,8 @@
 //! [`on_timer`], [`on_event`], [`daemon`]); the framework watches,
 //! serialises work per object, retries with backoff, keeps progress on the
 //! object, manages the finalizer, posts Events and conditions, and tracks
-//! owned children. Handlers share operator data ([`Operator::data`]) and
+//! owned children; [`on_validate`] and [`on_mutate`] are admission
+//! webhooks it serves over TLS. Handlers share operator data ([`Operator::data`]) and
 //! read the controller's cache ([`Store`]) and indexes ([`Index`]); the
 //! [`testing`] module runs operators in tests and builds contexts without
 //! a cluster. The [`guide`] has one page per concept.
