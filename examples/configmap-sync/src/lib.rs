@@ -15,6 +15,12 @@
 //!   changed, a copy edited or deleted); writes only when something differs.
 //!   [`operator_with_resync`] runs it at another interval.
 //! * `#[on_delete]` `deleted`: removes every copy.
+//!
+//! Operator data ([`CopyStats`]: copies written, on `/metrics`), an index
+//! of the syncs by source and target ([`BY_SOURCE_TARGET`]), and, when
+//! `OperatorConfig::webhooks` is set, a validating webhook that uses the
+//! index to reject a second sync of the same source into the same target
+//! namespace (they would overwrite each other's copy).
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -22,12 +28,15 @@ use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams};
 use kube::runtime::watcher;
 use kube::{Client, CustomResource, CustomResourceExt, ResourceExt};
 use operator_framework::{
-    Context, Controller, EventType, Handler, HandlerError, HandlerResult, Operator, OperatorConfig,
-    conditions, on_create, on_delete, on_field, on_timer, on_update,
+    AdmissionRequest, Context, Controller, EventType, Handler, HandlerError, HandlerResult, Index,
+    Operator, OperatorConfig, Validation, conditions, on_create, on_delete, on_field, on_timer,
+    on_update,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Prefix of the operator's annotations, finalizer and labels.
@@ -160,6 +169,62 @@ fn strings(v: Option<serde_json::Value>) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Operator data: how many copies this replica wrote (created or repaired).
+#[derive(Debug, Default)]
+pub struct CopyStats {
+    /// Copies written since the start.
+    pub written: AtomicU64,
+}
+
+impl CopyStats {
+    /// The Prometheus series (appended to the framework's `/metrics`).
+    pub fn render(&self, out: &mut String) {
+        out.push_str("# HELP configmap_sync_copies_written_total Copies created or repaired.\n");
+        out.push_str("# TYPE configmap_sync_copies_written_total counter\n");
+        let n = self.written.load(Ordering::Relaxed);
+        out.push_str(&format!("configmap_sync_copies_written_total {n}\n"));
+    }
+}
+
+/// The index of the syncs by (namespace, source name, target namespace).
+pub const BY_SOURCE_TARGET: &str = "by-source-target";
+
+/// The key of [`BY_SOURCE_TARGET`].
+pub type SourceTarget = (String, String, String);
+
+/// The index function of [`BY_SOURCE_TARGET`]: one entry per target.
+pub fn source_targets(s: &ConfigMapSync) -> Vec<(SourceTarget, String)> {
+    let ns = s.namespace().unwrap_or_default();
+    s.spec
+        .target_namespaces
+        .iter()
+        .map(|t| {
+            (
+                (ns.clone(), s.spec.source.name.clone(), t.clone()),
+                s.name_any(),
+            )
+        })
+        .collect()
+}
+
+/// Rejects a sync whose source and target another sync already covers
+/// (`others(key)`: the syncs indexed under the key). Pure.
+pub fn check_conflicts(
+    sync: &ConfigMapSync,
+    others: impl Fn(&SourceTarget) -> Vec<String>,
+) -> Validation {
+    let name = sync.name_any();
+    for (key, _) in source_targets(sync) {
+        if let Some(other) = others(&key).into_iter().find(|o| *o != name) {
+            return Err(format!(
+                "ConfigMapSync {other} already copies {} into namespace {}",
+                key.1, key.2
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Brings every copy up to date; returns the namespaces written to.
 async fn sync(ctx: &Context<ConfigMapSync>) -> Result<Vec<String>, HandlerError> {
     let ns = ctx.namespace().unwrap_or_default();
@@ -203,6 +268,7 @@ async fn sync(ctx: &Context<ConfigMapSync>) -> Result<Vec<String>, HandlerError>
                 api.patch(name, &pp, &Patch::Merge(copy_repair_patch(&c, &desired)))
                     .await?;
                 written.push(target.clone());
+                count_written(ctx);
             }
             None => {
                 api.patch(
@@ -212,6 +278,7 @@ async fn sync(ctx: &Context<ConfigMapSync>) -> Result<Vec<String>, HandlerError>
                 )
                 .await?;
                 written.push(target.clone());
+                count_written(ctx);
             }
         }
         synced.push(target.clone());
@@ -230,6 +297,12 @@ async fn sync(ctx: &Context<ConfigMapSync>) -> Result<Vec<String>, HandlerError>
     )
     .await?;
     Ok(written)
+}
+
+fn count_written(ctx: &Context<ConfigMapSync>) {
+    if let Some(stats) = ctx.try_data::<CopyStats>() {
+        stats.written.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 async fn set_ready(
@@ -379,6 +452,7 @@ fn controller_with_timer(
     timer: Handler<ConfigMapSync>,
 ) -> Controller<ConfigMapSync> {
     Controller::new(api, watcher::Config::default())
+        .index(BY_SOURCE_TARGET, source_targets)
         .handler(created())
         .handler(targets_changed())
         .handler(updated())
@@ -386,11 +460,33 @@ fn controller_with_timer(
         .handler(deleted())
 }
 
-/// The whole operator.
+/// The whole operator (with the validating webhook when
+/// `config.webhooks` is set).
 pub fn operator(client: Client, api: Api<ConfigMapSync>, config: OperatorConfig) -> Operator {
-    Operator::new(client, PREFIX)
+    assemble(client, config, controller(api))
+}
+
+/// Adds the data, the metrics collector and (with a webhook
+/// configuration) the validating webhook.
+fn assemble(client: Client, config: OperatorConfig, c: Controller<ConfigMapSync>) -> Operator {
+    let c = match (&config.webhooks, c.index_reader(BY_SOURCE_TARGET)) {
+        (Some(_), Ok(index)) => c.validate("conflicts", move |r| validate_sync(index.clone(), r)),
+        _ => c,
+    };
+    let stats = Arc::new(CopyStats::default());
+    let op = Operator::new(client, PREFIX)
         .config(config)
-        .controller(controller(api))
+        .data(stats.clone())
+        .controller(c);
+    op.metrics().add_collector(move |out| stats.render(out));
+    op
+}
+
+async fn validate_sync(
+    index: Index<SourceTarget, String>,
+    r: AdmissionRequest<ConfigMapSync>,
+) -> Validation {
+    check_conflicts(&r.object, |k| index.get(k))
 }
 
 /// The whole operator with the drift repair running every `interval`
@@ -401,9 +497,7 @@ pub fn operator_with_resync(
     config: OperatorConfig,
     interval: Duration,
 ) -> Operator {
-    Operator::new(client, PREFIX)
-        .config(config)
-        .controller(controller_with_resync(api, interval))
+    assemble(client, config, controller_with_resync(api, interval))
 }
 
 #[cfg(test)]
@@ -546,5 +640,42 @@ mod tests {
         let ctx = ContextBuilder::new(sync_obj()).build();
         let e = created().call(ctx).await.expect_err("no API server");
         assert!(!e.is_permanent(), "{e}");
+    }
+
+    #[test]
+    fn a_second_sync_of_a_source_into_a_target_is_a_conflict() {
+        let s = sync_obj(); // src/s: settings -> a, b
+        let keys = source_targets(&s);
+        assert_eq!(keys.len(), 2);
+        assert_eq!(
+            keys[0].0,
+            ("src".to_string(), "settings".to_string(), "a".to_string())
+        );
+        // Only itself in the index: fine (an update of the same sync).
+        assert!(check_conflicts(&s, |_| vec!["s".into()]).is_ok());
+        let other = |k: &SourceTarget| {
+            if k.2 == "b" {
+                vec!["other".to_string()]
+            } else {
+                Vec::new()
+            }
+        };
+        let e = check_conflicts(&s, other).expect_err("b is taken");
+        assert_eq!(
+            e,
+            "ConfigMapSync other already copies settings into namespace b"
+        );
+    }
+
+    #[test]
+    fn copy_stats_render_a_counter() {
+        let stats = CopyStats::default();
+        stats.written.fetch_add(3, Ordering::Relaxed);
+        let mut out = String::new();
+        stats.render(&mut out);
+        assert!(
+            out.ends_with("configmap_sync_copies_written_total 3\n"),
+            "{out}"
+        );
     }
 }

@@ -2,11 +2,12 @@
 //!
 //! Environment: `METRICS_ADDR` (e.g. `0.0.0.0:8080`), `WATCH_NAMESPACE`
 //! (default: all), `POD_NAME` + `LEASE_NAMESPACE` (enable leader election),
-//! `RUST_LOG`.
+//! `WEBHOOK_LISTEN` + `WEBHOOK_URL` (serve the validating webhook, e.g.
+//! `127.0.0.1:9443` and `https://127.0.0.1:9443`), `RUST_LOG`.
 
 use configmap_sync::{ConfigMapSync, crd_yaml, operator};
 use kube::{Api, Client};
-use operator_framework::{LeaderElection, OperatorConfig};
+use operator_framework::{LeaderElection, OperatorConfig, WebhookConfig};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -45,12 +46,20 @@ async fn run() -> anyhow::Result<()> {
         (Ok(id), Ok(ns)) => Some(LeaderElection::new("configmap-sync", ns, id)),
         _ => None,
     };
+    let webhooks = match (
+        std::env::var("WEBHOOK_LISTEN"),
+        std::env::var("WEBHOOK_URL"),
+    ) {
+        (Ok(listen), Ok(url)) => Some(WebhookConfig::new(listen.parse()?, url)),
+        _ => None,
+    };
     operator(
         client,
         api,
         OperatorConfig {
             metrics_addr,
             leader_election,
+            webhooks,
             ..Default::default()
         },
     )

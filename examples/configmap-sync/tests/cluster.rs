@@ -644,3 +644,93 @@ async fn a_new_source_name_replaces_the_copies() {
     running.stop().await;
     delete_namespaces(&client, &nss).await;
 }
+
+/// The validating webhook (called by the real API server on 127.0.0.1)
+/// uses the index to reject a second sync of one source into one target;
+/// the copies written are counted in the operator data on `/metrics`.
+#[tokio::test]
+async fn a_second_sync_of_the_same_source_and_target_is_rejected_at_admission() {
+    use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    use operator_framework::WebhookConfig;
+    let Some(client) = cluster().await else {
+        return;
+    };
+    let nss = namespaces(&client, "cmw", &["src", "t1"]).await;
+    let (src, t1) = (nss[0].clone(), nss[1].clone());
+    Api::<ConfigMap>::namespaced(client.clone(), &src)
+        .create(
+            &PostParams::default(),
+            &config_map("settings", &[("k", "v")]),
+        )
+        .await
+        .expect("source");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    let mut webhooks = WebhookConfig::new(addr, format!("https://127.0.0.1:{}", addr.port()));
+    let config_name = format!("configmap-sync-{src}");
+    webhooks.configuration_name = Some(config_name.clone());
+    webhooks.namespace_selector = Some(LabelSelector {
+        match_labels: Some([("kubernetes.io/metadata.name".to_string(), src.clone())].into()),
+        ..Default::default()
+    });
+    let running = start(operator(
+        client.clone(),
+        Api::namespaced(client.clone(), &src),
+        OperatorConfig {
+            webhooks: Some(webhooks),
+            ..Default::default()
+        },
+    ));
+    let metrics = running.0.metrics();
+    let syncs = create_sync(&client, &src, "settings", &[&t1]).await;
+    eventually("the copy", || async {
+        copy_in(&client, &t1, "settings").await
+    })
+    .await;
+    // The first sync must be in the operator's cache (and the webhook
+    // configuration active) before the second one is refused.
+    let refused = eventually("the second sync refused", || async {
+        match syncs
+            .create(
+                &PostParams::default(),
+                &sync_spec("again", "settings", &[&t1]),
+            )
+            .await
+        {
+            Err(kube::Error::Api(s)) => Some(s.message),
+            Ok(_) => {
+                let _ = syncs.delete("again", &DeleteParams::default()).await;
+                None
+            }
+            Err(_) => None,
+        }
+    })
+    .await;
+    assert!(
+        refused.contains("ConfigMapSync copy already copies settings into namespace"),
+        "{refused}"
+    );
+    // Updating the first sync itself is fine.
+    syncs
+        .patch(
+            "copy",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"targetNamespaces": [t1.clone()]}})),
+        )
+        .await
+        .expect("an update of the same sync is allowed");
+    assert!(
+        metrics
+            .render()
+            .contains("configmap_sync_copies_written_total 1"),
+        "{}",
+        metrics.render()
+    );
+    running.stop().await;
+    let _ = Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .delete(&config_name, &DeleteParams::default())
+        .await;
+    delete_namespaces(&client, &nss).await;
+}

@@ -433,6 +433,105 @@ pub fn daemon(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand(attr, item, Kind::Daemon)
 }
 
+/// The kind from `AdmissionRequest<K>` in a webhook function's signature.
+fn admission_type(f: &ItemFn) -> syn::Result<Type> {
+    let err = || {
+        syn::Error::new_spanned(
+            &f.sig,
+            "a webhook must be `async fn name(req: AdmissionRequest<K>) -> Validation` (or `-> Mutation<K>`)",
+        )
+    };
+    if f.sig.asyncness.is_none() || f.sig.inputs.len() != 1 {
+        return Err(err());
+    }
+    let Some(FnArg::Typed(pt)) = f.sig.inputs.first() else {
+        return Err(err());
+    };
+    let Type::Path(tp) = &*pt.ty else {
+        return Err(err());
+    };
+    let Some(seg) = tp.path.segments.last() else {
+        return Err(err());
+    };
+    let PathArguments::AngleBracketed(args) = &seg.arguments else {
+        return Err(err());
+    };
+    if seg.ident != "AdmissionRequest" {
+        return Err(err());
+    }
+    args.args
+        .iter()
+        .find_map(|a| match a {
+            GenericArgument::Type(t) => Some(t.clone()),
+            _ => None,
+        })
+        .ok_or_else(err)
+}
+
+fn expand_webhook(attr: TokenStream, item: TokenStream, mutating: bool) -> TokenStream {
+    let f = parse_macro_input!(item as ItemFn);
+    let run = || -> syn::Result<TokenStream2> {
+        let mut id: Option<LitStr> = None;
+        let parser = syn::meta::parser(|meta| {
+            if meta.path.is_ident("id") {
+                id = Some(non_empty(meta.value()?.parse()?, "id")?);
+                Ok(())
+            } else {
+                Err(meta.error("unknown option; expected `id`"))
+            }
+        });
+        parser.parse2(attr.into())?;
+        let k = admission_type(&f)?;
+        let name = f.sig.ident.clone();
+        let id = id
+            .unwrap_or_else(|| LitStr::new(&name.to_string().replace('_', "-"), Span::call_site()));
+        let docs: Vec<_> = f
+            .attrs
+            .iter()
+            .filter(|a| a.path().is_ident("doc"))
+            .cloned()
+            .collect();
+        let inner_name = format_ident!("__{}_webhook", name);
+        let mut inner = f.clone();
+        inner.sig.ident = inner_name.clone();
+        inner.vis = syn::Visibility::Inherited;
+        inner.attrs.retain(|a| !a.path().is_ident("doc"));
+        let vis = f.vis.clone();
+        let ctor = if mutating {
+            quote!(mutating)
+        } else {
+            quote!(validating)
+        };
+        Ok(quote! {
+            #(#docs)*
+            #vis fn #name() -> ::operator_framework::Webhook<#k> {
+                #inner
+                ::operator_framework::Webhook::<#k>::#ctor(#id, #inner_name)
+            }
+        })
+    };
+    match run() {
+        Ok(t) => t.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
+}
+
+/// Marks `async fn(req: AdmissionRequest<K>) -> Validation` as a validating
+/// admission webhook; the function becomes `fn() -> Webhook<K>` (register
+/// with `Controller::webhook`). Option: `id` (default: the function name
+/// with `-` for `_`).
+#[proc_macro_attribute]
+pub fn on_validate(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand_webhook(attr, item, false)
+}
+
+/// Marks `async fn(req: AdmissionRequest<K>) -> Mutation<K>` as a mutating
+/// admission webhook; the function becomes `fn() -> Webhook<K>`.
+#[proc_macro_attribute]
+pub fn on_mutate(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand_webhook(attr, item, true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::{Kind, parse_duration_ms, parse_opts};

@@ -10,6 +10,7 @@
 //! handler, [`timers`] the timers and event handlers, [`report`] writes
 //! conditions and Events.
 
+mod access;
 mod cache;
 mod cause;
 mod cycle;
@@ -32,9 +33,8 @@ pub(crate) use invoke::essence;
 use crate::context::is_namespaced;
 use crate::error::Error;
 use crate::handler::{Handler, HandlerKind};
-use crate::index::{Index, Indexer, Indexes};
+use crate::index::{Indexer, Indexes};
 use crate::runtime::Runtime;
-use crate::store::Store as StoreView;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use kube::Resource;
@@ -44,7 +44,6 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::fmt::Debug;
-use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -91,6 +90,8 @@ pub(crate) trait Runnable: Send + Sync {
     /// Registration errors (invalid or duplicate handlers), reported by
     /// `Operator::run` before anything starts.
     fn problems(&self) -> Vec<String>;
+    /// The admission webhooks of this controller's kind.
+    fn webhooks(&self) -> Vec<crate::webhook::Route>;
 }
 
 /// A controller for objects of kind `K`: the handlers, and which other kinds
@@ -111,6 +112,7 @@ pub struct Controller<K: Resource<DynamicType = ()>> {
     /// controller runs.
     cache: Store,
     indexers: Vec<Arc<dyn Indexer<K>>>,
+    webhooks: Vec<crate::webhook::Route>,
 }
 
 impl<K> Controller<K>
@@ -137,64 +139,8 @@ where
             digest_only: false,
             cache: Arc::new(Cache::default()),
             indexers: Vec::new(),
+            webhooks: Vec::new(),
         }
-    }
-
-    /// A read-only view of this controller's cache of watched objects (see
-    /// [`Store`](crate::Store)), e.g. for the mapper of a secondary watch.
-    /// Empty until the operator runs the controller.
-    pub fn store(&self) -> StoreView<K> {
-        StoreView::new(self.cache.clone())
-    }
-
-    /// Defines the index `name` (kopf's `@kopf.index`): `f` returns the
-    /// `(key, value)` pairs of each watched object, and the index, kept
-    /// current by the watch, finds the values by key (see
-    /// [`Index`](crate::Index) for the guarantees). Read it with
-    /// [`Context::index`](crate::Context::index) or
-    /// [`Controller::index_reader`]. A second index of the same name is not
-    /// added; [`Operator::run`](crate::Operator::run) then fails with
-    /// [`Error::Config`].
-    pub fn index<IK, V, F>(mut self, name: impl Into<String>, f: F) -> Self
-    where
-        IK: Hash + Eq + Clone + Send + Sync + 'static,
-        V: Clone + Send + Sync + 'static,
-        F: Fn(&K) -> Vec<(IK, V)> + Send + Sync + 'static,
-    {
-        let name = name.into();
-        if name.trim().is_empty() {
-            self.problems.push("an index name is empty".into());
-            return self;
-        }
-        if self.indexers.iter().any(|i| i.name() == name) {
-            self.problems.push(format!("duplicate index `{name}`"));
-            return self;
-        }
-        self.indexers.push(Arc::new(crate::index::Typed {
-            name,
-            f: Arc::new(f),
-            index: Index::<IK, V>::new(),
-        }));
-        let indexers = self.indexers.clone();
-        self.cache.set_hook(Arc::new(move |key, obj| {
-            // One deserialisation per change, for all indexes.
-            let parsed: Option<K> = obj.and_then(typed);
-            for i in &indexers {
-                i.update(key, parsed.as_ref());
-            }
-        }));
-        self
-    }
-
-    /// The index `name` defined with [`Controller::index`], for use outside
-    /// handlers (e.g. in a mapper). `Err` when there is no index of that
-    /// name or its key or value type differs.
-    pub fn index_reader<IK, V>(&self, name: &str) -> Result<Index<IK, V>, Error>
-    where
-        IK: Send + Sync + 'static,
-        V: Send + Sync + 'static,
-    {
-        Indexes::of(&self.indexers).get(name)
     }
 
     /// Registers a handler (see the attribute macros). An invalid handler
@@ -295,6 +241,10 @@ where
         let config = self.config.clone();
         let secondaries = self.secondaries.clone();
         run::run_controller(inner, dyn_api, config, secondaries, shutdown).boxed()
+    }
+
+    fn webhooks(&self) -> Vec<crate::webhook::Route> {
+        self.webhooks.clone()
     }
 
     fn problems(&self) -> Vec<String> {

@@ -66,6 +66,10 @@ pub struct OperatorConfig {
     /// minutes), so that a liveness probe restarts a replica whose watches
     /// are stuck (e.g. RBAC revoked, API server unreachable).
     pub unhealthy_after: Duration,
+    /// Where the admission webhooks of the controllers
+    /// ([`Controller::validate`], [`Controller::mutate`]) are served
+    /// (default none: an operator with webhooks then fails to start).
+    pub webhooks: Option<crate::WebhookConfig>,
 }
 
 impl Default for OperatorConfig {
@@ -82,6 +86,7 @@ impl Default for OperatorConfig {
             lease_renew_interval: Duration::from_secs(2),
             handler_timeout: Some(Duration::from_secs(600)),
             unhealthy_after: Duration::from_secs(120),
+            webhooks: None,
         }
     }
 }
@@ -259,6 +264,7 @@ impl Operator {
             identity,
             data,
         ));
+        let _webhooks = self.start_webhooks(&rt).await?;
         let server = match self.config.metrics_addr {
             Some(addr) => {
                 let listener_metrics = self.metrics.clone();
@@ -295,6 +301,42 @@ impl Operator {
         hooks::cleanup(&self.cleanup, &hook_ctx, self.config.shutdown_timeout).await;
         drop(server);
         result
+    }
+
+    /// Starts the webhook server (a fresh self-signed certificate) and
+    /// applies the webhook configurations with it as CA bundle.
+    async fn start_webhooks(&self, rt: &Runtime) -> Result<Option<AbortOnDrop>, Error> {
+        let routes: Vec<_> = self.controllers.iter().flat_map(|c| c.webhooks()).collect();
+        let Some(cfg) = &self.config.webhooks else {
+            if routes.is_empty() {
+                return Ok(None);
+            }
+            return Err(Error::Config(
+                "controllers have admission webhooks but OperatorConfig::webhooks is not set"
+                    .into(),
+            ));
+        };
+        let (pem, der, key) = crate::webhook::self_signed(&cfg.url)?;
+        let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+        info!(listen = %cfg.listen, url = %cfg.url, webhooks = routes.len(), "serving admission webhooks");
+        let data = rt.data.clone();
+        let served = routes.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = crate::webhook::serve(listener, der, key, served, data).await {
+                warn!(error = %e, "webhook server failed");
+            }
+        });
+        let guard = AbortOnDrop(vec![task]);
+        crate::webhook::apply_configurations(
+            &self.client,
+            cfg,
+            &routes,
+            &self.prefix,
+            &rt.field_manager,
+            &pem,
+        )
+        .await?;
+        Ok(Some(guard))
     }
 
     fn start(&self, rt: Arc<Runtime>, stop: watch::Receiver<RunState>) -> AbortOnDrop {
