@@ -134,9 +134,20 @@ pub fn apply_root(path: &Path, m: RootMeta, ownership: bool) -> MResult<()> {
     // SAFETY: as above.
     let rc = unsafe { libc::chmod(c.as_ptr(), m.mode as libc::mode_t) };
     if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        // The target is the volume's mount point, owned by whoever
+        // provisioned it: a non-root mover may not chmod or touch it; its
+        // contents are restored all the same.
+        if e.raw_os_error() == Some(libc::EPERM) {
+            log::warn!(
+                "chmod {}: {e} (not the owner; kept as it is)",
+                path.display()
+            );
+            return Ok(());
+        }
         return Err(MoverError::classify(
             &format!("chmod {}", path.display()),
-            &std::io::Error::last_os_error(),
+            &e,
         ));
     }
     let times = [
@@ -152,9 +163,14 @@ pub fn apply_root(path: &Path, m: RootMeta, ownership: bool) -> MResult<()> {
     // SAFETY: valid pointers for the duration of the call.
     let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) };
     if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EPERM) {
+            log::warn!("setting mtime of {}: {e} (not the owner)", path.display());
+            return Ok(());
+        }
         return Err(MoverError::classify(
             &format!("setting mtime of {}", path.display()),
-            &std::io::Error::last_os_error(),
+            &e,
         ));
     }
     Ok(())
