@@ -9,6 +9,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
+use common::result::MoverResult;
 use common::{Env, TempDir, assert_restic_check, mover, restic};
 
 const TAGS: [&str; 6] = ["--tag", "ns=ns", "--tag", "policy=p", "--tag", "pvc=data"];
@@ -33,6 +34,36 @@ fn ids(json: &str, key: &str) -> BTreeSet<String> {
         .flat_map(|g| g[key].as_array().cloned().unwrap_or_default())
         .map(|s| s["short_id"].as_str().expect("short_id").to_string())
         .collect()
+}
+
+/// `restic forget --dry-run --json` of the tagged snapshots with `flags`.
+fn restic_forget(env: &Env, repo: &str, flags: &[&str]) -> String {
+    let mut args = vec!["-r", repo, "forget", "--dry-run", "--json"];
+    args.extend(TAGS);
+    args.extend(flags);
+    restic_ok(env, &args)
+}
+
+/// The mover's `forget` of the same snapshots with `flags` and `mode`
+/// (`--dry-run` or `--prune`), buckets in Europe/Berlin.
+fn mover_forget(env: &Env, repo: &str, flags: &[&str], mode: &str) -> MoverResult {
+    let mut args = vec![
+        "forget",
+        "--repository",
+        repo,
+        "--namespace",
+        "ns",
+        "--policy",
+        "p",
+        "--pvc",
+        "data",
+        "--time-zone",
+        "Europe/Berlin",
+        "--adopt",
+        mode,
+    ];
+    args.extend(flags);
+    mover(env, &args)
 }
 
 #[test]
@@ -81,27 +112,8 @@ fn forget_with_keep_rules_matches_restic() {
         &["--keep-within", "2m3d", "--keep-last", "2"],
     ];
     for flags in rules {
-        let mut args = vec!["-r", repo_s, "forget", "--dry-run", "--json"];
-        args.extend(TAGS);
-        args.extend(flags);
-        let want = ids(&restic_ok(&env, &args), "remove");
-        let mut margs = vec![
-            "forget",
-            "--repository",
-            repo_s,
-            "--namespace",
-            "ns",
-            "--policy",
-            "p",
-            "--pvc",
-            "data",
-            "--time-zone",
-            "Europe/Berlin",
-            "--adopt",
-            "--dry-run",
-        ];
-        margs.extend(flags);
-        let r = mover(&env, &margs);
+        let want = ids(&restic_forget(&env, repo_s, flags), "remove");
+        let r = mover_forget(&env, repo_s, flags, "--dry-run");
         assert!(r.ok, "mover forget {flags:?}: {:?}", r.error);
         let got: BTreeSet<String> = r
             .forgotten
@@ -117,27 +129,8 @@ fn forget_with_keep_rules_matches_restic() {
     }
     // For real: what is left is what restic keeps, and the repository is clean.
     let flags = rules[0];
-    let mut args = vec!["-r", repo_s, "forget", "--dry-run", "--json"];
-    args.extend(TAGS);
-    args.extend(flags);
-    let keep = ids(&restic_ok(&env, &args), "keep");
-    let mut margs = vec![
-        "forget",
-        "--repository",
-        repo_s,
-        "--namespace",
-        "ns",
-        "--policy",
-        "p",
-        "--pvc",
-        "data",
-        "--time-zone",
-        "Europe/Berlin",
-        "--adopt",
-        "--prune",
-    ];
-    margs.extend(flags);
-    let r = mover(&env, &margs);
+    let keep = ids(&restic_forget(&env, repo_s, flags), "keep");
+    let r = mover_forget(&env, repo_s, flags, "--prune");
     assert!(r.ok, "mover forget: {:?}", r.error);
     let left = restic_ok(&env, &["-r", repo_s, "snapshots", "--json"]);
     let left: BTreeSet<String> = serde_json::from_str::<serde_json::Value>(&left)
