@@ -461,7 +461,7 @@ fn prune_grace(active_deadline_seconds: i64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::api::{BackupPolicySpec, SecretKeyRef};
 

@@ -10,6 +10,7 @@ pub mod desired;
 pub mod guardrails;
 pub mod handlers;
 pub mod job_failures;
+pub mod maintenance;
 pub mod manifests;
 pub mod metrics;
 pub mod naming;

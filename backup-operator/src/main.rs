@@ -73,6 +73,11 @@ struct RunArgs {
     /// Seconds between catalog listings of every policy's repositories.
     #[arg(long, env = "CATALOG_INTERVAL_SECONDS", default_value_t = 600)]
     catalog_interval_seconds: u64,
+    /// This cluster's identity in the repositories' owner markers (forget
+    /// and prune run only in repositories this cluster owns); default: the
+    /// uid of the kube-system Namespace.
+    #[arg(long, env = "CLUSTER_ID", default_value = "")]
+    cluster_id: String,
     /// Log format: text or json.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -135,6 +140,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             &args.allowed_mover_images,
             &args.nfs_exports,
         ),
+        cluster_id: backup_operator::maintenance::owner::resolve(&client, &args.cluster_id).await?,
     });
     let backup_metrics = Arc::new(BackupMetrics::default());
     handlers::start_pvc_cache(client.clone());
@@ -202,7 +208,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .collect()
     });
 
-    tracing::info!(mover_image = %args.mover_image, metrics = %args.metrics_addr, "starting backup-operator");
+    tracing::info!(mover_image = %args.mover_image, cluster_id = %settings.cluster_id, metrics = %args.metrics_addr, "starting backup-operator");
     let operator = Operator::new(client, "backup.backup.example.com")
         .config(config)
         .data(settings)

@@ -96,6 +96,17 @@ pub fn catalog_job_name(policy: &str, unix_seconds: i64) -> String {
     hashed_name(&format!("{policy}-catalog"), &suffix, NAME_MAX)
 }
 
+/// The Job that removes stale locks of a PVC's repository after the Job
+/// `trigger` met them: one per triggering Job, so a retry of the same
+/// reconcile finds it instead of starting another.
+pub fn unlock_job_name(policy: &str, pvc: &str, trigger: &str) -> String {
+    hashed_name(
+        &format!("{policy}-{pvc}-unlock"),
+        &short_hash(&[policy, pvc, trigger]),
+        NAME_MAX,
+    )
+}
+
 /// Repository path of one PVC below the destination: one repository per PVC
 /// keeps backups of different PVCs from contending for repository locks.
 pub fn repository_subpath(namespace: &str, pvc: &str) -> String {

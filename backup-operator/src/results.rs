@@ -57,12 +57,34 @@ pub struct MoverResult {
     /// Set when `ok` is false.
     #[serde(default)]
     pub error: Option<MoverError>,
+    /// Why retention failed after a stored backup (the kind drives the
+    /// operator's reaction: stale locks are removed, a foreign repository
+    /// needs `retention.adoptRepository`).
+    #[serde(default)]
+    pub retention_error: Option<MoverError>,
+    /// Locks an `unlock` run removed (short ids).
+    #[serde(default)]
+    pub removed_locks: Option<Vec<String>>,
+    /// Locks an `unlock` run left in place, each with why.
+    #[serde(default)]
+    pub kept_locks: Option<Vec<String>>,
 }
 
 impl MoverResult {
     /// A stored backup that is partial.
     pub fn is_partial(&self) -> bool {
         self.ok && self.partial == Some(true)
+    }
+
+    /// The kind of the failure that kept the repository from being
+    /// maintained: the error of a failed run, or the retention error after
+    /// a stored backup.
+    pub fn failure_kind(&self) -> Option<&str> {
+        if self.ok {
+            self.retention_error.as_ref().map(|e| e.kind.as_str())
+        } else {
+            self.error.as_ref().map(|e| e.kind.as_str())
+        }
     }
 
     /// Retention (forget/prune) failed after the backup was stored.

@@ -149,6 +149,11 @@ enum Cmd {
         /// Prune deletes a pack only this long after marking it unused (longer than any backup)
         #[arg(long, default_value = prune::DEFAULT_GRACE, value_parser = prune::parse_duration)]
         prune_grace: Duration,
+        /// Apply retention even in a repository another cluster or
+        /// namespace owns (e.g. after recovery onto a new cluster); records
+        /// us as its owner
+        #[arg(long)]
+        adopt: bool,
     },
     /// Restore a snapshot into a directory
     Restore {
@@ -304,6 +309,7 @@ fn run(cmd: Cmd, r: &mut MoverResult) -> MResult<()> {
             backup_threads,
             time,
             prune_grace,
+            adopt,
         } => {
             r.pvc = Some(pvc.clone());
             let time = parse_time("--time", time)?;
@@ -320,6 +326,7 @@ fn run(cmd: Cmd, r: &mut MoverResult) -> MResult<()> {
                 threads: backup_threads,
                 prune_grace,
                 excludes,
+                adopt,
             };
             ops::backup(&be, &o, &args, r)
         }

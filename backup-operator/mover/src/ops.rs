@@ -18,7 +18,7 @@ use crate::owner::{self, Me};
 use crate::prune::{self, PruneOpts};
 use crate::repo::{self, Backend};
 use crate::restore;
-use crate::result::{ErrorKind, MoverResult, SnapshotInfo};
+use crate::result::{ErrorInfo, ErrorKind, MoverResult, SnapshotInfo};
 use crate::select::{Selector, choose_parent, tag_value};
 use crate::skipped::Skipped;
 use backup_retention as retention;
@@ -43,6 +43,9 @@ pub struct BackupArgs {
     pub prune_grace: Duration,
     /// Globs of paths not backed up (`lost+found` never is).
     pub excludes: Vec<String>,
+    /// Apply retention even in a repository another cluster or namespace
+    /// owns (records us as its owner).
+    pub adopt: bool,
 }
 
 pub(crate) fn info(s: &SnapshotFile) -> SnapshotInfo {
@@ -179,13 +182,17 @@ pub fn backup(
         let scope = Scope {
             sel,
             me: &me,
-            adopt: false,
+            adopt: a.adopt,
             dry_run: false,
         };
         match apply_retention(be, &repo, &scope, &a.retention, Some(&prune), a.lock_wait) {
             Ok(forgotten) => r.forgotten = Some(forgotten),
             Err(e) => {
                 r.warning = Some(format!("backup stored but retention failed: {e}"));
+                r.retention_error = Some(ErrorInfo {
+                    kind: e.kind,
+                    message: e.message,
+                });
             }
         }
     }
@@ -306,6 +313,7 @@ pub fn unlock(
             done.kept.len(),
             done.kept.join("; ")
         ));
+        r.kept_locks = Some(done.kept);
     }
     r.removed_locks = Some(done.removed);
     r.time = Some(Timestamp::now().to_string());

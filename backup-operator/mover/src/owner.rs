@@ -164,7 +164,7 @@ pub fn authorize(
             be.put(MARKER, &encode(crypto, &me.marker(true))?)
         }
         Verdict::Refuse(why) => Err(MoverError::new(
-            ErrorKind::Other,
+            ErrorKind::ForeignRepository,
             format!("refusing to forget or prune: {why}; pass --adopt to take the repository over"),
         )),
     }

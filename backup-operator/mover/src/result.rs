@@ -27,6 +27,10 @@ pub enum ErrorKind {
     RepositoryCorrupt,
     /// The repository, snapshot or path asked for does not exist.
     NotFound,
+    /// forget/prune refused: the repository belongs to another cluster or
+    /// namespace (its owner marker), or holds snapshots the mover did not
+    /// write; `--adopt` takes it over.
+    ForeignRepository,
     /// SIGTERM/SIGINT stopped the operation (e.g. the Job's deadline); its
     /// lock was removed and nothing partial was recorded as a snapshot.
     Interrupted,
@@ -118,6 +122,13 @@ pub struct MoverResult {
     /// Locks removed by `unlock` (short ids).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removed_locks: Option<Vec<String>>,
+    /// Locks `unlock` left in place, each with why (fresh, unreadable...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_locks: Option<Vec<String>>,
+    /// Why retention failed after a stored backup (also in `warning`), so
+    /// the operator can act on the kind (e.g. remove stale locks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_error: Option<ErrorInfo>,
     /// Backup stored, but some entries of the source could not be read
     /// (listed in `warning`); retention was not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -147,6 +147,8 @@ fn unreadable_lock_counts_as_held_until_unlock_remove_all() {
     let u = unlock(&env, &repo, false);
     assert_eq!(u.removed_locks, Some(vec![]));
     assert!(u.warning.is_some_and(|w| w.contains("invalid lock file")));
+    // ... as a list the operator puts into its LocksKept Event.
+    assert_eq!(u.kept_locks.map(|k| k.len()), Some(1));
     assert_eq!(lock_names(&repo), vec![name.clone()]);
     let u = unlock(&env, &repo, true);
     assert_eq!(u.removed_locks, Some(vec![name[..8].to_string()]));

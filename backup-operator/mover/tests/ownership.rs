@@ -148,6 +148,12 @@ fn repository_of_another_cluster_is_not_pruned_without_adopt() {
         r.warning.as_deref().is_some_and(|w| w.contains("refusing")),
         "{r:?}"
     );
+    // ... with a kind the operator acts on (guidance to adopt).
+    assert_eq!(
+        r.retention_error.as_ref().map(|e| e.kind),
+        Some(common::result::ErrorKind::ForeignRepository),
+        "{r:?}"
+    );
     assert_eq!(
         ok(&b_env, &["snapshots", "--repository", repo_s])
             .snapshots
@@ -164,6 +170,24 @@ fn repository_of_another_cluster_is_not_pruned_without_adopt() {
     assert!(!forget(&a_env, repo_s, false).ok);
     assert!(forget(&b_env, repo_s, false).ok);
     let o = restic(&b_env, &["-r", repo_s, "check", "--read-data"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // A backup with --adopt (what the operator passes for a policy with
+    // retention.adoptRepository) takes it over and applies retention.
+    let c_env = Env::local().with("MOVER_CLUSTER_ID", "cluster-c");
+    std::fs::write(src.join("f"), "c").expect("w");
+    let mut a = backup_args(repo_s, s, "data");
+    a.extend(["--keep-last", "1"]);
+    let refused = ok(&c_env, &a);
+    assert!(refused.retention_error.is_some(), "{refused:?}");
+    a.push("--adopt");
+    let r = ok(&c_env, &a);
+    assert!(r.retention_error.is_none() && r.warning.is_none(), "{r:?}");
+    // b's one kept snapshot and c's refused run go; only this one stays.
+    assert_eq!(r.forgotten.map(|v| v.len()), Some(2));
+    assert_eq!(r.snapshots.map(|v| v.len()), Some(1));
+    assert!(!forget(&b_env, repo_s, false).ok);
+    let o = restic(&c_env, &["-r", repo_s, "check", "--read-data"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 

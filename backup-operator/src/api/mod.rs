@@ -24,3 +24,6 @@ pub const RESTORE_LABEL: &str = "backup.backup.example.com/restore";
 pub const RUN_NOW_ANNOTATION: &str = "backup.backup.example.com/run-now";
 /// Label on catalog Jobs (they are not backup Jobs).
 pub const CATALOG_LABEL: &str = "backup.backup.example.com/catalog";
+/// Label (value: the task, e.g. `unlock`) on the maintenance Jobs the
+/// operator runs for a policy's repositories; they are not backups.
+pub const MAINTENANCE_LABEL: &str = "backup.backup.example.com/maintenance";

@@ -143,6 +143,13 @@ pub struct Retention {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]{1,5}[ymdh])+$"), length(max = 32))]
     pub keep_within: Option<String>,
+    /// Apply retention also to a repository that another cluster or
+    /// namespace wrote (its owner marker names them), e.g. after recovering
+    /// onto a new cluster; this cluster is then recorded as the owner. Off,
+    /// such a repository gets new backups but nothing is ever deleted from
+    /// it, and `RetentionFailed` (reason `ForeignRepository`) says why.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopt_repository: bool,
 }
 
 /// Backups kept when neither `maxBackups` nor a `keep*` rule is set.
@@ -190,6 +197,9 @@ impl Retention {
         push("--keep-within", self.keep_within.clone());
         if self.has_keep_rules() {
             push("--time-zone", time_zone.map(str::to_string));
+        }
+        if self.adopt_repository {
+            args.push("--adopt".to_string());
         }
         args
     }

@@ -85,29 +85,63 @@ pub fn retention(jobs: &[JobRecord]) -> ConditionUpdate {
             }
         }
     }
-    let failed: Vec<String> = newest
+    let failed: Vec<(Option<&str>, String)> = newest
         .values()
         .filter_map(|j| {
-            let w = j.result.as_ref()?.retention_failed()?;
-            Some(format!("PVC {}: {} (Job {})", j.pvc, w, j.name))
+            let r = j.result.as_ref()?;
+            let w = r.retention_failed()?;
+            Some((
+                r.failure_kind(),
+                format!("PVC {}: {} (Job {})", j.pvc, w, j.name),
+            ))
         })
         .collect();
     if failed.is_empty() {
-        update(
+        return update(
             RETENTION_FAILED,
             false,
             "RetentionApplied",
             "retention ran after the newest backup of every PVC".into(),
+        );
+    }
+    let has = |kind: &str| failed.iter().any(|(k, _)| *k == Some(kind));
+    // The reason names what to do; the message keeps every PVC's detail.
+    let (reason, guidance) = if has(FOREIGN_REPOSITORY) {
+        (
+            FOREIGN_REPOSITORY,
+            "; nothing is deleted from a repository another cluster or namespace wrote: \
+             set spec.retention.adoptRepository: true to apply retention to it \
+             (this cluster becomes its owner)",
+        )
+    } else if has(REPOSITORY_LOCKED) {
+        (
+            REPOSITORY_LOCKED,
+            "; the operator removes stale locks (not refreshed for 30 minutes) once no \
+             Job of the repository runs (Events StaleLocksRemoved / LocksKept)",
         )
     } else {
-        update(
-            RETENTION_FAILED,
-            true,
-            "RetentionFailed",
-            super::shorten(&failed.join("; "), 2048),
-        )
-    }
+        ("RetentionFailed", "")
+    };
+    let joined = failed
+        .iter()
+        .map(|(_, m)| m.as_str())
+        .collect::<Vec<_>>()
+        .join("; ");
+    update(
+        RETENTION_FAILED,
+        true,
+        reason,
+        format!(
+            "{}{guidance}",
+            super::shorten(&joined, 2048 - guidance.len())
+        ),
+    )
 }
+
+/// The mover's kind for a repository it may not maintain.
+pub const FOREIGN_REPOSITORY: &str = "ForeignRepository";
+/// The mover's kind for a lock it could not get.
+pub const REPOSITORY_LOCKED: &str = "RepositoryLocked";
 
 /// `Cataloged` after a catalog round.
 pub fn cataloged(listed: usize, backups: usize, failures: &[(String, String)]) -> ConditionUpdate {
@@ -194,8 +228,27 @@ mod tests {
         let c = retention(std::slice::from_ref(&failed));
         assert!(c.status);
         assert!(c.message.contains("PVC a") && c.message.contains("j1"));
+        assert_eq!(
+            c.reason, "RetentionFailed",
+            "no kind known: the generic reason"
+        );
         let c = retention(&[failed, job("j2", "2026-01-02T00:00:00Z", None)]);
         assert!(!c.status, "a later good run clears it");
+        assert_eq!(c.reason, "RetentionApplied");
+        let mut foreign = job(
+            "j3",
+            "2026-01-03T00:00:00Z",
+            Some("backup stored but retention failed: refusing"),
+        );
+        if let Some(r) = foreign.result.as_mut() {
+            r.retention_error = Some(crate::results::MoverError {
+                kind: FOREIGN_REPOSITORY.into(),
+                message: "refusing".into(),
+            });
+        }
+        let c = retention(&[foreign]);
+        assert!(c.status && c.reason == FOREIGN_REPOSITORY, "{c:?}");
+        assert!(c.message.contains("adoptRepository"), "{}", c.message);
         let c = cataloged(1, 3, &[("b".into(), "WrongPassword: x".into())]);
         assert!(!c.status && c.message.contains("PVC b"));
     }

@@ -152,6 +152,7 @@ async fn advance(
                     }));
                 }
             }
+            crate::maintenance::owner::stamp_job(&mut job, &settings(ctx).cluster_id);
             ctx.adopt(&mut job);
             let api = Api::<Job>::namespaced(client, &ns);
             match api.create(&PostParams::default(), &job).await {

@@ -7,6 +7,7 @@ mod movers;
 mod observe;
 pub mod policy;
 pub mod restore;
+mod unlock;
 
 use operator_framework::Context;
 use std::sync::{Arc, OnceLock};
@@ -22,6 +23,9 @@ pub struct Settings {
     pub catalog_interval: std::time::Duration,
     /// What policies may ask for beyond that.
     pub guardrails: crate::guardrails::Guardrails,
+    /// This cluster's identity, recorded by backups in each repository's
+    /// owner marker (see `maintenance::owner`); empty: not recorded.
+    pub cluster_id: String,
 }
 
 impl Default for Settings {
@@ -30,6 +34,7 @@ impl Default for Settings {
             mover_image: crate::DEFAULT_MOVER_IMAGE.to_string(),
             catalog_interval: std::time::Duration::from_secs(600),
             guardrails: Default::default(),
+            cluster_id: String::new(),
         }
     }
 }

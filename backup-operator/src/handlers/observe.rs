@@ -120,8 +120,9 @@ pub(crate) async fn backup_jobs(
 ) -> anyhow::Result<Vec<JobRecord>> {
     let jobs = Api::<Job>::namespaced(client.clone(), ns)
         .list(&ListParams::default().labels(&format!(
-            "{POLICY_LABEL}={policy},!{}",
-            crate::api::CATALOG_LABEL
+            "{POLICY_LABEL}={policy},!{},!{}",
+            crate::api::CATALOG_LABEL,
+            crate::api::MAINTENANCE_LABEL
         )))
         .await
         .with_context(|| format!("listing backup Jobs of {ns}/{policy}"))?;

@@ -133,6 +133,10 @@ async fn reconcile_policy(ctx: Context<BackupPolicy>) -> HandlerResult {
                         if let Some(node) = pinned.get(pvc) {
                             crate::placement::pin_cronjob(&mut cj, node);
                         }
+                        crate::maintenance::owner::stamp_cronjob(
+                            &mut cj,
+                            &settings(&ctx).cluster_id,
+                        );
                         wanted.push(cj)
                     }
                     Err(e) => apply_errors.push((pvc.clone(), e.to_string())),
@@ -151,6 +155,12 @@ async fn reconcile_policy(ctx: Context<BackupPolicy>) -> HandlerResult {
     };
 
     let jobs = observe::backup_jobs(&client, &ns, &name).await?;
+    if policy.spec.destination.is_some()
+        && not_allowed.is_empty()
+        && let Err(e) = super::unlock::drive(&ctx, &policy, &jobs).await
+    {
+        tracing::warn!(error = %format!("{e:#}"), "stale-lock step failed");
+    }
     let obs = Observation {
         now: jiff::Timestamp::now(),
         schedule,
@@ -409,6 +419,7 @@ async fn run_now(
         if let Some(node) = pinned.get(pvc) {
             crate::placement::pin_job(&mut job, node);
         }
+        crate::maintenance::owner::stamp_job(&mut job, &settings(ctx).cluster_id);
         ctx.adopt(&mut job);
         match api.create(&PostParams::default(), &job).await {
             Ok(_) => {}
