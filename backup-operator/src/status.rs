@@ -87,7 +87,7 @@ pub struct Computed {
 }
 
 /// Newest finished Job per PVC.
-fn newest_finished(jobs: &[JobRecord]) -> BTreeMap<&str, &JobRecord> {
+pub(crate) fn newest_finished(jobs: &[JobRecord]) -> BTreeMap<&str, &JobRecord> {
     let mut out: BTreeMap<&str, &JobRecord> = BTreeMap::new();
     for j in jobs.iter().filter(|j| j.outcome != JobOutcome::Running) {
         let key = j.finished.or(j.created);

@@ -3,7 +3,6 @@
 
 use super::plan::PARTIAL;
 use crate::api::StoredBackup;
-use crate::results::JobOutcome;
 use crate::status::{ConditionUpdate, JobRecord};
 use std::collections::BTreeMap;
 
@@ -75,17 +74,7 @@ pub fn partial(stored: &[StoredBackup]) -> ConditionUpdate {
 
 /// `RetentionFailed` from the newest finished Job of each PVC.
 pub fn retention(jobs: &[JobRecord]) -> ConditionUpdate {
-    let mut newest: BTreeMap<&str, &JobRecord> = BTreeMap::new();
-    for j in jobs.iter().filter(|j| j.outcome != JobOutcome::Running) {
-        let key = j.finished.or(j.created);
-        match newest.get(j.pvc.as_str()) {
-            Some(cur) if cur.finished.or(cur.created) >= key => {}
-            _ => {
-                newest.insert(&j.pvc, j);
-            }
-        }
-    }
-    let failed: Vec<(Option<&str>, String)> = newest
+    let failed: Vec<(Option<&str>, String)> = crate::status::newest_finished(jobs)
         .values()
         .filter_map(|j| {
             let r = j.result.as_ref()?;
@@ -170,7 +159,7 @@ pub fn cataloged(listed: usize, backups: usize, failures: &[(String, String)]) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::results::MoverResult;
+    use crate::results::{JobOutcome, MoverResult};
 
     fn entry(pvc: &str, ts: &str, status: &str) -> StoredBackup {
         StoredBackup {

@@ -19,12 +19,13 @@
 //! from the trigger, so a lock that is not stale yet is tried again after
 //! the next failing run, not in a loop.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::api::{BackupPolicy, MAINTENANCE_LABEL};
+use crate::catalog::conditions::REPOSITORY_LOCKED;
 use crate::desired::{self, DesiredError};
 use crate::naming;
 use crate::results::{JobOutcome, MoverResult};
@@ -61,23 +62,13 @@ pub struct UnlockRun {
 }
 
 fn met_a_lock(r: &MoverResult, outcome: &JobOutcome) -> bool {
-    let kind = r.failure_kind();
-    kind == Some(super::super::catalog::conditions::REPOSITORY_LOCKED)
-        || matches!(outcome, JobOutcome::Failed { reason, .. } if reason == "RepositoryLocked")
+    r.failure_kind() == Some(REPOSITORY_LOCKED)
+        || matches!(outcome, JobOutcome::Failed { reason, .. } if reason == REPOSITORY_LOCKED)
 }
 
 /// The unlocks the policy's backup Jobs call for now.
 pub fn plan(jobs: &[JobRecord], busy: &Busy) -> Vec<UnlockRun> {
-    let mut newest: BTreeMap<&str, &JobRecord> = BTreeMap::new();
-    for j in jobs.iter().filter(|j| j.outcome != JobOutcome::Running) {
-        let key = j.finished.or(j.created);
-        match newest.get(j.pvc.as_str()) {
-            Some(cur) if cur.finished.or(cur.created) >= key => {}
-            _ => {
-                newest.insert(&j.pvc, j);
-            }
-        }
-    }
+    let newest = crate::status::newest_finished(jobs);
     let running: BTreeSet<&str> = jobs
         .iter()
         .filter(|j| j.outcome == JobOutcome::Running)
