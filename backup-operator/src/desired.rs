@@ -238,6 +238,19 @@ pub(crate) fn mover_pod(
     template
 }
 
+/// Sets `name=value` on the mover container of a pod template, replacing
+/// an earlier value (what the operator adds to a computed template).
+pub fn set_mover_env(template: &mut PodTemplateSpec, name: &str, value: &str) {
+    let Some(pod) = template.spec.as_mut() else {
+        return;
+    };
+    for c in pod.containers.iter_mut().filter(|c| c.name == "mover") {
+        let env = c.env.get_or_insert_with(Vec::new);
+        env.retain(|e| e.name != name);
+        env.push(plain_env(name, value));
+    }
+}
+
 /// The Job template that backs up `pvc` for `policy`.
 pub fn backup_job_template(
     policy: &BackupPolicy,

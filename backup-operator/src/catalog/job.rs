@@ -123,20 +123,8 @@ pub fn recorded(pvc: &PersistentVolumeClaim) -> RecordedPvc {
 
 /// Adds `MOVER_PVC_SPEC` to the mover container of a backup pod template.
 pub fn record_pvc_spec(template: &mut PodTemplateSpec, pvc: &RecordedPvc) {
-    let Ok(json) = serde_json::to_string(pvc) else {
-        return;
-    };
-    let Some(pod) = template.spec.as_mut() else {
-        return;
-    };
-    for c in pod.containers.iter_mut().filter(|c| c.name == "mover") {
-        let env = c.env.get_or_insert_with(Vec::new);
-        env.retain(|e| e.name != PVC_SPEC_ENV);
-        env.push(EnvVar {
-            name: PVC_SPEC_ENV.into(),
-            value: Some(json.clone()),
-            ..Default::default()
-        });
+    if let Ok(json) = serde_json::to_string(pvc) {
+        desired::set_mover_env(template, PVC_SPEC_ENV, &json);
     }
 }
 

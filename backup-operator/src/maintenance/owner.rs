@@ -11,7 +11,7 @@
 
 use anyhow::Context as _;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{EnvVar, Namespace, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{Namespace, PodTemplateSpec};
 use kube::{Api, Client};
 
 /// The mover's environment variable for the identity.
@@ -39,20 +39,8 @@ pub async fn resolve(client: &Client, configured: &str) -> anyhow::Result<String
 /// Sets the identity on the mover container of a pod template (replacing
 /// an earlier value); an empty identity leaves the template unchanged.
 pub fn stamp(template: &mut PodTemplateSpec, cluster_id: &str) {
-    if cluster_id.is_empty() {
-        return;
-    }
-    let Some(pod) = template.spec.as_mut() else {
-        return;
-    };
-    for c in pod.containers.iter_mut().filter(|c| c.name == "mover") {
-        let env = c.env.get_or_insert_with(Vec::new);
-        env.retain(|e| e.name != CLUSTER_ID_ENV);
-        env.push(EnvVar {
-            name: CLUSTER_ID_ENV.into(),
-            value: Some(cluster_id.into()),
-            ..Default::default()
-        });
+    if !cluster_id.is_empty() {
+        crate::desired::set_mover_env(template, CLUSTER_ID_ENV, cluster_id);
     }
 }
 
