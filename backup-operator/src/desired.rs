@@ -251,20 +251,49 @@ pub fn set_mover_env(template: &mut PodTemplateSpec, name: &str, value: &str) {
     }
 }
 
+/// What every Job on a policy's repositories starts from.
+pub struct PolicyRepos<'a> {
+    /// The policy's name.
+    pub name: String,
+    /// Its namespace.
+    pub ns: String,
+    /// Its destination.
+    pub dest: &'a Destination,
+    /// The policy's mover image, else the operator's.
+    pub image: &'a str,
+}
+
+/// [`PolicyRepos`] of `policy`; an error when it has no destination.
+pub fn policy_repos<'a>(
+    policy: &'a BackupPolicy,
+    image: &'a str,
+) -> Result<PolicyRepos<'a>, DesiredError> {
+    let spec = &policy.spec;
+    let dest = spec
+        .destination
+        .as_ref()
+        .ok_or_else(|| DesiredError::NoDestination(format!("{:?}", spec.method)))?;
+    Ok(PolicyRepos {
+        name: policy.metadata.name.clone().unwrap_or_default(),
+        ns: policy.metadata.namespace.clone().unwrap_or_default(),
+        dest,
+        image: spec.job.mover_image.as_deref().unwrap_or(image),
+    })
+}
+
 /// The Job template that backs up `pvc` for `policy`.
 pub fn backup_job_template(
     policy: &BackupPolicy,
     pvc: &str,
     image: &str,
 ) -> Result<JobTemplateSpec, DesiredError> {
-    let name = policy.metadata.name.clone().unwrap_or_default();
-    let ns = policy.metadata.namespace.clone().unwrap_or_default();
+    let PolicyRepos {
+        name,
+        ns,
+        dest,
+        image,
+    } = policy_repos(policy, image)?;
     let spec = &policy.spec;
-    let dest = spec
-        .destination
-        .as_ref()
-        .ok_or_else(|| DesiredError::NoDestination(format!("{:?}", spec.method)))?;
-    let image = spec.job.mover_image.as_deref().unwrap_or(image);
     let mut args: Vec<String> = [
         "backup",
         "--source",

@@ -14,6 +14,7 @@ pub mod maintenance;
 pub mod manifests;
 pub mod metrics;
 pub mod naming;
+pub mod one_shot;
 pub mod placement;
 pub mod pod_security;
 pub mod restore_plan;

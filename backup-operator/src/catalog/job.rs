@@ -5,11 +5,10 @@ use crate::api::{BackupPolicy, BackupPolicyStatus, CATALOG_LABEL, RecordedPvc};
 use crate::desired::{self, DesiredError};
 use crate::naming;
 use crate::status::JobRecord;
-use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
     EnvVar, PersistentVolumeClaim, Pod, PodSpec, PodTemplateSpec, VolumeMount,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 /// Environment variable the mover records the PVC spec from.
 pub const PVC_SPEC_ENV: &str = "MOVER_PVC_SPEC";
@@ -68,42 +67,24 @@ pub fn catalog_job(
     image: &str,
     now: jiff::Timestamp,
 ) -> Result<Job, DesiredError> {
-    let name = policy.metadata.name.clone().unwrap_or_default();
-    let ns = policy.metadata.namespace.clone().unwrap_or_default();
-    let spec = &policy.spec;
-    let dest = spec
-        .destination
-        .as_ref()
-        .ok_or_else(|| DesiredError::NoDestination(format!("{:?}", spec.method)))?;
-    let image = spec.job.mover_image.as_deref().unwrap_or(image);
+    let repos = desired::policy_repos(policy, image)?;
+    let (name, ns) = (&repos.name, &repos.ns);
     let mut args: Vec<String> = vec!["catalog".into(), "--policy".into(), name.clone()];
     for pvc in pvcs {
         args.push("--target".into());
-        args.push(format!("{pvc}={}", desired::repository(dest, &ns, pvc)));
+        args.push(format!(
+            "{pvc}={}",
+            desired::repository(repos.dest, ns, pvc)
+        ));
     }
     args.extend(["--result-file".into(), "/dev/termination-log".into()]);
-    let (env, volumes, mounts) = desired::destination_access(dest);
-    let mut labels = desired::labels(&name, "");
+    let mut labels = desired::labels(name, "");
     labels.remove(crate::api::PVC_LABEL);
     labels.insert(CATALOG_LABEL.to_string(), "true".to_string());
-    let job_name = naming::catalog_job_name(&name, now.as_second());
-    Ok(Job {
-        metadata: ObjectMeta {
-            name: Some(job_name),
-            namespace: Some(ns),
-            labels: Some(labels.clone()),
-            ..Default::default()
-        },
-        spec: Some(JobSpec {
-            backoff_limit: Some(0),
-            active_deadline_seconds: Some(600),
-            // A safety net: the operator deletes it once read.
-            ttl_seconds_after_finished: Some(3600),
-            template: desired::mover_pod(image, args, env, volumes, mounts, &spec.job, labels),
-            ..Default::default()
-        }),
-        status: None,
-    })
+    let job_name = naming::catalog_job_name(name, now.as_second());
+    Ok(crate::one_shot::job(
+        policy, &repos, job_name, args, labels, None,
+    ))
 }
 
 /// What the backup Jobs record about a PVC.
@@ -208,7 +189,7 @@ pub fn pod_of_job(pod: &Pod, job: &Job) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
     use std::time::Duration;
 
     fn policy() -> BackupPolicy {

@@ -21,8 +21,7 @@
 
 use std::collections::BTreeSet;
 
-use k8s_openapi::api::batch::v1::{Job, JobSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::batch::v1::Job;
 
 use crate::api::{BackupPolicy, MAINTENANCE_LABEL};
 use crate::catalog::conditions::REPOSITORY_LOCKED;
@@ -91,47 +90,30 @@ pub fn unlock_job(
     run: &UnlockRun,
     image: &str,
 ) -> Result<Job, DesiredError> {
-    let name = policy.metadata.name.clone().unwrap_or_default();
-    let ns = policy.metadata.namespace.clone().unwrap_or_default();
-    let spec = &policy.spec;
-    let dest = spec
-        .destination
-        .as_ref()
-        .ok_or_else(|| DesiredError::NoDestination(format!("{:?}", spec.method)))?;
-    let image = spec.job.mover_image.as_deref().unwrap_or(image);
+    let repos = desired::policy_repos(policy, image)?;
     let args: Vec<String> = [
         "unlock",
         "--repository",
-        &desired::repository(dest, &ns, &run.pvc),
+        &desired::repository(repos.dest, &repos.ns, &run.pvc),
         "--result-file",
         "/dev/termination-log",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let (env, volumes, mounts) = desired::destination_access(dest);
-    let mut labels = desired::labels(&name, &run.pvc);
+    let mut labels = desired::labels(&repos.name, &run.pvc);
     labels.insert(MAINTENANCE_LABEL.to_string(), TASK.to_string());
     let mut annotations = desired::pvc_annotations(&run.pvc);
     annotations.insert(TRIGGER_ANNOTATION.to_string(), run.trigger.clone());
-    Ok(Job {
-        metadata: ObjectMeta {
-            name: Some(naming::unlock_job_name(&name, &run.pvc, &run.trigger)),
-            namespace: Some(ns),
-            labels: Some(labels.clone()),
-            annotations: Some(annotations),
-            ..Default::default()
-        },
-        spec: Some(JobSpec {
-            backoff_limit: Some(0),
-            active_deadline_seconds: Some(600),
-            // Kept an hour after it ends: its name stands for its trigger.
-            ttl_seconds_after_finished: Some(3600),
-            template: desired::mover_pod(image, args, env, volumes, mounts, &spec.job, labels),
-            ..Default::default()
-        }),
-        status: None,
-    })
+    let job_name = naming::unlock_job_name(&repos.name, &run.pvc, &run.trigger);
+    Ok(crate::one_shot::job(
+        policy,
+        &repos,
+        job_name,
+        args,
+        labels,
+        Some(annotations),
+    ))
 }
 
 /// What to tell the user about a finished unlock Job: (warning, reason,
