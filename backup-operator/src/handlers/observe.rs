@@ -9,7 +9,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::ListParams;
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 
 fn pvc_info(meta: &ObjectMeta) -> PvcInfo {
     PvcInfo {
@@ -112,22 +112,33 @@ pub(crate) async fn job_result(
     Ok(newest.map(|(_, r)| r))
 }
 
-/// Backup Jobs of a policy with their outcome and mover result.
-pub(crate) async fn backup_jobs(
+/// A policy's Jobs apart from its catalog Jobs.
+pub(crate) struct PolicyJobs {
+    /// Backup Jobs with their outcome and mover result.
+    pub backups: Vec<JobRecord>,
+    /// Maintenance Jobs (unlock), as they are.
+    pub maintenance: Vec<Job>,
+}
+
+/// The policy's backup and maintenance Jobs, from one listing.
+pub(crate) async fn policy_jobs(
     client: &Client,
     ns: &str,
     policy: &str,
-) -> anyhow::Result<Vec<JobRecord>> {
+) -> anyhow::Result<PolicyJobs> {
     let jobs = Api::<Job>::namespaced(client.clone(), ns)
         .list(&ListParams::default().labels(&format!(
-            "{POLICY_LABEL}={policy},!{},!{}",
-            crate::api::CATALOG_LABEL,
-            crate::api::MAINTENANCE_LABEL
+            "{POLICY_LABEL}={policy},!{}",
+            crate::api::CATALOG_LABEL
         )))
         .await
         .with_context(|| format!("listing backup Jobs of {ns}/{policy}"))?;
+    let (maintenance, backups): (Vec<Job>, Vec<Job>) = jobs
+        .items
+        .into_iter()
+        .partition(|j| j.labels().contains_key(crate::api::MAINTENANCE_LABEL));
     let mut out = Vec::new();
-    for job in jobs.items {
+    for job in backups {
         let name = job.metadata.name.clone().unwrap_or_default();
         let pvc = crate::desired::pvc_of(&job.metadata).unwrap_or_default();
         let finished_outcome = results::job_outcome(&job, None);
@@ -151,5 +162,8 @@ pub(crate) async fn backup_jobs(
             result,
         });
     }
-    Ok(out)
+    Ok(PolicyJobs {
+        backups: out,
+        maintenance,
+    })
 }

@@ -154,10 +154,13 @@ async fn reconcile_policy(ctx: Context<BackupPolicy>) -> HandlerResult {
         None
     };
 
-    let jobs = observe::backup_jobs(&client, &ns, &name).await?;
+    let observe::PolicyJobs {
+        backups: jobs,
+        maintenance,
+    } = observe::policy_jobs(&client, &ns, &name).await?;
     if policy.spec.destination.is_some()
         && not_allowed.is_empty()
-        && let Err(e) = super::unlock::drive(&ctx, &policy, &jobs).await
+        && let Err(e) = super::unlock::drive(&ctx, &policy, &jobs, &maintenance).await
     {
         tracing::warn!(error = %format!("{e:#}"), "stale-lock step failed");
     }

@@ -1,7 +1,7 @@
 //! The operator's stale-lock step (see `maintenance::unlock`): start the
 //! unlock Jobs the planner asks for, and report each one's outcome once.
 
-use crate::api::{BackupPolicy, CATALOG_LABEL, MAINTENANCE_LABEL, POLICY_LABEL, RESTORE_LABEL};
+use crate::api::{BackupPolicy, CATALOG_LABEL, MAINTENANCE_LABEL, RESTORE_LABEL};
 use crate::maintenance::unlock::{self, Busy, REPORTED_ANNOTATION};
 use crate::results::{self, JobOutcome};
 use crate::status::JobRecord;
@@ -30,52 +30,27 @@ fn busy(jobs: &[Job]) -> Busy {
     busy
 }
 
-/// Runs the unlock step for `policy` given its backup Jobs.
+/// Runs the unlock step for `policy` given its backup and maintenance Jobs.
 pub(crate) async fn drive(
     ctx: &Context<BackupPolicy>,
     policy: &BackupPolicy,
     backup_jobs: &[JobRecord],
+    maintenance_jobs: &[Job],
 ) -> anyhow::Result<()> {
     let client = ctx.client();
     let ns = policy.namespace().unwrap_or_default();
     let name = policy.name_any();
     let api = Api::<Job>::namespaced(client.clone(), &ns);
-    let managed = format!("app.kubernetes.io/managed-by={}", crate::desired::MANAGER);
-    let all = api
-        .list(&ListParams::default().labels(&managed))
-        .await
-        .with_context(|| format!("listing the operator's Jobs in {ns}"))?
-        .items;
-    for run in unlock::plan(backup_jobs, &busy(&all)) {
-        let mut job = unlock::unlock_job(policy, &run, &settings(ctx).mover_image)?;
-        if super::policy::root_movers(&client, policy, &ns)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?
-        {
-            crate::pod_security::elevate_job(&mut job, &policy.spec.job.identity);
-        }
-        ctx.adopt(&mut job);
-        match api.create(&PostParams::default(), &job).await {
-            Ok(_) => {
-                let note = format!(
-                    "Job {} met a lock on PVC {}'s repository and no Job of it runs: removing stale locks",
-                    run.trigger, run.pvc
-                );
-                tracing::warn!(policy = %name, pvc = %run.pvc, "{note}");
-                ctx.event(EventType::Normal, "UnlockStarted", &note).await?;
-            }
-            // Already started for this trigger.
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => return Err(e).context("creating the unlock Job"),
-        }
+    // Nothing busy can only remove runs: the namespace's Jobs are listed
+    // only when some PVC calls for an unlock at all.
+    if !unlock::plan(backup_jobs, &Busy::default()).is_empty() {
+        start(ctx, policy, backup_jobs, &api).await?;
     }
-    let mine = all.iter().filter(|j| {
-        let l = j.labels();
-        l.get(POLICY_LABEL) == Some(&name)
-            && l.get(MAINTENANCE_LABEL).map(String::as_str) == Some(unlock::TASK)
+    let unreported = maintenance_jobs.iter().filter(|j| {
+        j.labels().get(MAINTENANCE_LABEL).map(String::as_str) == Some(unlock::TASK)
             && !j.annotations().contains_key(REPORTED_ANNOTATION)
     });
-    for job in mine {
+    for job in unreported {
         let outcome = results::job_outcome(job, None);
         if outcome == JobOutcome::Running {
             continue;
@@ -98,6 +73,52 @@ pub(crate) async fn drive(
         )
         .await
         .with_context(|| format!("marking unlock Job {} reported", job.name_any()))?;
+    }
+    Ok(())
+}
+
+/// Starts the unlock Jobs the planner asks for, given what runs in the
+/// namespace now.
+async fn start(
+    ctx: &Context<BackupPolicy>,
+    policy: &BackupPolicy,
+    backup_jobs: &[JobRecord],
+    api: &Api<Job>,
+) -> anyhow::Result<()> {
+    let client = ctx.client();
+    let ns = policy.namespace().unwrap_or_default();
+    let managed = format!("app.kubernetes.io/managed-by={}", crate::desired::MANAGER);
+    let all = api
+        .list(&ListParams::default().labels(&managed))
+        .await
+        .with_context(|| format!("listing the operator's Jobs in {ns}"))?
+        .items;
+    let runs = unlock::plan(backup_jobs, &busy(&all));
+    if runs.is_empty() {
+        return Ok(());
+    }
+    let root = super::policy::root_movers(&client, policy, &ns)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    for run in runs {
+        let mut job = unlock::unlock_job(policy, &run, &settings(ctx).mover_image)?;
+        if root {
+            crate::pod_security::elevate_job(&mut job, &policy.spec.job.identity);
+        }
+        ctx.adopt(&mut job);
+        match api.create(&PostParams::default(), &job).await {
+            Ok(_) => {
+                let note = format!(
+                    "Job {} met a lock on PVC {}'s repository and no Job of it runs: removing stale locks",
+                    run.trigger, run.pvc
+                );
+                tracing::warn!(policy = %policy.name_any(), pvc = %run.pvc, "{note}");
+                ctx.event(EventType::Normal, "UnlockStarted", &note).await?;
+            }
+            // Already started for this trigger.
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e).context("creating the unlock Job"),
+        }
     }
     Ok(())
 }
